@@ -1,0 +1,236 @@
+"""Digitizer waveforms: one log-normal signal pulse on top of a pile-up of small noise pulses.
+
+Pulse shape ``p(t; t0, tau, sigma) = exp(-ln^2((t - t0) / tau) / (2 sigma^2))`` for ``t > t0``,
+else 0; its peak is 1 at ``t0 + tau``. A waveform is ``A * p(t; signal) + sum_k a * p(t; t0_k, noise)``
+with ``K ~ Poisson(noise_mean_pulses)`` noise pulses whose ``t0_k`` are uniform in
+``[noise_t0_min, n_samples)``. Noise-only waveforms have ``A = 0``.
+
+Speed: every noise pulse has the same shape, only its start differs, so the shape is tabulated
+once at ``oversample`` sub-sample phases and cut where it falls below ``template_cut`` of its
+peak; rendering a waveform is then additions only. Noise pulse starts are quantised to
+1/``oversample`` of a sample (with the defaults the rendered waveform differs from the exact sum
+by at most about 1e-3 of the noise amplitude; the tests bound it).
+
+Random numbers come from NumPy's PCG64 generator, so a data set is fixed by its seed and the
+sizes of the chunks asked for; numba only renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+
+logger = logging.getLogger("simulators.waveform")
+
+
+@dataclass(frozen=True)
+class WaveformConfig:
+    """Parameters of the waveform model; defaults are the reference study's."""
+
+    n_samples: int = 9728
+    """Samples per waveform."""
+    signal_t0: float = 3000.0
+    """Start of the signal pulse, in samples."""
+    signal_tau: float = 150.0
+    """Signal pulse scale: the peak is at signal_t0 + signal_tau."""
+    signal_sigma: float = 0.4
+    """Signal pulse log-width."""
+    amplitude_min: float = 1e-3
+    """Smallest signal peak amplitude (log-uniform between min and max)."""
+    amplitude_max: float = 1.0
+    """Largest signal peak amplitude."""
+    noise_mean_pulses: float = 60.0
+    """Mean of the Poisson number of noise pulses per waveform."""
+    noise_t0_min: float = -200.0
+    """Noise pulse starts are uniform in [noise_t0_min, n_samples)."""
+    noise_tau: float = 40.0
+    """Noise pulse scale."""
+    noise_sigma: float = 0.5
+    """Noise pulse log-width."""
+    noise_amplitude: float = 0.02
+    """Peak amplitude of every noise pulse."""
+    oversample: int = 32
+    """Sub-sample phases at which the noise pulse is tabulated."""
+    template_cut: float = 1e-6
+    """Noise pulse tails below this fraction of the peak are dropped."""
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
+        if not 0 < self.amplitude_min <= self.amplitude_max:
+            raise ValueError(
+                f"need 0 < amplitude_min <= amplitude_max, got {self.amplitude_min}, {self.amplitude_max}"
+            )
+        if min(self.signal_tau, self.noise_tau, self.signal_sigma, self.noise_sigma) <= 0:
+            raise ValueError("tau and sigma must be positive")
+        if self.noise_mean_pulses < 0 or self.oversample < 1 or not 0 < self.template_cut < 1:
+            raise ValueError("noise_mean_pulses >= 0, oversample >= 1 and 0 < template_cut < 1 required")
+
+
+def pulse_shape(t: np.ndarray, t0: float, tau: float, sigma: float) -> np.ndarray:
+    """The log-normal pulse, evaluated exactly (float64); 0 for t <= t0."""
+    t = np.asarray(t, dtype=np.float64)
+    x = (t - t0) / tau
+    out = np.zeros_like(x)
+    pos = x > 0
+    out[pos] = np.exp(-np.log(x[pos]) ** 2 / (2.0 * sigma**2))
+    return out
+
+
+def signal_template(config: WaveformConfig) -> np.ndarray:
+    """The unit-amplitude signal pulse over the whole waveform, float32 [n_samples]."""
+    t = np.arange(config.n_samples, dtype=np.float64)
+    return pulse_shape(t, config.signal_t0, config.signal_tau, config.signal_sigma).astype(np.float32)
+
+
+def noise_templates(config: WaveformConfig) -> np.ndarray:
+    """The noise pulse at each sub-sample phase, scaled by its amplitude: float32 [oversample, L].
+
+    Row ``f`` holds ``a * p(j - f / oversample)`` for ``j = 0 .. L-1``: a pulse starting at
+    ``i0 + f / oversample`` adds row ``f`` to samples ``i0 .. i0 + L - 1``.
+    """
+    span = config.noise_tau * math.exp(config.noise_sigma * math.sqrt(2.0 * math.log(1.0 / config.template_cut)))
+    length = int(math.ceil(span)) + 2
+    j = np.arange(length, dtype=np.float64)
+    phases = np.arange(config.oversample, dtype=np.float64) / config.oversample
+    rows = [pulse_shape(j - f, 0.0, config.noise_tau, config.noise_sigma) for f in phases]
+    return (config.noise_amplitude * np.stack(rows)).astype(np.float32)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _render(out, amplitudes, signal_tpl, counts, starts, noise_tpl):  # pragma: no cover - compiled
+    n, n_samples = out.shape
+    n_phase, length = noise_tpl.shape
+    k = 0
+    for i in range(n):
+        row = out[i]
+        a = amplitudes[i]
+        for s in range(n_samples):
+            row[s] = a * signal_tpl[s]
+        for _ in range(counts[i]):
+            t0 = starts[k]
+            k += 1
+            base = math.floor(t0)
+            i0 = int(base)
+            phase = int(round((t0 - base) * n_phase))
+            if phase == n_phase:
+                i0 += 1
+                phase = 0
+            lo = max(i0, 0)
+            hi = min(i0 + length, n_samples)
+            # Two separate slices tell LLVM the ranges do not alias, so the add vectorises (4x faster).
+            dst = row[lo:hi]
+            src = noise_tpl[phase, lo - i0 : hi - i0]
+            for s in range(hi - lo):
+                dst[s] += src[s]
+
+
+class WaveformSimulator:
+    """A seeded stream of waveforms with truth; successive calls continue the stream."""
+
+    kind = "waveform"
+
+    def __init__(self, config: WaveformConfig | None = None, seed: int = 0, signal_fraction: float = 0.5):
+        if not 0.0 <= signal_fraction <= 1.0:
+            raise ValueError(f"signal_fraction must be in [0, 1], got {signal_fraction}")
+        self.config = config or WaveformConfig()
+        self.signal_fraction = signal_fraction
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self._signal = signal_template(self.config)
+        self._noise = noise_templates(self.config)
+
+    def sample_amplitudes(self, n: int) -> np.ndarray:
+        """Peak amplitudes: log-uniform for the signal_fraction of events that carry a pulse, else 0."""
+        c = self.config
+        is_signal = self.rng.random(n) < self.signal_fraction
+        log_a = self.rng.uniform(math.log(c.amplitude_min), math.log(c.amplitude_max), n)
+        return np.where(is_signal, np.exp(log_a), 0.0).astype(np.float32)
+
+    def generate(self, n: int, amplitudes: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Return ``(data float32 [n, n_samples], truth)``; truth holds ``amplitude`` and ``is_signal``.
+
+        ``amplitudes`` fixes the signal peak of each event (0 = noise only) instead of sampling it.
+        """
+        c = self.config
+        if amplitudes is None:
+            amplitudes = self.sample_amplitudes(n)
+        else:
+            amplitudes = np.asarray(amplitudes, dtype=np.float32)
+            if amplitudes.shape != (n,) or not np.all(np.isfinite(amplitudes)) or np.any(amplitudes < 0):
+                raise ValueError(f"amplitudes must be {n} finite values >= 0, got shape {amplitudes.shape}")
+        counts = self.rng.poisson(c.noise_mean_pulses, n).astype(np.int64)
+        starts = self.rng.uniform(c.noise_t0_min, c.n_samples, int(counts.sum()))
+        data = np.empty((n, c.n_samples), dtype=np.float32)
+        _render(data, amplitudes, self._signal, counts, starts, self._noise)
+        return data, {"amplitude": amplitudes, "is_signal": amplitudes > 0}
+
+    # The replay's source interface (entry point group "trigger.sources").
+    def next(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return self.generate(n)
+
+
+def simulate(
+    n: int, seed: int = 0, signal_fraction: float = 0.5, config: WaveformConfig | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``n`` waveforms and their truth from a fresh stream seeded with ``seed``."""
+    return WaveformSimulator(config, seed, signal_fraction).generate(n)
+
+
+def save_dataset(path: str | Path, data: np.ndarray, truth: dict[str, np.ndarray], config: WaveformConfig,
+                 seed: int) -> Path:
+    """Write an ``.npz`` with ``data``, one array per truth key and the generating config as JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps({"kind": "waveform", "seed": seed, "config": dataclasses.asdict(config)})
+    np.savez(path, data=data, meta=np.array(meta), **{f"truth_{k}": v for k, v in truth.items()})
+    return path
+
+
+def load_dataset(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+    """Read a data set written by :func:`save_dataset` (or any ``.npz`` with ``data`` and ``truth_*``)."""
+    with np.load(path, allow_pickle=False) as f:
+        data = f["data"]
+        truth = {k[len("truth_"):]: f[k] for k in f.files if k.startswith("truth_")}
+        meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
+    return data, truth, meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    p = argparse.ArgumentParser(prog="python -m simulators.waveform", description=__doc__.split("\n\n")[0])
+    p.add_argument("-n", "--events", type=int, default=15000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--signal-fraction", type=float, default=0.5)
+    p.add_argument("-o", "--output", type=Path, required=True, help=".npz file to write")
+    for f in dataclasses.fields(WaveformConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    args = p.parse_args(argv)
+    config = WaveformConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WaveformConfig)})
+    sim = WaveformSimulator(config, args.seed, args.signal_fraction)
+    chunks, truths = [], []
+    with tqdm(total=args.events, unit="wf", desc="simulating") as bar:
+        left = args.events
+        while left:
+            n = min(left, 4096)
+            d, t = sim.generate(n)
+            chunks.append(d)
+            truths.append(t)
+            left -= n
+            bar.update(n)
+    truth = {k: np.concatenate([t[k] for t in truths]) for k in truths[0]}
+    out = save_dataset(args.output, np.concatenate(chunks), truth, config, args.seed)
+    logging.getLogger("simulators").info("wrote %d waveforms to %s", args.events, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

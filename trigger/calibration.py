@@ -1,0 +1,181 @@
+"""Pulse-model calibration: the noise-only centre in latent space and the thresholds d*.
+
+A calibration file is JSON beside the ONNX model (``model.onnx`` -> ``model.calib.json``). It
+names the model by sha256, so a calibration can never be applied to a model it was not made for.
+
+How the centre is found: the coordinate-wise median of the latent means of noise-only
+waveforms. Noise-only waveforms cluster in a small region (not at the origin); the median is the
+robust centre of that cluster, unmoved by the rare noise waveform whose pile-up looks pulse-like.
+d* for a false-positive rate f is the one-sided (1 - f) quantile of the Euclidean distances of
+the noise-only latent means from that centre (``numpy.quantile(..., method="higher")``, so the
+rate on the calibration sample is at most f). The same function serves the training export and
+``trigger calibrate``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "trigger.pulse-calibration/1"
+DEFAULT_FPRS = (0.001, 0.01, 0.1)
+DEFAULT_WORKING_POINT = "fpr_0.01"
+CENTRE_METHOD = "coordinate-wise median of noise-only latent means"
+
+
+class CalibrationError(ValueError):
+    """A calibration file is unreadable, inconsistent, or does not belong to the model."""
+
+
+def working_point_name(fpr: float) -> str:
+    """``0.01 -> "fpr_0.01"`` (the spelling used in files and in decision headers)."""
+    return f"fpr_{fpr:g}"
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def distances(z: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each row of ``z`` [n, k] from ``centre`` [k], float32 [n]."""
+    diff = z - centre.astype(z.dtype, copy=False)
+    return np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32, copy=False)
+
+
+def fit(z_noise: np.ndarray, fprs: Iterable[float] = DEFAULT_FPRS) -> tuple[np.ndarray, dict[str, float]]:
+    """Centre and thresholds from noise-only latent means ``z_noise`` [n, k].
+
+    Needs enough events for the smallest rate: at least ``10 / f`` of them, so the quantile
+    rests on at least ten events beyond it.
+    """
+    z_noise = np.asarray(z_noise, dtype=np.float64)
+    if z_noise.ndim != 2 or len(z_noise) == 0:
+        raise CalibrationError(f"noise latent means must be [n, k] with n >= 1, got shape {z_noise.shape}")
+    if not np.isfinite(z_noise).all():
+        raise CalibrationError("noise latent means hold NaN or Inf")
+    centre = np.median(z_noise, axis=0)
+    d = distances(z_noise, centre).astype(np.float64)
+    thresholds = {}
+    for f in sorted(set(fprs)):
+        if not 0 < f < 1:
+            raise CalibrationError(f"false-positive rate must be in (0, 1), got {f}")
+        if len(d) < math.ceil(10 / f):
+            raise CalibrationError(
+                f"{len(d)} noise-only events cannot calibrate fpr {f}: need at least {math.ceil(10 / f)}")
+        thresholds[working_point_name(f)] = float(np.quantile(d, 1.0 - f, method="higher"))
+    return centre, thresholds
+
+
+@dataclass(frozen=True)
+class PulseCalibration:
+    """Everything the pulse pipeline needs besides the ONNX file itself."""
+
+    model_sha256: str
+    """sha256 of the ONNX file this calibration belongs to."""
+    n_samples: int
+    """Samples per waveform the model takes."""
+    centre: tuple[float, ...]
+    """Noise-only centre in latent space (k values)."""
+    working_points: dict[str, float]
+    """Working point name (``fpr_0.01``) -> threshold d* on the latent distance."""
+    default_working_point: str = DEFAULT_WORKING_POINT
+    n_noise: int = 0
+    """Noise-only events the thresholds were computed from."""
+    input_name: str = "waveform"
+    output_name: str = "z_mean"
+    centre_method: str = CENTRE_METHOD
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """How it was made: command, seeds, data, training run."""
+    format: str = FORMAT
+
+    def __post_init__(self) -> None:
+        if self.format != FORMAT:
+            raise CalibrationError(f"format {self.format!r}, expected {FORMAT!r}")
+        if not self.working_points:
+            raise CalibrationError("no working points")
+        if self.default_working_point not in self.working_points:
+            raise CalibrationError(
+                f"default working point {self.default_working_point!r} not in {sorted(self.working_points)}")
+        if not all(math.isfinite(v) and v >= 0 for v in self.working_points.values()):
+            raise CalibrationError(f"thresholds must be finite and >= 0: {self.working_points}")
+        if not self.centre or not all(math.isfinite(c) for c in self.centre):
+            raise CalibrationError(f"centre must be finite latent coordinates, got {self.centre}")
+
+    @property
+    def latent_dim(self) -> int:
+        return len(self.centre)
+
+    def threshold(self, working_point: str | None = None) -> float:
+        wp = working_point or self.default_working_point
+        try:
+            return self.working_points[wp]
+        except KeyError:
+            raise CalibrationError(f"working point {wp!r} not calibrated; have {sorted(self.working_points)}") from None
+
+    @classmethod
+    def from_noise(cls, z_noise: np.ndarray, *, model_sha256: str, n_samples: int,
+                   fprs: Iterable[float] = DEFAULT_FPRS, default_working_point: str = DEFAULT_WORKING_POINT,
+                   provenance: Mapping[str, Any] | None = None) -> PulseCalibration:
+        centre, thresholds = fit(z_noise, fprs)
+        return cls(model_sha256=model_sha256, n_samples=n_samples, centre=tuple(float(c) for c in centre),
+                   working_points=thresholds, default_working_point=default_working_point,
+                   n_noise=len(z_noise), provenance=dict(provenance or {}))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)  # atomic: a reader never sees half a file
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PulseCalibration:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CalibrationError(f"cannot read calibration {path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise CalibrationError(f"calibration {path} is not a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(raw) - known
+        if unknown:
+            raise CalibrationError(f"calibration {path}: unknown keys {sorted(unknown)}")
+        try:
+            raw["centre"] = tuple(raw.get("centre", ()))
+            return cls(**raw)
+        except TypeError as exc:
+            raise CalibrationError(f"calibration {path}: {exc}") from exc
+        except CalibrationError as exc:
+            raise CalibrationError(f"calibration {path}: {exc}") from exc
+
+
+def calibration_path_for(model_path: str | Path) -> Path:
+    """``pulse.onnx`` -> ``pulse.calib.json``."""
+    p = Path(model_path)
+    return p.with_name(p.stem + ".calib.json")
+
+
+def load_for_model(model_path: str | Path, calibration_path: str | Path | None = None) -> PulseCalibration:
+    """Load the calibration of ``model_path`` and check that it was made for that exact file."""
+    cal_path = Path(calibration_path) if calibration_path else calibration_path_for(model_path)
+    cal = PulseCalibration.load(cal_path)
+    actual = sha256_file(model_path)
+    if actual != cal.model_sha256:
+        raise CalibrationError(
+            f"calibration {cal_path} was made for model sha256 {cal.model_sha256[:12]}..., "
+            f"but {model_path} has sha256 {actual[:12]}...; run 'trigger calibrate' for this model")
+    return cal
