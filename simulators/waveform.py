@@ -9,7 +9,7 @@ Speed: every noise pulse has the same shape, only its start differs, so the shap
 once at ``oversample`` sub-sample phases and cut where it falls below ``template_cut`` of its
 peak; rendering a waveform is then additions only. Noise pulse starts are quantised to
 1/``oversample`` of a sample (with the defaults the rendered waveform differs from the exact sum
-by at most about 1e-3 of the noise amplitude; the tests bound it).
+by at most about 1e-3 of the noise amplitude per overlapping pulse; the tests bound it).
 
 Random numbers come from NumPy's PCG64 generator, so a data set is fixed by its seed and the
 sizes of the chunks asked for; numba only renders.
@@ -69,8 +69,10 @@ class WaveformConfig:
             raise ValueError(
                 f"need 0 < amplitude_min <= amplitude_max, got {self.amplitude_min}, {self.amplitude_max}"
             )
-        if min(self.signal_tau, self.noise_tau, self.signal_sigma, self.noise_sigma) <= 0:
+        if not min(self.signal_tau, self.noise_tau, self.signal_sigma, self.noise_sigma) > 0:  # NaN fails too
             raise ValueError("tau and sigma must be positive")
+        if not self.noise_t0_min < self.n_samples:
+            raise ValueError(f"noise_t0_min {self.noise_t0_min} must be below n_samples {self.n_samples}")
         if self.noise_mean_pulses < 0 or self.oversample < 1 or not 0 < self.template_cut < 1:
             raise ValueError("noise_mean_pulses >= 0, oversample >= 1 and 0 < template_cut < 1 required")
 
@@ -214,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     for f in dataclasses.fields(WaveformConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     args = p.parse_args(argv)
+    if args.events < 1:
+        p.error(f"--events must be >= 1, got {args.events}")
     config = WaveformConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WaveformConfig)})
     sim = WaveformSimulator(config, args.seed, args.signal_fraction)
     chunks, truths = [], []

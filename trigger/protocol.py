@@ -10,6 +10,7 @@ raw little-endian buffers read with ``numpy.frombuffer`` (read-only views, no co
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,8 +38,8 @@ class Reason(enum.StrEnum):
     FRAME_COUNT = "frame_count"  # fewer than 2 frames, or not 2 + len(arrays)
     OVERSIZE = "oversize"  # message or header over the configured limit
     TOPIC = "topic"  # not ASCII "<prefix>.<source>" matching the header's source
-    MSGPACK = "msgpack"  # header frame is not exactly one msgpack object
-    HEADER = "header"  # header is not a map with string keys
+    MSGPACK = "msgpack"  # not exactly one msgpack object of plain types (maps need string keys)
+    HEADER = "header"  # header is not a map, or a top-level key is not a string
     MISSING_KEY = "missing_key"
     KEY_TYPE = "key_type"  # a key has the wrong type or an out-of-range value
     VERSION = "version"
@@ -145,15 +146,35 @@ def _header(buf: memoryview) -> dict[str, Any]:
     if len(buf) > MAX_HEADER_BYTES:
         raise ProtocolError(Reason.OVERSIZE, f"header is {len(buf)} bytes, limit {MAX_HEADER_BYTES}")
     try:
-        # max_buffer_size bounds every string/array/map length claimed inside the header, so a
-        # 5-byte header claiming a 4-billion-entry map is refused before anything is allocated.
-        header = msgpack.unpackb(buf, raw=False, strict_map_key=True, ext_hook=_refuse_ext,
-                                 max_buffer_size=max(len(buf), 1), use_list=True)
+        # unpackb bounds every string/array/map length claimed inside the header by the buffer's
+        # size, so a 5-byte header claiming a 4-billion-entry map is refused before any
+        # allocation; strict_map_key refuses non-string keys (no hash-flooding with int keys).
+        header = msgpack.unpackb(buf, raw=False, strict_map_key=True, ext_hook=_refuse_ext, use_list=True)
     except Exception as exc:  # msgpack raises many types (ExtraData, StackError, ValueError...)
         raise ProtocolError(Reason.MSGPACK, f"{type(exc).__name__}: {exc}"[:200]) from exc
     if not isinstance(header, dict):
         raise ProtocolError(Reason.HEADER, f"header is a {type(header).__name__}, not a map")
+    if not all(isinstance(k, str) for k in header):
+        raise ProtocolError(Reason.HEADER, "header keys must be strings")
+    _plain(header)
     return header
+
+
+_PLAIN = (str, int, float, bool, bytes, type(None))
+
+
+def _plain(obj: Any) -> None:
+    """Refuse anything but maps, lists and scalars (msgpack turns its Timestamp extension into an
+    object without asking ext_hook); iterative, so deep nesting cannot exhaust the stack."""
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+        elif not isinstance(o, _PLAIN):
+            raise ProtocolError(Reason.MSGPACK, f"msgpack extension value {type(o).__name__} is not allowed")
 
 
 def _int(header: Mapping[str, Any], key: str, minimum: int | None = None) -> int:
@@ -244,11 +265,12 @@ def decode(frames: Sequence[Any], *, max_bytes: int = 256 << 20,
         if name in arrays:
             raise ProtocolError(Reason.ARRAYS, f"array {name[:32]!r} appears twice")
         dt = np.dtype(dtype)
-        expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        expected = math.prod(shape) * dt.itemsize  # Python ints: no overflow on absurd shapes
         if expected != len(buf):
-            raise ProtocolError(Reason.FRAME_LENGTH,
-                                f"array {name[:32]!r} {dtype} {list(shape)} needs {expected} bytes, frame has {len(buf)}")
+            raise ProtocolError(Reason.FRAME_LENGTH, f"array {name[:32]!r} {dtype} {list(shape)} needs "
+                                                     f"{expected} bytes, frame has {len(buf)}")
         arr = np.frombuffer(buf, dtype=dt).reshape(shape)
+        arr.flags.writeable = False  # zmq frames are writable buffers; decoded data must stay as received
         if check_finite and dtype in FLOAT_DTYPES and not np.isfinite(arr).all():
             raise ProtocolError(Reason.NON_FINITE, f"array {name[:32]!r} holds NaN or Inf")
         if dtype == "|b1" and arr.size and arr.view(np.uint8).max() > 1:

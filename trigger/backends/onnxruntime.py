@@ -1,0 +1,63 @@
+"""ONNX Runtime on the CPU: the default backend."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .base import Backend, BackendUnavailable, register_backend
+
+
+@register_backend
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | Path, *, threads: int = 0, **options: Any):
+        super().__init__(model_path)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3  # errors only: ORT's info lines would bypass our logger
+        providers = options.pop("providers", ["CPUExecutionProvider"])
+        if options:
+            raise BackendUnavailable(f"onnxruntime backend: unknown options {sorted(options)}")
+        try:
+            self._session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for missing/corrupt files
+            raise BackendUnavailable(f"ONNX Runtime cannot load {self.model_path}: {exc}") from exc
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise BackendUnavailable(f"{self.model_path} has {len(inputs)} inputs; the daemon feeds exactly one")
+        self._input = inputs[0]
+        shape = self._input.shape[1:]
+        if not all(isinstance(d, int) and d > 0 for d in shape):
+            raise BackendUnavailable(
+                f"{self.model_path}: input {self._input.name} needs a fixed event shape, got {shape}")
+        self._shape = tuple(shape)
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        self._threads = so.intra_op_num_threads
+
+    @property
+    def input_name(self) -> str:
+        return self._input.name
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self._session.run(self._outputs, {self._input.name: batch})
+        return dict(zip(self._outputs, outs, strict=True))
+
+    def describe(self) -> dict[str, str]:
+        return {"backend": self.name, "device": "cpu", "version": ort.__version__, "threads": str(self._threads)}

@@ -1,0 +1,150 @@
+"""Dynamic batching between the receiver and inference, like an inference server's batcher.
+
+Messages (each holding n >= 1 events) wait in an :class:`EventQueue` bounded in events. The
+:class:`Batcher` takes whole messages until adding the next would pass ``max_batch`` events, or
+until ``max_delay`` has passed since the oldest waiting event was received, then hands the
+batch over. A message with more events than ``max_batch`` forms a batch on its own and is
+inferred in ``max_batch`` slices, so a decision message always answers its whole input message.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Item:
+    """One validated input message on its way to inference."""
+
+    source: str
+    seq: int
+    t_ns: int
+    t_recv_ns: int  # wall clock, for the decision header
+    t_recv_mono: float  # monotonic seconds, for latency and the batching deadline
+    data: np.ndarray  # float32 [n, *event_shape]
+    meta: dict[str, Any] | None = None
+    truth_signal: np.ndarray | None = None  # bool [n] when the stream carries simulation truth
+    t_queued_mono: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.data)
+
+
+class EventQueue:
+    """FIFO of :class:`Item` bounded by the number of events it holds.
+
+    ``put`` blocks while the queue is full (a single message larger than the bound is let in
+    when the queue is empty, so it cannot wait forever). ``close`` wakes everyone: ``get``
+    then drains what is left and returns ``None`` once empty.
+    """
+
+    def __init__(self, max_events: int):
+        self.max_events = max_events
+        self._items: collections.deque[Item] = collections.deque()
+        self._events = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    @property
+    def events(self) -> int:
+        return self._events
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Item, timeout: float | None = None) -> bool:
+        """Append ``item``; False if the queue stayed full for ``timeout`` seconds or is closed."""
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: self._closed or not self._items or self._events + item.n <= self.max_events, timeout)
+            if not ok or self._closed:
+                return False
+            item.t_queued_mono = time.monotonic()
+            self._items.append(item)
+            self._events += item.n
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None) -> Item | None:
+        """The oldest item, waiting up to ``timeout`` seconds; None on timeout or when closed and empty."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._items or self._closed, timeout):
+                return None
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            self._events -= item.n
+            self._cond.notify_all()
+            return item
+
+    def peek_size(self) -> int | None:
+        with self._cond:
+            return self._items[0].n if self._items else None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class Batcher:
+    """Groups queued items into batches of at most ``max_batch`` events within ``max_delay`` seconds."""
+
+    def __init__(self, queue: EventQueue, max_batch: int, max_delay: float):
+        self.queue = queue
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self._carry: Item | None = None  # taken from the queue but did not fit the last batch
+
+    def batches(self, idle_timeout: float = 0.1) -> Iterator[list[Item]]:
+        """Yield batches until the queue is closed and drained; yields [] when idle (for housekeeping)."""
+        while True:
+            first = self._carry or self.queue.get(timeout=idle_timeout)
+            self._carry = None
+            if first is None:
+                if self.queue.closed and not len(self.queue):
+                    return
+                yield []
+                continue
+            batch, n = [first], first.n
+            deadline = first.t_recv_mono + self.max_delay
+            while n < self.max_batch:
+                wait = deadline - time.monotonic()
+                nxt = self.queue.get(timeout=max(wait, 0.0)) if wait > 0 or len(self.queue) else None
+                if nxt is None:
+                    break
+                if n + nxt.n > self.max_batch:
+                    self._carry = nxt
+                    break
+                batch.append(nxt)
+                n += nxt.n
+            yield batch
+
+
+class BatchBuffer:
+    """A reusable float32 buffer, so assembling a batch from several messages allocates nothing."""
+
+    def __init__(self, max_batch: int, event_shape: tuple[int, ...]):
+        self._buf = np.empty((max_batch, *event_shape), dtype=np.float32)
+
+    def assemble(self, items: list[Item]) -> np.ndarray:
+        if len(items) == 1:
+            return items[0].data  # no copy: the message's own (read-only) array
+        n = 0
+        for it in items:
+            self._buf[n:n + it.n] = it.data
+            n += it.n
+        return self._buf[:n]

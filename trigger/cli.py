@@ -1,0 +1,235 @@
+"""``trigger``: one console command, subcommands serve | replay | calibrate | demo."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from ._log import configure, logger
+from .backends import BackendUnavailable
+from .calibration import DEFAULT_FPRS, CalibrationError, calibration_path_for, working_point_name
+from .config import DEFAULT_PULSE_MODEL, ConfigError
+
+
+def _serve_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+
+    def put(path: str, value: Any) -> None:
+        if value is None:
+            return
+        node = o
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+
+    put("input.endpoints", a.input)
+    put("input.pattern", a.input_pattern)
+    put("input.topics", a.topic)
+    put("output.endpoint", a.output)
+    put("output.dead_letter", a.dead_letter)
+    put("metrics.port", a.metrics_port)
+    put("pipeline.name", a.pipeline)
+    put("pipeline.model", a.model)
+    put("pipeline.calibration", a.calibration)
+    put("pipeline.working_point", a.working_point)
+    put("backend.name", a.backend)
+    put("backend.threads", a.threads)
+    put("batching.max_batch", a.max_batch)
+    put("batching.max_delay_ms", a.max_delay_ms)
+    put("log_level", a.log_level)
+    return o
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from . import config as config_mod
+    from .daemon import Daemon, StartupError
+
+    try:
+        cfg = config_mod.load(a.config, _serve_overrides(a))
+        configure(cfg.log_level)
+        daemon = Daemon(cfg)
+    except (ConfigError, CalibrationError, BackendUnavailable, OSError) as exc:
+        configure()
+        logger.error("cannot start: %s", exc)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.info("%s: draining", signal.Signals(signum).name)
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon.start()
+    except StartupError as exc:
+        logger.error("cannot start: %s", exc)
+        return 1
+    daemon.run()
+    return 0
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    import zmq
+    from tqdm import tqdm
+
+    from .replay import FileSource, PoolSource, make_simulation, open_socket, replay, wait_for_subscriber
+
+    configure(a.log_level)
+    if a.file:
+        source = FileSource(a.file)
+    else:
+        source = make_simulation(a.simulate, seed=a.seed, signal_fraction=a.signal_fraction)
+        if a.pool:
+            source = PoolSource(source, a.pool)
+    ctx = zmq.Context()
+    sock = open_socket(ctx, a.output, a.pattern, connect=a.connect)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    try:
+        if a.pattern == "pub" and a.wait_subscriber and not wait_for_subscriber(sock, a.wait_subscriber):
+            logger.error("no subscriber within %.0f s on %s", a.wait_subscriber, a.output)
+            return 1
+        if a.pattern == "pub" and not a.wait_subscriber:
+            time.sleep(0.5)  # let subscribers that connect right away catch the start
+        events = a.events if a.events else int(a.rate * a.duration) if a.rate and a.duration else 0
+        if events <= 0:
+            events = sys.maxsize  # until stopped
+        sources = [f"{a.source}{i:02d}" for i in range(a.sources)] if a.sources > 1 else [a.source]
+        with tqdm(total=None if events == sys.maxsize else events * len(sources), unit="ev", desc="replay",
+                  disable=not sys.stderr.isatty()) as bar:
+            replay(sock, source, sources=sources, events=events, rate=a.rate, events_per_message=a.batch,
+                   truth=not a.no_truth, stop=lambda: stop["now"], progress=bar.update)
+    finally:
+        sock.close()
+        ctx.term()
+    return 0
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from .backends import create_backend
+    from .calibrate import calibrate, noise_from_file, noise_from_stream
+
+    configure(a.log_level)
+    model = Path(a.model)
+    try:
+        backend = create_backend(a.backend, model)
+        if a.data:
+            noise = noise_from_file(a.data)
+        elif a.stream:
+            noise = noise_from_stream(a.stream, a.events, a.input_pattern, a.timeout)
+        else:
+            from .replay import make_simulation
+
+            sim = make_simulation("waveform", seed=a.seed, signal_fraction=0.0)
+            noise, _ = sim.next(a.events)
+        output = Path(a.output) if a.output else calibration_path_for(model)
+        calibrate(backend, noise, a.fpr, default_working_point=working_point_name(a.default_fpr), output=output,
+                  provenance={"command": " ".join(sys.argv), "events": len(noise),
+                              "data": str(a.data or a.stream or f"simulation seed {a.seed}")})
+    except (CalibrationError, BackendUnavailable, ValueError, OSError, TimeoutError) as exc:
+        logger.error("cannot calibrate: %s", exc)
+        return 1
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    configure(a.log_level)
+    try:
+        run_demo(duration=a.duration, rate=a.rate, events_per_message=a.batch, seed=a.seed, config=a.config,
+                 json_out=a.json)
+    except (RuntimeError, TimeoutError) as exc:
+        logger.error("demo failed: %s", exc)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trigger", description=__doc__)
+    p.add_argument("--version", action="version", version=f"trigger {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the trigger daemon")
+    s.add_argument("--config", type=Path, help="YAML configuration file")
+    s.add_argument("--input", action="append", metavar="ENDPOINT", help="endpoint to connect to (repeatable)")
+    s.add_argument("--input-pattern", choices=["sub", "pull"])
+    s.add_argument("--topic", action="append", help="SUB topic prefix (repeatable; default: all)")
+    s.add_argument("--output", metavar="ENDPOINT", help="endpoint the decision PUB socket binds to")
+    s.add_argument("--dead-letter", metavar="ENDPOINT", help="endpoint for rejected messages (PUB, bound)")
+    s.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus HTTP port (0 = off)")
+    s.add_argument("--pipeline", choices=["pulse", "segment", "denoise"])
+    s.add_argument("--model", type=Path, help=f"ONNX model (default: shipped {DEFAULT_PULSE_MODEL.name})")
+    s.add_argument("--calibration", type=Path, help="calibration file (default: beside the model)")
+    s.add_argument("--working-point", help="e.g. fpr_0.01")
+    s.add_argument("--backend", help="inference backend (default onnxruntime)")
+    s.add_argument("--threads", type=int, help="backend threads (0 = all cores)")
+    s.add_argument("--max-batch", type=int)
+    s.add_argument("--max-delay-ms", type=float)
+    s.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    s.set_defaults(func=cmd_serve)
+
+    r = sub.add_parser("replay", help="publish simulated or recorded events")
+    r.add_argument("--output", default="tcp://127.0.0.1:5555", help="endpoint to bind (or connect with --connect)")
+    r.add_argument("--connect", action="store_true", help="connect instead of bind (e.g. to an XSUB proxy)")
+    r.add_argument("--pattern", choices=["pub", "push"], default="pub")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--file", type=Path, help="recorded .npz (data, truth_*)")
+    src.add_argument("--simulate", default="waveform", help="registered simulation (default waveform)")
+    r.add_argument("--rate", type=float, default=1000.0, help="events/s per source (0 = as fast as possible)")
+    r.add_argument("--events", type=int, default=0, help="events per source (default: rate x duration)")
+    r.add_argument("--duration", type=float, default=0.0, help="seconds (0 and no --events: until stopped)")
+    r.add_argument("--batch", type=int, default=32, help="events per message")
+    r.add_argument("--source", default="adc00", help="source name (prefix when --sources > 1)")
+    r.add_argument("--sources", type=int, default=1, help="number of sources")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--signal-fraction", type=float, default=0.5)
+    r.add_argument("--pool", type=int, default=0, help="simulate this many events once and cycle them")
+    r.add_argument("--no-truth", action="store_true", help="leave meta.truth out")
+    r.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds for a subscriber before sending")
+    r.add_argument("--log-level", default="INFO")
+    r.set_defaults(func=cmd_replay)
+
+    c = sub.add_parser("calibrate", help="recompute the noise centre and thresholds d*")
+    c.add_argument("--model", default=str(DEFAULT_PULSE_MODEL), help="ONNX model")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--data", type=Path, help=".npz with noise-only events (truth_is_signal honoured)")
+    g.add_argument("--stream", action="append", metavar="ENDPOINT", help="collect from a live stream")
+    c.add_argument("--input-pattern", choices=["sub", "pull"], default="sub")
+    c.add_argument("--events", type=int, default=100_000, help="noise events to use (stream or simulation)")
+    c.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a stream")
+    c.add_argument("--seed", type=int, default=12345, help="simulation seed (when no data or stream)")
+    c.add_argument("--fpr", type=float, nargs="+", default=list(DEFAULT_FPRS), help="false-positive rates")
+    c.add_argument("--default-fpr", type=float, default=0.01)
+    c.add_argument("--backend", default="onnxruntime")
+    c.add_argument("-o", "--output", help="calibration file to write (default: beside the model)")
+    c.add_argument("--log-level", default="INFO")
+    c.set_defaults(func=cmd_calibrate)
+
+    d = sub.add_parser("demo", help="replay -> daemon -> subscriber on localhost, then a summary table")
+    d.add_argument("--duration", type=float, default=15.0, help="seconds of replay")
+    d.add_argument("--rate", type=float, default=5000.0, help="events/s")
+    d.add_argument("--batch", type=int, default=32, help="events per message")
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--config", help="daemon configuration file")
+    d.add_argument("--json", help="also write the summary as JSON here")
+    d.add_argument("--log-level", default="INFO")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Daemon configuration: typed models that reject unknown keys, loaded from YAML, overridden by the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PACKAGE_MODELS = Path(__file__).parent / "models"
+DEFAULT_PULSE_MODEL = PACKAGE_MODELS / "pulse_default.onnx"
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the key and the file."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Model):
+    endpoints: list[str] = Field(default_factory=lambda: ["tcp://127.0.0.1:5555"], min_length=1)
+    """ZeroMQ endpoints to connect to (readout PUB or PUSH sockets)."""
+    pattern: Literal["sub", "pull"] = "sub"
+    """Socket type: SUB subscribes to a PUB; PULL fair-queues from a PUSH (scale-out)."""
+    topics: list[str] = Field(default_factory=lambda: [""])
+    """SUB topic prefixes (empty string = everything)."""
+    hwm: int = Field(1000, ge=1)
+    """ZeroMQ receive high-water mark, in messages."""
+    max_message_bytes: int = Field(256 << 20, ge=1024)
+    """Larger messages are refused by ZeroMQ itself (ZMQ_MAXMSGSIZE) and never reach the decoder."""
+    track_sequence: bool | None = None
+    """Count gaps and restarts per source; default on for SUB, off for PULL (where each worker
+    sees only its share of every source)."""
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: list[str]) -> list[str]:
+        for e in v:
+            if "://" not in e:
+                raise ValueError(f"endpoint {e!r} is not a ZeroMQ endpoint like tcp://127.0.0.1:5555")
+        return v
+
+
+class OutputConfig(_Model):
+    endpoint: str = "tcp://127.0.0.1:5556"
+    """Where the decision PUB socket binds (or connects, with connect: true)."""
+    connect: bool = False
+    """Connect instead of bind, e.g. to an XSUB/XPUB proxy's XSUB side."""
+    dead_letter: str | None = None
+    """Optional endpoint a PUB socket binds to, carrying every rejected message with its reason."""
+    hwm: int = Field(10000, ge=1)
+
+
+class MetricsConfig(_Model):
+    port: int = Field(9100, ge=0, le=65535)
+    """HTTP port of the Prometheus endpoint; 0 turns it off."""
+    host: str = "127.0.0.1"
+
+
+class PipelineConfig(_Model):
+    name: Literal["pulse", "segment", "denoise"] = "pulse"
+    model: Path | None = None
+    """ONNX model file; default: the shipped model of the pipeline."""
+    calibration: Path | None = None
+    """Calibration file; default: beside the model (model.calib.json)."""
+    working_point: str | None = None
+    """Calibrated working point, e.g. fpr_0.01; default: the calibration's default."""
+    pedestal: float = 0.0
+    """Subtracted from integer ADC data before the gain is applied."""
+    gain: float = 1.0
+    """Multiplies integer ADC data (after the pedestal) to physical units."""
+
+
+class BackendConfig(_Model):
+    name: str = "onnxruntime"
+    """Inference backend (see trigger.backends)."""
+    threads: int = Field(0, ge=0)
+    """Intra-op threads; 0 lets the backend choose (all cores)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Backend-specific options."""
+
+
+class BatchingConfig(_Model):
+    max_batch: int = Field(256, ge=1)
+    """Most events per inference call."""
+    max_delay_ms: float = Field(2.0, ge=0)
+    """Longest an event waits for a batch to fill before inference runs anyway."""
+    queue_events: int = Field(16384, ge=1)
+    """Bound of the queue between receiver and inference, in events; when full the receiver
+    waits, so ZeroMQ's high-water mark pushes back (PULL) or drops (SUB, seen as gaps)."""
+
+
+class Config(_Model):
+    input: InputConfig = InputConfig()
+    output: OutputConfig = OutputConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    backend: BackendConfig = BackendConfig()
+    batching: BatchingConfig = BatchingConfig()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def model_path(self) -> Path:
+        if self.pipeline.model is not None:
+            return self.pipeline.model
+        if self.pipeline.name == "pulse":
+            return DEFAULT_PULSE_MODEL
+        raise ConfigError(f"pipeline {self.pipeline.name!r} has no shipped model: set pipeline.model")
+
+    def sequence_tracking(self) -> bool:
+        if self.input.track_sequence is not None:
+            return self.input.track_sequence
+        return self.input.pattern == "sub"
+
+
+def _explain(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{where}: {key}: {msg}")
+    return "; ".join(lines)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """The YAML file (if any) with ``overrides`` (nested dict, e.g. from the CLI) on top."""
+    raw: dict[str, Any] = {}
+    where = "command line"
+    if path is not None:
+        where = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
+        raw = loaded
+    try:
+        return Config.model_validate(_merge(raw, overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, where)) from exc

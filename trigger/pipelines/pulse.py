@@ -1,0 +1,81 @@
+"""The pulse trigger: latent means of a VCAE encoder, distance from the noise-only centre, cut at d*."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import Backend, BackendUnavailable, create_backend
+from ..calibration import PulseCalibration, calibration_path_for, distances, load_for_model, sha256_file
+from ..config import Config
+from .base import Pipeline
+
+
+class PulsePipeline(Pipeline):
+    name = "pulse"
+    input_kind = "waveform"
+
+    def __init__(self, backend: Backend, calibration: PulseCalibration, *, working_point: str | None = None,
+                 calibration_path: str | Path | None = None):
+        self.backend = backend
+        self.calibration = calibration
+        self.working_point = working_point or calibration.default_working_point
+        self.threshold = calibration.threshold(self.working_point)
+        self._centre = np.asarray(calibration.centre, dtype=np.float32)
+        if backend.input_shape != (calibration.n_samples,):
+            raise BackendUnavailable(
+                f"model input shape {backend.input_shape} does not match the calibration's "
+                f"{calibration.n_samples} samples")
+        self._output = calibration.output_name
+        if self._output not in backend.output_names:
+            raise BackendUnavailable(f"model has no output {self._output!r}; it has {backend.output_names}")
+        cal_path = Path(calibration_path) if calibration_path else calibration_path_for(backend.model_path)
+        self._header = {
+            "pipeline": self.name,
+            "model": {
+                "name": backend.model_path.name,
+                "sha256": calibration.model_sha256,
+                # The calibration is named by its file's content hash, like the model; its file
+                # name rides along for people.
+                "calibration": sha256_file(cal_path),
+                "calibration_name": cal_path.name,
+            },
+            "threshold": float(self.threshold),
+            "working_point": self.working_point,
+        }
+
+    @classmethod
+    def from_config(cls, config: Config) -> PulsePipeline:
+        model = config.model_path()
+        if not Path(model).is_file():
+            raise BackendUnavailable(f"model file {model} does not exist")
+        calibration = load_for_model(model, config.pipeline.calibration)
+        backend = create_backend(config.backend.name, model, threads=config.backend.threads,
+                                 **config.backend.options)
+        return cls(backend, calibration, working_point=config.pipeline.working_point,
+                   calibration_path=config.pipeline.calibration)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return (self.calibration.n_samples,)
+
+    def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        z = self.backend.infer(batch)[self._output].astype(np.float32, copy=False)
+        score = distances(z, self._centre)
+        return {"accept": score > self.threshold, "score": score, "z": z}
+
+    def header(self) -> dict[str, Any]:
+        return self._header
+
+    def outcomes(self, result: dict[str, np.ndarray]) -> dict[str, int]:
+        n_acc = int(np.count_nonzero(result["accept"]))
+        return {"accept": n_acc, "reject": len(result["accept"]) - n_acc}
+
+    def describe(self) -> dict[str, str]:
+        return {"pipeline": self.name, "model": self.backend.model_path.name,
+                "model_sha256": self.calibration.model_sha256[:16],
+                "calibration_sha256": self._header["model"]["calibration"][:16],
+                "working_point": self.working_point, "threshold": f"{self.threshold:.6g}",
+                **self.backend.describe()}

@@ -1,0 +1,155 @@
+"""Replay: publish simulated or recorded events over ZeroMQ as a readout would.
+
+Sources: a recorded ``.npz`` file (``data`` [N, ...] plus optional ``truth_*`` arrays, as the
+simulators write), cycled as needed; or a simulation registered under the entry-point group
+``trigger.sources`` (the ``simulators`` package registers ``waveform``). The daemon package
+looks simulations up by name and never imports the simulators package.
+
+Pacing: message k of a source leaves at ``t0 + k * events_per_message / rate`` on an absolute
+schedule, so short stalls are caught up and the long-run rate is exact; ``rate = 0`` sends as
+fast as the socket takes them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import zmq
+
+from ._log import logger
+from .protocol import encode_input
+
+SOURCE_GROUP = "trigger.sources"
+
+
+class EventSource(Protocol):
+    """Anything that hands out events with their truth."""
+
+    kind: str  # "waveform" or "image"
+
+    def next(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+
+
+class FileSource:
+    """Events of a recorded ``.npz`` file, cycled."""
+
+    def __init__(self, path: str | Path):
+        with np.load(path, allow_pickle=False) as f:
+            if "data" not in f.files:
+                raise ValueError(f"{path} has no 'data' array")
+            self.data = f["data"]
+            self.truth = {k[len("truth_"):]: f[k] for k in f.files if k.startswith("truth_")}
+        if self.data.ndim not in (2, 3) or len(self.data) == 0:
+            raise ValueError(f"{path}: data must be [n, samples] or [n, h, w] with n >= 1, got {self.data.shape}")
+        self.kind = "waveform" if self.data.ndim == 2 else "image"
+        self._pos = 0
+
+    def next(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        idx = (self._pos + np.arange(n)) % len(self.data)
+        self._pos = int((self._pos + n) % len(self.data))
+        return self.data[idx], {k: v[idx] for k, v in self.truth.items()}
+
+
+class PoolSource:
+    """Cycles a pool drawn once from another source: replay speed without generation cost."""
+
+    def __init__(self, source: EventSource, size: int):
+        self.kind = source.kind
+        self.data, self.truth = source.next(size)
+        self._pos = 0
+
+    def next(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if self._pos + n <= len(self.data):  # a contiguous slice: no copy
+            sl = slice(self._pos, self._pos + n)
+            self._pos = (self._pos + n) % len(self.data)
+            return self.data[sl], {k: v[sl] for k, v in self.truth.items()}
+        idx = (self._pos + np.arange(n)) % len(self.data)
+        self._pos = int((self._pos + n) % len(self.data))
+        return self.data[idx], {k: v[idx] for k, v in self.truth.items()}
+
+
+def simulation_names() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group=SOURCE_GROUP))
+
+
+def make_simulation(name: str, seed: int, **options: Any) -> EventSource:
+    """The registered simulation ``name`` (e.g. ``waveform``), seeded."""
+    eps = {ep.name: ep for ep in entry_points(group=SOURCE_GROUP)}
+    if name not in eps:
+        raise ValueError(f"no simulation named {name!r}; installed: {sorted(eps) or 'none'} "
+                         f"(install the project with 'pip install -e .' to register them)")
+    return eps[name].load()(seed=seed, **options)
+
+
+@dataclass
+class ReplayStats:
+    messages: dict[str, int] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def total_events(self) -> int:
+        return sum(self.events.values())
+
+    @property
+    def total_messages(self) -> int:
+        return sum(self.messages.values())
+
+
+def open_socket(ctx: zmq.Context, endpoint: str, pattern: str = "pub", connect: bool = False,
+                hwm: int = 1000) -> zmq.Socket:
+    """The readout side: XPUB (a PUB that also sees subscriptions) or PUSH, bound by default."""
+    sock = ctx.socket(zmq.XPUB if pattern == "pub" else zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.LINGER, 5000)
+    (sock.connect if connect else sock.bind)(endpoint)
+    return sock
+
+
+def wait_for_subscriber(sock: zmq.Socket, timeout: float) -> bool:
+    """On an XPUB, wait until some subscriber has subscribed (PUB would drop messages until then)."""
+    if sock.socket_type != zmq.XPUB:
+        return True
+    if sock.poll(int(timeout * 1000)):
+        sock.recv()  # the subscription message
+        return True
+    return False
+
+
+def replay(sock: zmq.Socket, source: EventSource, *, sources: list[str], events: int, rate: float,
+           events_per_message: int, truth: bool = True, stop: Callable[[], bool] | None = None,
+           progress: Callable[[int], None] | None = None) -> ReplayStats:
+    """Send ``events`` events per source name in messages of ``events_per_message``, at ``rate``
+    events/s per source (0 = as fast as possible). Returns what was sent."""
+    stats = ReplayStats(messages={s: 0 for s in sources}, events={s: 0 for s in sources})
+    interval = events_per_message / rate if rate > 0 else 0.0
+    t0 = time.monotonic()
+    k = 0
+    left = events
+    while left > 0 and not (stop and stop()):
+        n = min(events_per_message, left)
+        if interval:
+            delay = t0 + k * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        for name in sources:
+            data, tr = source.next(n)
+            meta = {"truth": {key: v.tolist() for key, v in tr.items()}} if truth and tr else None
+            sock.send_multipart(encode_input(source.kind, name, stats.messages[name], time.time_ns(), data, meta),
+                                copy=False)
+            stats.messages[name] += 1
+            stats.events[name] += n
+        left -= n
+        k += 1
+        if progress:
+            progress(n * len(sources))
+    stats.seconds = time.monotonic() - t0
+    logger.info("replay sent %d events in %d messages in %.2f s (%.0f events/s)", stats.total_events,
+                stats.total_messages, stats.seconds, stats.total_events / max(stats.seconds, 1e-9))
+    return stats
