@@ -114,7 +114,7 @@ def open_socket(ctx: zmq.Context, endpoint: str, pattern: str = "pub", connect: 
 
 def wait_for_subscriber(sock: zmq.Socket, timeout: float) -> bool:
     """On an XPUB, wait until some subscriber has subscribed (PUB would drop messages until then)."""
-    if sock.socket_type != zmq.XPUB:
+    if sock.type != zmq.XPUB:
         return True
     if sock.poll(int(timeout * 1000)):
         sock.recv()  # the subscription message

@@ -1,0 +1,235 @@
+"""Daemon throughput and latency against the bare backend, measured in the same run.
+
+1. Bare backend: ONNX Runtime on the model alone, events/s per batch size (the ceiling).
+2. End to end, sustained, no loss: replay (PUSH, from a pre-simulated pool) -> `trigger serve`
+   (a real subprocess, PULL) -> subscriber. PUSH/PULL carries backpressure, so the rate the
+   daemon sustains is what arrives decided; every event sent must come back decided.
+   Swept over the daemon's max_batch.
+3. Latency at half the end-to-end maximum: replay paced (PUB/SUB), percentiles of the daemon's
+   receive-to-publish time (decision headers) and of replay-to-subscriber time.
+4. Daemon memory: peak resident set (VmHWM) of the daemon process.
+
+Ratios (end to end / bare) are the figures of merit: both sides ran on the same machine in the
+same minute, so a shared, noisy machine moves them together.
+
+    python benchmarks/throughput.py [--model M.onnx] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, write_result  # noqa: E402
+
+from trigger.backends import create_backend  # noqa: E402
+from trigger.config import DEFAULT_PULSE_MODEL  # noqa: E402
+from trigger.demo import DecisionCollector, free_port, handshake  # noqa: E402
+from trigger.replay import PoolSource, make_simulation, open_socket, replay, wait_for_subscriber  # noqa: E402
+
+log = logging.getLogger("benchmarks.throughput")
+
+
+def bare_backend(model: Path, pool: np.ndarray, batch_sizes: list[int], seconds: float) -> dict[int, float]:
+    """Events/s of the backend alone per batch size (best of 3 timed windows, after warm-up)."""
+    backend = create_backend("onnxruntime", model)
+    out = {}
+    for bs in batch_sizes:
+        batch = np.ascontiguousarray(pool[:bs])
+        backend.infer(batch)
+        best = 0.0
+        for _ in range(3):
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds / 3:
+                backend.infer(batch)
+                n += bs
+            best = max(best, n / (time.perf_counter() - t0))
+        out[bs] = best
+        log.info("bare backend, batch %4d: %8.0f events/s", bs, best)
+    return out
+
+
+class Daemon:
+    def __init__(self, model: Path, in_ep: str, pattern: str, max_batch: int, max_delay_ms: float):
+        self.out_ep = f"tcp://127.0.0.1:{free_port()}"
+        cmd = [sys.executable, "-m", "trigger", "serve", "--model", str(model), "--input", in_ep, "--output",
+               self.out_ep, "--input-pattern", pattern, "--metrics-port", "0", "--max-batch", str(max_batch),
+               "--max-delay-ms", str(max_delay_ms), "--log-level", "WARNING"]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def peak_rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=30)
+        if self.proc.returncode != 0:
+            log.error("daemon failed:\n%s", err)
+        return self.proc.returncode
+
+
+def chain(ctx: zmq.Context, model: Path, pattern: str, max_batch: int, max_delay_ms: float, shape: tuple[int, ...]):
+    sock = open_socket(ctx, "tcp://127.0.0.1:*", pattern, hwm=64)
+    in_ep = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    daemon = Daemon(model, in_ep, "sub" if pattern == "pub" else "pull", max_batch, max_delay_ms)
+    collector = DecisionCollector(ctx, daemon.out_ep)
+    collector.start()
+    if pattern == "pub" and not wait_for_subscriber(sock, 60):
+        raise RuntimeError("daemon never subscribed")
+    handshake(sock, collector, shape, timeout=120)
+    return sock, daemon, collector
+
+
+def end_to_end(ctx, model, source, events: int, max_batch: int, per_message: int, shape) -> dict:
+    """Sustained rate with backpressure and no loss: everything sent must come back decided."""
+    sock, daemon, collector = chain(ctx, model, "push", max_batch, 2.0, shape)
+    try:
+        t0 = time.monotonic()
+        stats = replay(sock, source, sources=["adc00"], events=events, rate=0, events_per_message=per_message,
+                       truth=False)
+        while collector.events() < stats.total_events and time.monotonic() - t0 < 300:
+            time.sleep(0.002)
+        elapsed = time.monotonic() - t0
+        decided = collector.events()
+        rss = daemon.peak_rss_bytes()
+    finally:
+        collector.stop()
+        sock.close(linger=0)
+        code = daemon.stop()
+    rate = decided / elapsed
+    log.info("end to end, max_batch %4d: %8.0f events/s (%d of %d decided), daemon peak RSS %.0f MB",
+             max_batch, rate, decided, stats.total_events, rss / 2**20)
+    return {"max_batch": max_batch, "events_per_message": per_message, "events_sent": stats.total_events,
+            "events_decided": decided, "lost": stats.total_events - decided, "seconds": elapsed,
+            "events_per_second": rate, "daemon_peak_rss_bytes": rss, "daemon_exit": code}
+
+
+def latency_at(ctx, model, source, rate: float, seconds: float, max_batch: int, per_message: int, shape) -> dict:
+    sock, daemon, collector = chain(ctx, model, "pub", max_batch, 2.0, shape)
+    try:
+        events = int(rate * seconds)
+        stats = replay(sock, source, sources=["adc00"], events=events, rate=rate, events_per_message=per_message,
+                       truth=False)
+        deadline = time.monotonic() + 30
+        while collector.events() < stats.total_events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        rss = daemon.peak_rss_bytes()
+    finally:
+        got = collector.stop()
+        sock.close(linger=0)
+        daemon.stop()
+    lat = np.asarray(got.daemon_latency)
+    e2e = np.asarray(got.e2e_latency)
+    q = [50, 90, 99, 99.9]
+    res = {"rate": rate, "events_sent": stats.total_events, "events_decided": got.events,
+           "events_per_message": per_message, "max_batch": max_batch, "daemon_peak_rss_bytes": rss,
+           "latency_seconds": dict(zip([f"p{x:g}" for x in q], np.percentile(lat, q).tolist(), strict=True)),
+           "end_to_end_latency_seconds": dict(zip([f"p{x:g}" for x in q], np.percentile(e2e, q).tolist(),
+                                                  strict=True)),
+           "latency_histogram": np.histogram(lat, bins=np.logspace(-5, 0, 51))[0].tolist()}
+    log.info("latency at %.0f events/s: p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms (%d of %d decided)", rate,
+             res["latency_seconds"]["p50"] * 1e3, res["latency_seconds"]["p99"] * 1e3,
+             res["latency_seconds"]["p99.9"] * 1e3, got.events, stats.total_events)
+    return res
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    bare = result["bare_backend"]
+    a.plot(list(map(int, bare)), list(bare.values()), "o-", label="bare ONNX Runtime backend")
+    e2e = result["end_to_end"]
+    a.plot([r["max_batch"] for r in e2e], [r["events_per_second"] for r in e2e], "s-",
+           label="end to end (replay → daemon → subscriber)")
+    a.set_xscale("log", base=2)
+    a.set_xlabel("batch size (events)")
+    a.set_ylabel("events / s")
+    a.set_title("Throughput")
+    a.grid(alpha=0.3)
+    a.legend()
+    lat = result["latency_half_load"]
+    edges = np.logspace(-5, 0, 51)
+    b.stairs(lat["latency_histogram"], edges * 1e3)
+    for k, v in lat["latency_seconds"].items():
+        if k in ("p50", "p99", "p99.9"):
+            b.axvline(v * 1e3, ls="--", color="grey")
+            b.text(v * 1e3, b.get_ylim()[1] * 0.9, k, rotation=90, va="top", ha="right")
+    b.set_xscale("log")
+    b.set_xlabel("receive → publish latency (ms)")
+    b.set_ylabel("decision messages")
+    b.set_title(f"Latency at {lat['rate']:.0f} events/s (half of max)")
+    fig.suptitle(f"pulse pipeline, {result['machine']['cpu']} ({result['machine']['cores']} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=DEFAULT_PULSE_MODEL)
+    p.add_argument("--quick", action="store_true", help="short runs (smoke test of the benchmark itself)")
+    p.add_argument("--per-message", type=int, default=64, help="events per message")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    scale = 0.2 if a.quick else 1.0
+    sim = make_simulation("waveform", seed=2024, signal_fraction=0.5)
+    shape = (sim.config.n_samples,)
+    source = PoolSource(sim, 4096)
+    batch_sizes = [1, 8, 32, 64, 128, 256, 512]
+    bare = bare_backend(a.model, source.data, batch_sizes, seconds=3.0 * scale)
+    ctx = zmq.Context()
+    e2e = [end_to_end(ctx, a.model, source, int(60000 * scale), mb, a.per_message, shape)
+           for mb in (64, 128, 256, 512)]
+    best = max(e2e, key=lambda r: r["events_per_second"])
+    half = 0.5 * best["events_per_second"]
+    lat = latency_at(ctx, a.model, source, half, 20 * scale, 256, 16, shape)
+    ctx.term()
+    ref = bare[256]
+    result = {
+        "model": str(a.model.name),
+        "bare_backend": bare,
+        "end_to_end": e2e,
+        "latency_half_load": lat,
+        "summary": {
+            "bare_batch256_events_per_second": ref,
+            "end_to_end_best_events_per_second": best["events_per_second"],
+            "end_to_end_best_max_batch": best["max_batch"],
+            "ratio_end_to_end_over_bare": best["events_per_second"] / ref,
+            "target_ratio": 0.8,
+            "p99_latency_half_load_seconds": lat["latency_seconds"]["p99"],
+            "target_p99_seconds": 0.005,
+            "daemon_peak_rss_bytes": max(r["daemon_peak_rss_bytes"] for r in [*e2e, lat]),
+            "target_rss_bytes": 500 * 2**20,
+            "lost_events": sum(r["lost"] for r in e2e),
+        },
+    }
+    path = write_result("throughput", result)
+    result["machine"] = __import__("json").loads(path.read_text())["machine"]
+    plot(result, RESULTS / "throughput.png")
+    s = result["summary"]
+    log.info("end to end %.0f / bare %.0f events/s = %.2f (target >= 0.8); p99 at half load %.2f ms (target < 5); "
+             "daemon peak RSS %.0f MB (target < 500); lost %d", s["end_to_end_best_events_per_second"], ref,
+             s["ratio_end_to_end_over_bare"], s["p99_latency_half_load_seconds"] * 1e3,
+             s["daemon_peak_rss_bytes"] / 2**20, s["lost_events"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
