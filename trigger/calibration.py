@@ -100,10 +100,21 @@ class PulseCalibration:
     provenance: dict[str, Any] = field(default_factory=dict)
     """How it was made: command, seeds, data, training run."""
     format: str = FORMAT
+    source_file: str | None = field(default=None, compare=False, repr=False)
+    """The file this calibration was loaded from (not stored in the file)."""
 
     def __post_init__(self) -> None:
         if self.format != FORMAT:
             raise CalibrationError(f"format {self.format!r}, expected {FORMAT!r}")
+        if type(self.n_samples) is not int or self.n_samples < 1:
+            raise CalibrationError(f"n_samples must be a positive int, got {self.n_samples!r}")
+        if not isinstance(self.model_sha256, str) or len(self.model_sha256) != 64:
+            raise CalibrationError(f"model_sha256 must be 64 hex digits, got {self.model_sha256!r}")
+        if not isinstance(self.working_points, dict) or not all(
+                isinstance(k, str) and type(v) in (int, float) for k, v in self.working_points.items()):
+            raise CalibrationError(f"working_points must map names to numbers, got {self.working_points!r}")
+        if not all(type(c) in (int, float) for c in self.centre):
+            raise CalibrationError(f"centre must be numbers, got {self.centre!r}")
         if not self.working_points:
             raise CalibrationError("no working points")
         if self.default_working_point not in self.working_points:
@@ -137,7 +148,9 @@ class PulseCalibration:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        data = asdict(self)
+        del data["source_file"]
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
         tmp.replace(path)  # atomic: a reader never sees half a file
         return path
 
@@ -150,13 +163,13 @@ class PulseCalibration:
             raise CalibrationError(f"cannot read calibration {path}: {exc}") from exc
         if not isinstance(raw, dict):
             raise CalibrationError(f"calibration {path} is not a JSON object")
-        known = set(cls.__dataclass_fields__)
+        known = set(cls.__dataclass_fields__) - {"source_file"}
         unknown = set(raw) - known
         if unknown:
             raise CalibrationError(f"calibration {path}: unknown keys {sorted(unknown)}")
         try:
             raw["centre"] = tuple(raw.get("centre", ()))
-            return cls(**raw)
+            return cls(**raw, source_file=str(path))
         except TypeError as exc:
             raise CalibrationError(f"calibration {path}: {exc}") from exc
         except CalibrationError as exc:

@@ -116,13 +116,20 @@ class Config(_Model):
         return self.input.pattern == "sub"
 
 
-def _explain(exc: ValidationError, where: str) -> str:
+def _explain(exc: ValidationError, where: str, overrides: dict[str, Any]) -> str:
+    """One clause per error, each blamed on the command line or on the file, whichever set the key."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{where}: {key}: {msg}")
+        node: Any = overrides
+        for part in err["loc"]:
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        lines.append(f"{'command line' if node is not _MISSING else where}: {key}: {msg}")
     return "; ".join(lines)
+
+
+_MISSING = object()
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -152,4 +159,4 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     try:
         return Config.model_validate(_merge(raw, overrides or {}))
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, where)) from exc
+        raise ConfigError(_explain(exc, where, overrides or {})) from exc

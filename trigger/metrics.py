@@ -3,7 +3,7 @@
 Names carry the ``trigger_`` prefix and base units (seconds, bytes); counters end in
 ``_total``. Every series with a known label set is created at start so it reads 0 rather than
 being absent. The ``source`` label comes from the wire, so its cardinality is capped: past
-``MAX_SOURCES`` distinct sources, new ones are counted under ``source="_other"``.
+``MAX_SOURCES`` distinct sources, new ones are counted under ``source="~other"``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from prometheus_client import (
 from .protocol import Reason
 
 MAX_SOURCES = 256
-OTHER_SOURCE = "_other"
+OTHER_SOURCE = "~other"  # "~" is not allowed in source names, so no real source collides
 
 # 10 us to 1 s, roughly three per decade: fine enough for p99 at microsecond-to-millisecond scale.
 LATENCY_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0)

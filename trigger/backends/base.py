@@ -16,7 +16,7 @@ import numpy as np
 
 _REGISTRY: dict[str, type[Backend]] = {}
 # Where each known backend lives; importing the module registers it.
-_MODULES = {"onnxruntime": "trigger.backends.onnxruntime", "tensorrt": "trigger.backends.tensorrt"}
+_MODULES = {"onnxruntime": "trigger.backends.onnxruntime"}
 
 
 class BackendUnavailable(RuntimeError):
@@ -79,7 +79,10 @@ def available_backends() -> list[str]:
 def create_backend(name: str, model_path: str | Path, **options: Any) -> Backend:
     """Instantiate backend ``name`` for ``model_path``; raises BackendUnavailable with a reason."""
     if name not in _REGISTRY and name in _MODULES:
-        importlib.import_module(_MODULES[name])
+        try:
+            importlib.import_module(_MODULES[name])
+        except ImportError as exc:
+            raise BackendUnavailable(f"backend {name!r} cannot be imported here: {exc}") from exc
     if name not in _REGISTRY:
         raise BackendUnavailable(f"unknown backend {name!r}; known: {', '.join(available_backends())}")
     return _REGISTRY[name](model_path, **options)

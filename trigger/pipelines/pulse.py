@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import Backend, BackendUnavailable, create_backend
-from ..calibration import PulseCalibration, calibration_path_for, distances, load_for_model, sha256_file
+from ..calibration import PulseCalibration, distances, load_for_model, sha256_file
 from ..config import Config
 from .base import Pipeline
 
@@ -31,7 +31,10 @@ class PulsePipeline(Pipeline):
         self._output = calibration.output_name
         if self._output not in backend.output_names:
             raise BackendUnavailable(f"model has no output {self._output!r}; it has {backend.output_names}")
-        cal_path = Path(calibration_path) if calibration_path else calibration_path_for(backend.model_path)
+        if calibration_path is None and calibration.source_file is None:
+            raise ValueError("the calibration was not loaded from a file: pass calibration_path, whose "
+                             "sha256 names the calibration in every decision")
+        cal_path = Path(calibration_path or calibration.source_file)
         self._header = {
             "pipeline": self.name,
             "model": {
@@ -54,8 +57,7 @@ class PulsePipeline(Pipeline):
         calibration = load_for_model(model, config.pipeline.calibration)
         backend = create_backend(config.backend.name, model, threads=config.backend.threads,
                                  **config.backend.options)
-        return cls(backend, calibration, working_point=config.pipeline.working_point,
-                   calibration_path=config.pipeline.calibration)
+        return cls(backend, calibration, working_point=config.pipeline.working_point)
 
     @property
     def event_shape(self) -> tuple[int, ...]:
