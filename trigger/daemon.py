@@ -103,6 +103,8 @@ class Daemon:
                 self._close_sockets()
                 raise StartupError(f"cannot serve metrics on {cfg.metrics.host}:{cfg.metrics.port}: {exc}") from exc
         self.metrics.model.info(self.pipeline.describe())
+        if getattr(self.pipeline, "threshold", None) is not None:
+            self.metrics.threshold.set(self.pipeline.threshold)
         self._receiver = threading.Thread(target=self._receive_loop, name="receiver", daemon=True)
         self._receiver.start()
         self.metrics.ready.set(1)
@@ -256,6 +258,7 @@ class Daemon:
             t_inf = time.monotonic()
             m.stage_latency.labels("inference").observe(t_inf - t_start)
             m.batch_size.observe(n)
+            pipeline.monitor(result, m)
             self._publish(pipeline, batch, result)
             m.stage_latency.labels("publish").observe(time.monotonic() - t_inf)
 

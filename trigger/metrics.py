@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -20,6 +21,8 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from .protocol import Reason
 
@@ -31,6 +34,35 @@ LATENCY_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 STAGES = ("decode", "queue", "inference", "publish")
 OUTCOMES = {"pulse": ("accept", "reject"), "segment": ("decided",), "denoise": ("decided",)}
+# d / d*: below 1 is noise-like, above 1 is accepted; fine steps below 1 show a drifting noise cloud.
+DISTANCE_RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class BulkHistogram(Collector):
+    """A histogram fed a whole batch at a time (one numpy pass instead of a Python call per event)."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry):
+        self.name, self.documentation = name, documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # last one: above the highest bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        idx = np.searchsorted(self.bounds, values, side="left")  # le semantics: v <= bound
+        counts = np.bincount(idx, minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(np.sum(values, dtype=np.float64))
+
+    def collect(self):
+        with self._lock:
+            cum = np.cumsum(self._counts)
+            total = self._sum
+        buckets = [(repr(float(b)), int(c)) for b, c in zip(self.bounds, cum[:-1], strict=True)]
+        buckets.append(("+Inf", int(cum[-1])))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
 
 
 class Metrics:
@@ -78,6 +110,14 @@ class Metrics:
                                    "Unix time of the last decision, per source", ["source"], registry=reg)
         self.model = Info("trigger_model", "Model, calibration and backend that decide", registry=reg)
         self.ready = Gauge("trigger_ready", "1 when the model is loaded and input is connected", registry=reg)
+        self.distance_ratio = BulkHistogram("trigger_latent_distance_ratio",
+                                            "Latent distance of each decided event over the threshold d*",
+                                            DISTANCE_RATIO_BUCKETS, reg)
+        self.threshold = Gauge("trigger_threshold", "Threshold d* of the working point in use", registry=reg)
+        self.noise_centre_drift = Gauge(
+            "trigger_noise_centre_drift_ratio",
+            "Distance of the running mean of noise-like latent means from the calibrated centre, over d*",
+            registry=reg)
 
         for reason in Reason:
             self.rejected.labels(reason.value)

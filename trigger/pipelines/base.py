@@ -40,6 +40,9 @@ class Pipeline(ABC):
     def describe(self) -> dict[str, str]:
         return {"pipeline": self.name}
 
+    def monitor(self, result: dict[str, np.ndarray], metrics: Any) -> None:  # noqa: B027 - optional hook
+        """Update the pipeline's own quality metrics from a batch's decisions (inference thread)."""
+
 
 def load_pipeline(config: Config) -> Pipeline:
     """Build the configured pipeline with its model, backend and calibration."""

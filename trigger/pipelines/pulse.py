@@ -24,6 +24,7 @@ class PulsePipeline(Pipeline):
         self.working_point = working_point or calibration.default_working_point
         self.threshold = calibration.threshold(self.working_point)
         self._centre = np.asarray(calibration.centre, dtype=np.float32)
+        self._drift_mean: np.ndarray | None = None
         if backend.input_shape != (calibration.n_samples,):
             raise BackendUnavailable(
                 f"model input shape {backend.input_shape} does not match the calibration's "
@@ -70,6 +71,21 @@ class PulsePipeline(Pipeline):
 
     def header(self) -> dict[str, Any]:
         return self._header
+
+    # Noise-like events per time constant of the drift monitor: long enough to average the
+    # noise cloud's own spread away, short enough to follow a detector drifting over minutes.
+    DRIFT_EVENTS = 10_000
+
+    def monitor(self, result: dict[str, np.ndarray], metrics: Any) -> None:
+        """Distance distribution (d / d*) and the drift of the noise cloud's mean from the centre."""
+        ratio = result["score"] / np.float32(self.threshold)
+        metrics.distance_ratio.observe_many(ratio)
+        noise = result["z"][~result["accept"]]
+        if len(noise):
+            w = min(1.0, len(noise) / self.DRIFT_EVENTS)
+            mean = noise.mean(axis=0, dtype=np.float64)
+            self._drift_mean = mean if self._drift_mean is None else (1 - w) * self._drift_mean + w * mean
+            metrics.noise_centre_drift.set(float(np.linalg.norm(self._drift_mean - self._centre)) / self.threshold)
 
     def outcomes(self, result: dict[str, np.ndarray]) -> dict[str, int]:
         n_acc = int(np.count_nonzero(result["accept"]))
