@@ -27,7 +27,7 @@ class InputConfig(_Model):
     """Socket type: SUB subscribes to a PUB; PULL fair-queues from a PUSH (scale-out)."""
     topics: list[str] = Field(default_factory=lambda: [""])
     """SUB topic prefixes (empty string = everything)."""
-    hwm: int = Field(100, ge=1)
+    hwm: int = Field(20, ge=1)
     """ZeroMQ receive high-water mark, in messages (each may hold many events: this and
     queue_events bound the daemon's memory)."""
     max_message_bytes: int = Field(256 << 20, ge=1024)
@@ -89,9 +89,11 @@ class BatchingConfig(_Model):
     """Most events per inference call."""
     max_delay_ms: float = Field(2.0, ge=0)
     """Longest an event waits for a batch to fill before inference runs anyway."""
-    queue_events: int = Field(4096, ge=1)
+    queue_events: int = Field(1024, ge=1)
     """Bound of the queue between receiver and inference, in events; when full the receiver
-    waits, so ZeroMQ's high-water mark pushes back (PULL) or drops (SUB, seen as gaps)."""
+    waits, so ZeroMQ's high-water mark pushes back (PULL) or drops (SUB, seen as gaps). A few
+    batches are enough to keep inference busy; more only adds memory (40 kB per waveform) and
+    latency."""
 
 
 class Config(_Model):
