@@ -1,4 +1,4 @@
-"""``trigger``: one console command, subcommands serve | replay | calibrate | demo."""
+"""``trigger``: one console command, subcommands serve | replay | calibrate | demo | top."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def _serve_overrides(a: argparse.Namespace) -> dict[str, Any]:
     put("output.endpoint", a.output)
     put("output.dead_letter", a.dead_letter)
     put("metrics.port", a.metrics_port)
+    put("metrics.host", a.metrics_host)
     put("pipeline.name", a.pipeline)
     put("pipeline.model", a.model)
     put("pipeline.calibration", a.calibration)
@@ -152,6 +153,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(a: argparse.Namespace) -> int:
+    from .top import run
+
+    configure(a.log_level)
+    return run(a.url, a.interval, once=a.once)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trigger", description=__doc__)
     p.add_argument("--version", action="version", version=f"trigger {__version__}")
@@ -165,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", metavar="ENDPOINT", help="endpoint the decision PUB socket binds to")
     s.add_argument("--dead-letter", metavar="ENDPOINT", help="endpoint for rejected messages (PUB, bound)")
     s.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus HTTP port (0 = off)")
+    s.add_argument("--metrics-host", metavar="ADDR", help="address the metrics endpoint binds (default 127.0.0.1)")
     s.add_argument("--pipeline", choices=["pulse", "segment", "denoise"])
     s.add_argument("--model", type=Path, help=f"ONNX model (default: shipped {DEFAULT_PULSE_MODEL.name})")
     s.add_argument("--calibration", type=Path, help="calibration file (default: beside the model)")
@@ -223,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", help="also write the summary as JSON here")
     d.add_argument("--log-level", default="INFO")
     d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("top", help="live terminal view of a daemon's metrics (rates, accept fraction, latency)")
+    t.add_argument("--url", default="http://127.0.0.1:9100/metrics", help="the daemon's metrics endpoint")
+    t.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes (and redraws)")
+    t.add_argument("--once", action="store_true", help="scrape twice, interval apart, print one frame, exit")
+    t.add_argument("--log-level", default="INFO")
+    t.set_defaults(func=cmd_top)
     return p
 
 

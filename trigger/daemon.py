@@ -105,6 +105,8 @@ class Daemon:
         self.metrics.model.info(self.pipeline.describe())
         if getattr(self.pipeline, "threshold", None) is not None:
             self.metrics.threshold.set(self.pipeline.threshold)
+            self.metrics.working_point_fpr.set(_working_point_rate(self.pipeline.working_point))
+        self.metrics.queue_capacity.set(self.queue.max_events)
         self._receiver = threading.Thread(target=self._receive_loop, name="receiver", daemon=True)
         self._receiver.start()
         self.metrics.ready.set(1)
@@ -291,6 +293,14 @@ class Daemon:
             self.counts.decision_messages += 1
             self.counts.accepted += outcomes.get("accept", 0)
         m.decision_messages.labels(pipeline.name).inc(len(batch))
+
+
+def _working_point_rate(name: str) -> float:
+    """``"fpr_0.01" -> 0.01``; NaN for a working point not named by its false-positive rate."""
+    try:
+        return float(name.removeprefix("fpr_"))
+    except ValueError:
+        return float("nan")
 
 
 def _truth_signal(meta: dict[str, Any] | None, n: int) -> np.ndarray | None:

@@ -114,6 +114,11 @@ class Metrics:
                                             "Latent distance of each decided event over the threshold d*",
                                             DISTANCE_RATIO_BUCKETS, reg)
         self.threshold = Gauge("trigger_threshold", "Threshold d* of the working point in use", registry=reg)
+        self.working_point_fpr = Gauge("trigger_working_point_false_positive_rate",
+                                       "False-positive rate the working point in use was calibrated for",
+                                       registry=reg)
+        self.queue_capacity = Gauge("trigger_queue_capacity_events", "Bound of the receive queue, in events",
+                                    registry=reg)
         self.noise_centre_drift = Gauge(
             "trigger_noise_centre_drift_ratio",
             "Distance of the running mean of noise-like latent means from the calibrated centre, over d*",
