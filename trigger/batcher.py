@@ -43,20 +43,27 @@ class EventQueue:
     """FIFO of :class:`Item` bounded by the number of events it holds.
 
     ``put`` blocks while the queue is full (a single message larger than the bound is let in
-    when the queue is empty, so it cannot wait forever). ``close`` wakes everyone: ``get``
-    then drains what is left and returns ``None`` once empty.
+    when the queue is empty, so it cannot wait forever); ``offer`` never blocks and sheds whole
+    messages instead (the oldest queued ones, or the incoming one). ``close`` wakes everyone:
+    ``get`` then drains what is left and returns ``None`` once empty. ``peak`` is the most events
+    ever held, so a test or a dashboard can prove the bound held.
     """
 
     def __init__(self, max_events: int):
         self.max_events = max_events
         self._items: collections.deque[Item] = collections.deque()
         self._events = 0
+        self._peak = 0
         self._closed = False
         self._cond = threading.Condition()
 
     @property
     def events(self) -> int:
         return self._events
+
+    @property
+    def peak(self) -> int:
+        return self._peak
 
     def __len__(self) -> int:
         return len(self._items)
@@ -68,11 +75,39 @@ class EventQueue:
                 lambda: self._closed or not self._items or self._events + item.n <= self.max_events, timeout)
             if not ok or self._closed:
                 return False
-            item.t_queued_mono = time.monotonic()
-            self._items.append(item)
-            self._events += item.n
-            self._cond.notify_all()
+            self._append(item)
             return True
+
+    def offer(self, item: Item, policy: str) -> list[Item] | None:
+        """Append ``item`` without waiting; returns the items shed to make room (``[]`` if none),
+        or None when the queue is closed.
+
+        ``policy`` ``"shed_oldest"`` drops queued messages from the head until ``item`` fits;
+        ``"shed_newest"`` drops ``item`` itself when it does not fit. As with ``put``, a message
+        larger than the bound is let in when the queue is (or has been made) empty.
+        """
+        if policy not in ("shed_oldest", "shed_newest"):
+            raise ValueError(f"overload policy {policy!r}: offer() takes shed_oldest or shed_newest")
+        with self._cond:
+            if self._closed:
+                return None
+            shed: list[Item] = []
+            if self._items and self._events + item.n > self.max_events:
+                if policy == "shed_newest":
+                    return [item]
+                while self._items and self._events + item.n > self.max_events:
+                    old = self._items.popleft()
+                    self._events -= old.n
+                    shed.append(old)
+            self._append(item)
+            return shed
+
+    def _append(self, item: Item) -> None:  # with self._cond held
+        item.t_queued_mono = time.monotonic()
+        self._items.append(item)
+        self._events += item.n
+        self._peak = max(self._peak, self._events)
+        self._cond.notify_all()
 
     def get(self, timeout: float | None = None) -> Item | None:
         """The oldest item, waiting up to ``timeout`` seconds; None on timeout or when closed and empty."""

@@ -1,8 +1,9 @@
-"""``trigger``: one console command, subcommands serve | replay | calibrate | demo | top."""
+"""``trigger``: one console command, subcommands serve | replay | calibrate | demo | top | proxy | keygen."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -31,7 +32,10 @@ def _serve_overrides(a: argparse.Namespace) -> dict[str, Any]:
     put("input.endpoints", a.input)
     put("input.pattern", a.input_pattern)
     put("input.topics", a.topic)
+    put("input.curve_server_key", a.curve_server_key)
+    put("input.curve_secret_key_file", a.curve_secret_key)
     put("output.endpoint", a.output)
+    put("output.connect", True if a.output_connect else None)
     put("output.dead_letter", a.dead_letter)
     put("metrics.port", a.metrics_port)
     put("metrics.host", a.metrics_host)
@@ -43,6 +47,8 @@ def _serve_overrides(a: argparse.Namespace) -> dict[str, Any]:
     put("backend.threads", a.threads)
     put("batching.max_batch", a.max_batch)
     put("batching.max_delay_ms", a.max_delay_ms)
+    put("batching.queue_events", a.queue_events)
+    put("batching.overload", a.overload)
     put("log_level", a.log_level)
     return o
 
@@ -51,10 +57,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from . import config as config_mod
     from .daemon import Daemon, StartupError
 
+    overrides = _serve_overrides(a)
     try:
-        cfg = config_mod.load(a.config, _serve_overrides(a))
+        cfg = config_mod.load(a.config, overrides)
         configure(cfg.log_level)
-        daemon = Daemon(cfg)
+        # A reload (SIGHUP) reads the file again, with the same command-line options on top.
+        daemon = Daemon(cfg, reload_config=lambda: config_mod.load(a.config, overrides))
     except (ConfigError, CalibrationError, BackendUnavailable, OSError) as exc:
         configure()
         logger.error("cannot start: %s", exc)
@@ -64,14 +72,72 @@ def cmd_serve(a: argparse.Namespace) -> int:
         logger.info("%s: draining", signal.Signals(signum).name)
         daemon.request_stop()
 
+    def on_hangup(_signum: int, _frame: Any) -> None:
+        logger.info("SIGHUP: reloading model and calibration")
+        daemon.request_reload()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         daemon.start()
     except StartupError as exc:
         logger.error("cannot start: %s", exc)
         return 1
     daemon.run()
+    return 0
+
+
+def cmd_proxy(a: argparse.Namespace) -> int:
+    import threading
+
+    import zmq
+
+    from .proxy import Proxy
+
+    configure(a.log_level)
+    try:
+        proxy = Proxy(a.frontend, a.backend)
+    except zmq.ZMQError as exc:
+        logger.error("cannot start: cannot bind %s / %s: %s", a.frontend, a.backend, exc)
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    proxy.start()
+    while not stop.wait(0.2):
+        pass
+    proxy.stop()
+    logger.info("stopped")
+    return 0
+
+
+def cmd_keygen(a: argparse.Namespace) -> int:
+    import zmq.auth
+
+    configure(a.log_level)
+    directory = Path(a.directory)
+    public, secret = directory / f"{a.name}.key", directory / f"{a.name}.key_secret"
+    if (public.exists() or secret.exists()) and not a.force:
+        logger.error("cannot write keys: %s or %s exists (use --force to replace)", public, secret)
+        return 1
+    old_umask = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        public_file, secret_file = zmq.auth.create_certificates(directory, a.name)
+        Path(public_file).chmod(0o644)
+    except OSError as exc:
+        logger.error("cannot write keys in %s: %s", directory, exc)
+        return 1
+    finally:
+        os.umask(old_umask)
+    logger.info("wrote CURVE key pair: %s (public: give it to the peer) and %s (secret: keep it here)",
+                public_file, secret_file)
     return 0
 
 
@@ -170,7 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", action="append", metavar="ENDPOINT", help="endpoint to connect to (repeatable)")
     s.add_argument("--input-pattern", choices=["sub", "pull"])
     s.add_argument("--topic", action="append", help="SUB topic prefix (repeatable; default: all)")
+    s.add_argument("--curve-server-key", type=Path, metavar="FILE",
+                   help="CURVE: the readout's public key file (NAME.key); needs --curve-secret-key")
+    s.add_argument("--curve-secret-key", type=Path, metavar="FILE", help="CURVE: this daemon's NAME.key_secret")
     s.add_argument("--output", metavar="ENDPOINT", help="endpoint the decision PUB socket binds to")
+    s.add_argument("--output-connect", action="store_true",
+                   help="connect the decision socket instead of binding it (to a `trigger proxy` frontend)")
     s.add_argument("--dead-letter", metavar="ENDPOINT", help="endpoint for rejected messages (PUB, bound)")
     s.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus HTTP port (0 = off)")
     s.add_argument("--metrics-host", metavar="ADDR", help="address the metrics endpoint binds (default 127.0.0.1)")
@@ -182,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="backend threads (0 = all cores)")
     s.add_argument("--max-batch", type=int)
     s.add_argument("--max-delay-ms", type=float)
+    s.add_argument("--queue-events", type=int, help="bound of the receive queue, in events")
+    s.add_argument("--overload", choices=["block", "shed_oldest", "shed_newest"],
+                   help="when the queue is full: wait (backpressure, default) or drop whole messages")
     s.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     s.set_defaults(func=cmd_serve)
 
@@ -239,6 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--once", action="store_true", help="scrape twice, interval apart, print one frame, exit")
     t.add_argument("--log-level", default="INFO")
     t.set_defaults(func=cmd_top)
+
+    x = sub.add_parser("proxy", help="XSUB/XPUB forwarder merging the decisions of several daemons")
+    x.add_argument("--frontend", default="tcp://127.0.0.1:5558",
+                   help="endpoint daemons connect their decisions to (XSUB, bound; serve --output-connect)")
+    x.add_argument("--backend", default="tcp://127.0.0.1:5556",
+                   help="endpoint subscribers connect to (XPUB, bound)")
+    x.add_argument("--log-level", default="INFO")
+    x.set_defaults(func=cmd_proxy)
+
+    k = sub.add_parser("keygen", help="write a CURVE key pair (NAME.key, NAME.key_secret) for authenticated input")
+    k.add_argument("directory", help="where to write the two files")
+    k.add_argument("--name", default="trigger", help="file name stem (default trigger)")
+    k.add_argument("--force", action="store_true", help="replace existing files")
+    k.add_argument("--log-level", default="INFO")
+    k.set_defaults(func=cmd_keygen)
     return p
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PACKAGE_MODELS = Path(__file__).parent / "models"
 DEFAULT_PULSE_MODEL = PACKAGE_MODELS / "pulse_default.onnx"
@@ -35,6 +35,19 @@ class InputConfig(_Model):
     track_sequence: bool | None = None
     """Count gaps and restarts per source; default on for SUB, off for PULL (where each worker
     sees only its share of every source)."""
+    heartbeat_ms: int = Field(1000, ge=0)
+    """ZMTP heartbeat interval on the input connections: a readout that stops answering for three
+    intervals (host down, cable pulled, half-open TCP) is dropped and ZeroMQ reconnects. 0 = off."""
+    silence_timeout_s: float | None = Field(None, gt=0)
+    """When no message has arrived for this long, disconnect and reconnect the input endpoints
+    (SUB subscriptions are sent again). null: only report trigger_input_silent_seconds."""
+    curve_server_key: Path | None = None
+    """CURVE: the readout's public key file (``trigger keygen`` or zmq.auth.create_certificates
+    writes ``NAME.key``). Set with curve_secret_key_file to authenticate and encrypt the input:
+    the daemon then only talks to a readout holding the matching secret key, and the readout
+    (the CURVE server, with a ZAP authenticator) only to daemons whose public key it allows."""
+    curve_secret_key_file: Path | None = None
+    """CURVE: the daemon's own key pair file (``NAME.key_secret``)."""
 
     @field_validator("endpoints")
     @classmethod
@@ -43,6 +56,12 @@ class InputConfig(_Model):
             if "://" not in e:
                 raise ValueError(f"endpoint {e!r} is not a ZeroMQ endpoint like tcp://127.0.0.1:5555")
         return v
+
+    @model_validator(mode="after")
+    def _curve_pair(self) -> InputConfig:
+        if (self.curve_server_key is None) != (self.curve_secret_key_file is None):
+            raise ValueError("curve_server_key and curve_secret_key_file go together: set both or neither")
+        return self
 
 
 class OutputConfig(_Model):
@@ -94,6 +113,11 @@ class BatchingConfig(_Model):
     waits, so ZeroMQ's high-water mark pushes back (PULL) or drops (SUB, seen as gaps). A few
     batches are enough to keep inference busy; more only adds memory (40 kB per waveform) and
     latency."""
+    overload: Literal["block", "shed_oldest", "shed_newest"] = "block"
+    """What happens when the queue is full. block: the receiver waits (PULL backpressure reaches
+    the readout; SUB publishers drop, seen as gaps). shed_oldest / shed_newest: the receiver never
+    waits; whole messages are dropped, the oldest queued ones or the incoming one, and counted
+    per source in trigger_messages_shed_total and trigger_events_shed_total."""
 
 
 class Config(_Model):

@@ -6,21 +6,39 @@ float32 and queues it. The inference thread (the caller of :meth:`Daemon.run`) o
 socket: it forms batches, runs the pipeline and publishes one decision message per input
 message. ZeroMQ's own I/O thread keeps reading the network while both are busy.
 
+Overload (``batching.overload``): with ``block`` the receiver waits while the queue is full, so
+ZeroMQ's high-water mark pushes back on the readout; with ``shed_oldest``/``shed_newest`` it never
+waits and drops whole messages instead, counted per source. Either way memory stays bounded.
+
 Stopping (SIGTERM/SIGINT -> :meth:`Daemon.request_stop`): the receiver stops taking input and
-closes the queue; every message it had accepted is still decided and published, then the
-decision socket lingers until ZeroMQ has sent everything.
+closes the queue; every message it had accepted is still decided and published, then one
+end-of-run message (topic ``dec._eor``) with the run's per-source counts, then the decision
+socket lingers until ZeroMQ has sent everything.
+
+Hot reload (SIGHUP -> :meth:`Daemon.request_reload`): a third thread re-reads the configuration
+and builds a new pipeline; the inference thread swaps it in between two batches. A failed
+reload keeps the running pipeline.
+
+Readiness (``/readyz``, ``trigger_ready``): the model is loaded, every input endpoint is
+connected (its ZeroMQ handshake done, CURVE included, seen through a socket monitor owned by the
+receiver) and no stop was asked. Liveness of the readout: ZMTP heartbeats drop dead peers;
+``trigger_input_silent_seconds`` says how long nothing arrived, and ``input.silence_timeout_s``
+makes the receiver reconnect after that long.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import msgpack
 import numpy as np
 import zmq
+import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
 
 from ._log import logger
 from .batcher import BatchBuffer, Batcher, EventQueue, Item
@@ -31,6 +49,9 @@ from .protocol import INPUT_KINDS, VERSION, ProtocolError, Reason, as_float32, d
 
 MAX_TRACKED_SOURCES = 4096
 LINGER_MS = 3000
+EOR_SOURCE = "_eor"  # end-of-run message: topic dec._eor (an extension of protocol v1)
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 class StartupError(RuntimeError):
@@ -38,8 +59,21 @@ class StartupError(RuntimeError):
 
 
 @dataclass
+class SourceCounts:
+    """Exact per-source totals of one run; each field is written by one thread only."""
+
+    received_messages: int = 0  # receiver
+    received_events: int = 0
+    shed_messages: int = 0  # receiver (the overload policy runs there)
+    shed_events: int = 0
+    lost_messages: int = 0  # receiver: missing from sequence gaps (when sequences are tracked)
+    decided_messages: int = 0  # inference thread
+    decided_events: int = 0
+
+
+@dataclass
 class RunCounts:
-    """Totals of one run, for the closing log line and the tests."""
+    """Totals of one run, for the closing log line, the end-of-run message and the tests."""
 
     messages_in: int = 0
     events_in: int = 0
@@ -47,11 +81,20 @@ class RunCounts:
     events_decided: int = 0
     decision_messages: int = 0
     accepted: int = 0
+    messages_shed: int = 0
+    events_shed: int = 0
+    # Keyed by the metrics' source label, so a flood of made-up source names stays bounded.
+    sources: dict[str, SourceCounts] = field(default_factory=dict)
 
 
 class Daemon:
-    def __init__(self, config: Config, pipeline: Pipeline | None = None, context: zmq.Context | None = None):
+    def __init__(self, config: Config, pipeline: Pipeline | None = None, context: zmq.Context | None = None,
+                 reload_config: Callable[[], Config] | None = None):
+        """``reload_config`` gives the configuration a reload applies (e.g. the YAML file read
+        again with the same command-line overrides); without it a reload rebuilds the pipeline
+        from the same configuration (re-reading the model and calibration files)."""
         self.config = config
+        self._reload_config = reload_config
         self.pipeline = pipeline if pipeline is not None else load_pipeline(config)
         self.metrics = Metrics(self.pipeline.name)
         self.counts = RunCounts()
@@ -69,6 +112,19 @@ class Daemon:
         self._input: zmq.Socket | None = None
         self._output: zmq.Socket | None = None
         self._dead: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._connected: dict[str, int] = {}  # input endpoint -> live connections (receiver thread)
+        self._connected_view: dict[str, int] = {}
+        self._refused: set[str] = set()
+        self._last_input = time.monotonic()  # written by the receiver, read by the metrics endpoint
+        self._last_reconnect = self._last_input
+        self._silence_warned = False
+        self.metrics.input_silent.set_function(lambda: time.monotonic() - self._last_input)
+        self._overload = config.batching.overload
+        self._reload_wanted = threading.Event()
+        self._reload_lock = threading.Lock()
+        self._pending: tuple[Pipeline, Config] | None = None
+        self._reloader: threading.Thread | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -91,25 +147,33 @@ class Daemon:
             if cfg.input.pattern == "sub":
                 for topic in cfg.input.topics:
                     inp.setsockopt(zmq.SUBSCRIBE, topic.encode())
+            if cfg.input.heartbeat_ms:
+                inp.setsockopt(zmq.HEARTBEAT_IVL, cfg.input.heartbeat_ms)
+                inp.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * cfg.input.heartbeat_ms)
+            if cfg.input.curve_server_key is not None:
+                _use_curve(inp, cfg.input.curve_server_key, cfg.input.curve_secret_key_file)
+            self._monitor = inp.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                                                   | HANDSHAKE_FAILED)
             for endpoint in cfg.input.endpoints:
                 inp.connect(endpoint)
         except zmq.ZMQError as exc:
             self._close_sockets()
             raise StartupError(f"cannot open sockets: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            self._close_sockets()
+            raise StartupError(f"cannot use the CURVE keys: {exc}") from exc
         if cfg.metrics.port:
             try:
-                self.metrics_port = self.metrics.serve(cfg.metrics.port, cfg.metrics.host)
+                self.metrics_port = self.metrics.serve(cfg.metrics.port, cfg.metrics.host, ready=self.readiness)
             except OSError as exc:
                 self._close_sockets()
                 raise StartupError(f"cannot serve metrics on {cfg.metrics.host}:{cfg.metrics.port}: {exc}") from exc
-        self.metrics.model.info(self.pipeline.describe())
-        if getattr(self.pipeline, "threshold", None) is not None:
-            self.metrics.threshold.set(self.pipeline.threshold)
-            self.metrics.working_point_fpr.set(_working_point_rate(self.pipeline.working_point))
+        self._show_pipeline(self.pipeline)
         self.metrics.queue_capacity.set(self.queue.max_events)
         self._receiver = threading.Thread(target=self._receive_loop, name="receiver", daemon=True)
         self._receiver.start()
-        self.metrics.ready.set(1)
+        self._reloader = threading.Thread(target=self._reload_loop, name="reloader", daemon=True)
+        self._reloader.start()
         d = self.pipeline.describe()
         logger.info(
             "ready: %s pipeline, model %s (sha256 %s, %s %s), input %s %s, decisions on %s, metrics %s",
@@ -118,8 +182,32 @@ class Daemon:
             f"http://{cfg.metrics.host}:{self.metrics_port}/metrics" if self.metrics_port else "off")
 
     def request_stop(self) -> None:
-        """Stop taking input; safe to call from a signal handler."""
+        """Stop taking input; safe to call from a signal handler (it only sets a flag)."""
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """Reload model and calibration off the hot path; safe to call from a signal handler."""
+        self._reload_wanted.set()
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why): model loaded, every input endpoint connected, not stopping."""
+        if self._stop.is_set():
+            return False, "stopping"
+        if self.pipeline is None:
+            return False, "no model loaded"
+        connected = self._connected_view  # an immutable snapshot, replaced by the receiver
+        missing = [e for e in self.config.input.endpoints
+                   if not e.startswith("inproc://") and connected.get(e, 0) <= 0]
+        # By endpoint when ZeroMQ reports the names as configured, else by the number of connections.
+        if missing and sum(connected.values()) < len(self.config.input.endpoints):
+            return False, "input not connected: " + ", ".join(missing)
+        return True, "ready"
+
+    def _show_pipeline(self, pipeline: Pipeline) -> None:
+        self.metrics.model.info(pipeline.describe())
+        if getattr(pipeline, "threshold", None) is not None:
+            self.metrics.threshold.set(pipeline.threshold)
+            self.metrics.working_point_fpr.set(_working_point_rate(pipeline.working_point))
 
     def run(self) -> RunCounts:
         """Start (if not started), decide until stopped and drained, close; returns the totals."""
@@ -127,23 +215,46 @@ class Daemon:
             self.start()
         try:
             self._inference_loop()
+            if self._receiver is not None:
+                self._receiver.join(timeout=5)
+            self._publish_end_of_run()
         except BaseException:
             self._failed.set()
             self._stop.set()
             raise
         finally:
+            self._stop.set()
             if self._receiver is not None:
                 self._receiver.join(timeout=5)
+            if self._reloader is not None:
+                self._reloader.join(timeout=5)
             self.metrics.ready.set(0)
             self._close_sockets()
             self.metrics.shutdown()
         c = self.counts
         logger.info("stopped: %d messages (%d events) in, %d events decided in %d decision messages, "
-                    "%d accepted, rejected %s", c.messages_in, c.events_in, c.events_decided,
-                    c.decision_messages, c.accepted, c.rejected or "none")
+                    "%d accepted, %d messages (%d events) shed, rejected %s", c.messages_in, c.events_in,
+                    c.events_decided, c.decision_messages, c.accepted, c.messages_shed, c.events_shed,
+                    c.rejected or "none")
         return c
 
+    def end_of_run_header(self) -> dict[str, Any]:
+        """The end-of-run message's header: what this run received, decided, shed, lost and rejected."""
+        return {"v": VERSION, "kind": "end_of_run", "source": EOR_SOURCE, "seq": 0, "t_ns": time.time_ns(),
+                "pipeline": self.pipeline.name,
+                "sources": {name: asdict(sc) for name, sc in self.counts.sources.items()},
+                "rejected": dict(self.counts.rejected)}
+
+    def _publish_end_of_run(self) -> None:
+        self._output.send_multipart(encode(f"dec.{EOR_SOURCE}", self.end_of_run_header()))
+
     def _close_sockets(self) -> None:
+        if self._monitor is not None and not self._monitor.closed:
+            try:
+                self._input.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._monitor.close()
         for name in ("_input", "_dead", "_output"):
             sock = getattr(self, name, None)
             if sock is not None and not sock.closed:
@@ -156,10 +267,21 @@ class Daemon:
     def _receive_loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self._input, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        self.metrics.ready.set(int(self.readiness()[0]))
+        silence = self.config.input.silence_timeout_s
+        self._last_input = self._last_reconnect = time.monotonic()
         try:
             while not self._stop.is_set():
-                if not poller.poll(50):
+                events = dict(poller.poll(50))
+                if self._monitor in events:
+                    self._on_monitor_events()
+                if self._input not in events:
+                    if silence and time.monotonic() - max(self._last_input, self._last_reconnect) > silence:
+                        self._reconnect_input(silence)
                     continue
+                self._last_input = time.monotonic()
+                self._silence_warned = False
                 while not self._stop.is_set():
                     try:
                         frames = self._input.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -167,7 +289,52 @@ class Daemon:
                         break
                     self._handle(frames)
         finally:
+            self.metrics.ready.set(0)
             self.queue.close()
+
+    def _reconnect_input(self, silence: float) -> None:
+        """Drop and re-make every input connection: a readout that restarted behind a proxy or
+        NAT, or a SUB whose subscription got lost, starts sending again."""
+        self._last_reconnect = time.monotonic()
+        endpoints = self.config.input.endpoints
+        # One warning per silent spell; the counter has every attempt.
+        (logger.debug if self._silence_warned else logger.warning)(
+            "no input for %.1f s: reconnecting %s", silence, ", ".join(endpoints))
+        self._silence_warned = True
+        for endpoint in endpoints:
+            try:
+                self._input.disconnect(endpoint)
+            except zmq.ZMQError:
+                pass  # not connected at the moment: connect anew all the same
+            self._input.connect(endpoint)
+        self._connected.clear()
+        self._connected_view = {}
+        self.metrics.input_reconnects.inc()
+        self.metrics.ready.set(int(self.readiness()[0]))
+
+    def _on_monitor_events(self) -> None:
+        while True:
+            try:
+                ev = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            endpoint = ev["endpoint"].decode(errors="replace") if isinstance(ev["endpoint"], bytes) \
+                else str(ev["endpoint"])
+            event = ev["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected[endpoint] = self._connected.get(endpoint, 0) + 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                if self._connected.get(endpoint, 0) > 0:
+                    self._connected[endpoint] -= 1
+                    logger.warning("input %s disconnected; ZeroMQ reconnects", endpoint)
+            elif event & HANDSHAKE_FAILED:
+                self.metrics.handshake_failures.inc()
+                if endpoint not in self._refused:  # once per endpoint; the counter has the rest
+                    self._refused.add(endpoint)
+                    logger.warning("input %s: handshake failed (%s): wrong or missing CURVE keys, or not "
+                                   "authorised by the readout", endpoint, _handshake_reason(event, ev["value"]))
+        self._connected_view = dict(self._connected)
+        self.metrics.ready.set(int(self.readiness()[0]))
 
     def _handle(self, frames: list[zmq.Frame]) -> None:
         t0 = time.monotonic()
@@ -190,17 +357,38 @@ class Daemon:
         m.bytes.labels(label).inc(msg.nbytes)
         self.counts.messages_in += 1
         self.counts.events_in += len(data)
+        sc = self.counts.sources.get(label)
+        if sc is None:
+            sc = self.counts.sources[label] = SourceCounts()
+        sc.received_messages += 1
+        sc.received_events += len(data)
         if self._track_seq:
             self._track(msg.source, label, msg.seq)
         item = Item(source=msg.source, seq=msg.seq, t_ns=msg.t_ns, t_recv_ns=t_recv_ns, t_recv_mono=t0,
                     data=data, meta=msg.meta, truth_signal=_truth_signal(msg.meta, len(data)))
+        item.extra["label"] = label
         m.stage_latency.labels("decode").observe(time.monotonic() - t0)
-        # Blocks while the queue is full: ZeroMQ then holds further input, and its high-water
-        # mark pushes back on PULL senders (SUB publishers drop, which shows up as gaps).
-        while not self.queue.put(item, timeout=0.1):
-            if self._failed.is_set():
-                return
+        if self._overload == "block":
+            # Blocks while the queue is full: ZeroMQ then holds further input, and its high-water
+            # mark pushes back on PULL senders (SUB publishers drop, which shows up as gaps).
+            while not self.queue.put(item, timeout=0.1):
+                if self._failed.is_set():
+                    return
+        else:
+            for old in self.queue.offer(item, self._overload) or ():
+                self._count_shed(old)
         m.queue_events.set(self.queue.events)
+        m.queue_peak.set(self.queue.peak)
+
+    def _count_shed(self, item: Item) -> None:
+        label = item.extra["label"]
+        self.metrics.shed_messages.labels(label).inc()
+        self.metrics.shed_events.labels(label).inc(item.n)
+        sc = self.counts.sources[label]
+        sc.shed_messages += 1
+        sc.shed_events += item.n
+        self.counts.messages_shed += 1
+        self.counts.events_shed += item.n
 
     def _track(self, source: str, label: str, seq: int) -> None:
         last = self._seq.get(source)
@@ -210,6 +398,7 @@ class Daemon:
         elif seq > last + 1:
             self.metrics.gaps.labels(label).inc()
             self.metrics.lost.labels(label).inc(seq - last - 1)
+            self.counts.sources[label].lost_messages += seq - last - 1
         elif seq == last:
             self.metrics.duplicates.labels(label).inc()
         elif seq < last:
@@ -244,6 +433,8 @@ class Daemon:
         m = self.metrics
         for batch in batcher.batches():
             m.queue_events.set(self.queue.events)
+            if self._pending is not None:
+                self._swap_pipeline()
             if not batch:
                 continue
             pipeline = self.pipeline  # one pipeline per batch, so a swap never splits a batch
@@ -291,8 +482,74 @@ class Daemon:
                 m.truth_events.labels("noise", "reject").inc(int(np.count_nonzero(~acc & ~sig)))
             self.counts.events_decided += it.n
             self.counts.decision_messages += 1
+            sc = self.counts.sources[it.extra["label"]]
+            sc.decided_messages += 1
+            sc.decided_events += it.n
             self.counts.accepted += outcomes.get("accept", 0)
         m.decision_messages.labels(pipeline.name).inc(len(batch))
+
+    # -- hot reload (reloader thread builds, inference thread swaps) -------------------------
+
+    def _reload_loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._reload_wanted.wait(0.2):
+                continue
+            self._reload_wanted.clear()
+            try:
+                self._prepare_reload()
+            except Exception as exc:  # noqa: BLE001 - any failure keeps the running pipeline
+                self.metrics.reloads.labels("error").inc()
+                logger.error("reload failed, keeping model %s: %s", self.pipeline.describe().get("model"),
+                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    def _prepare_reload(self) -> None:
+        cfg = self._reload_config() if self._reload_config is not None else self.config
+        restart_only = [k for k in ("input", "output", "metrics", "batching", "log_level")
+                        if getattr(cfg, k) != getattr(self.config, k)]
+        if restart_only:
+            logger.warning("reload applies pipeline and backend only; changes to %s need a restart",
+                           ", ".join(restart_only))
+        new = load_pipeline(cfg)
+        old = self.pipeline
+        if new.name != old.name or new.event_shape != old.event_shape:
+            raise ValueError(f"the new {new.name} pipeline takes events of shape {list(new.event_shape)}, the "
+                             f"running {old.name} pipeline {list(old.event_shape)}: that needs a restart")
+        config = self.config.model_copy(update={"pipeline": cfg.pipeline, "backend": cfg.backend})
+        with self._reload_lock:
+            self._pending = (new, config)
+
+    def _swap_pipeline(self) -> None:
+        with self._reload_lock:
+            new, config = self._pending
+            self._pending = None
+        self.pipeline = new
+        self.config = config
+        self._show_pipeline(new)
+        self.metrics.reloads.labels("ok").inc()
+        d = new.describe()
+        logger.info("reloaded: model %s (sha256 %s), calibration %s, %s %s", d.get("model"),
+                    d.get("model_sha256"), d.get("calibration_sha256"), d.get("working_point"), d.get("threshold"))
+
+
+def _use_curve(sock: zmq.Socket, server_key: Any, secret_key_file: Any) -> None:
+    """Make ``sock`` a CURVE client of the readout whose public key is in ``server_key``."""
+    if not zmq.has("curve"):
+        raise ValueError("this libzmq was built without CURVE support")
+    server_public, _ = zmq.auth.load_certificate(server_key)
+    public, secret = zmq.auth.load_certificate(secret_key_file)
+    if secret is None:
+        raise ValueError(f"{secret_key_file} holds no secret key (use the NAME.key_secret file)")
+    sock.curve_serverkey = server_public
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+
+
+def _handshake_reason(event: int, value: int) -> str:
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"refused by the readout's authenticator, status {value}"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return "security mechanism mismatch or protocol error"
+    return "no detail"
 
 
 def _working_point_rate(name: str) -> float:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import msgpack
 import numpy as np
 import zmq
 
@@ -66,6 +67,7 @@ class DecisionCollector(threading.Thread):
         self.sock.connect(endpoint)
         self.out = Collected()
         self.probe_seen = threading.Event()
+        self.eor: list[dict[str, Any]] = []
         self._halt = threading.Event()
         self._keep = keep_headers
         self._lock = threading.Lock()
@@ -76,6 +78,9 @@ class DecisionCollector(threading.Thread):
                 continue
             frames = self.sock.recv_multipart(copy=False)
             arrival = time.time_ns()
+            if frames[0].bytes == b"dec._eor":  # the daemon's end-of-run summary, not a decision
+                self.eor.append(msgpack.unpackb(frames[1].bytes))
+                continue
             try:
                 msg = decode(frames, kinds={"decision": 0})
             except ProtocolError:

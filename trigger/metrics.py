@@ -19,11 +19,11 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
 )
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from .health import HttpEndpoint, ReadyCheck
 from .protocol import Reason
 
 MAX_SOURCES = 256
@@ -97,6 +97,24 @@ class Metrics:
         self.duplicates = Counter("trigger_duplicate_messages_total", "Messages repeating the last sequence number",
                                   ["source"], registry=reg)
         self.queue_events = Gauge("trigger_queue_events", "Events waiting for inference", registry=reg)
+        self.queue_peak = Gauge("trigger_queue_peak_events", "Most events the receive queue has held since start",
+                                registry=reg)
+        self.shed_messages = Counter("trigger_messages_shed_total",
+                                     "Valid input messages dropped by the overload policy before inference",
+                                     ["source"], registry=reg)
+        self.shed_events = Counter("trigger_events_shed_total",
+                                   "Events in messages dropped by the overload policy before inference",
+                                   ["source"], registry=reg)
+        self.handshake_failures = Counter("trigger_input_handshake_failures_total",
+                                          "Input connections whose ZeroMQ handshake failed (e.g. CURVE keys refused)",
+                                          registry=reg)
+        self.input_silent = Gauge("trigger_input_silent_seconds", "Seconds since the last input message arrived",
+                                  registry=reg)
+        self.input_reconnects = Counter("trigger_input_reconnects_total",
+                                        "Reconnections of the input after silence_timeout_s without a message",
+                                        registry=reg)
+        self.reloads = Counter("trigger_reloads_total", "Hot reloads of model and calibration, by result",
+                               ["result"], registry=reg)
         self.batch_size = Histogram("trigger_batch_size_events", "Events per inference batch",
                                     buckets=BATCH_BUCKETS, registry=reg)
         self.latency = Histogram("trigger_latency_seconds", "Receive-to-publish latency per message",
@@ -133,6 +151,8 @@ class Metrics:
         self.decision_messages.labels(pipeline)
         for stage in STAGES:
             self.stage_latency.labels(stage)
+        for result in ("ok", "error"):
+            self.reloads.labels(result)
 
     def source_label(self, source: str) -> str:
         """``source`` itself while fewer than MAX_SOURCES are known, else ``_other``; creates its series at 0."""
@@ -144,18 +164,21 @@ class Metrics:
                     return OTHER_SOURCE
                 self._sources.add(source)
                 for c in (self.messages, self.events, self.bytes, self.gaps, self.lost, self.restarts,
-                          self.duplicates):
+                          self.duplicates, self.shed_messages, self.shed_events):
                     c.labels(source)
         return source
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Start the HTTP endpoint; returns the bound port (useful with port 0 in tests)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        return server.server_port
+    def serve(self, port: int, host: str = "127.0.0.1", ready: ReadyCheck | None = None) -> int:
+        """Start the HTTP endpoint (/metrics, /healthz, /readyz); returns the bound port (port 0 in tests).
+
+        ``ready`` says whether the daemon is ready and why not; by default, whether trigger_ready is 1.
+        """
+        check = ready or (lambda: (self.registry.get_sample_value("trigger_ready") == 1, "trigger_ready is 0"))
+        self._server = HttpEndpoint(self.registry, check, port, host)
+        return self._server.port
 
     def shutdown(self) -> None:
         server = getattr(self, "_server", None)
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.close()
+            self._server = None
