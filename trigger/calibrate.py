@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ._log import logger
 from .backends import Backend
-from .calibration import PulseCalibration, sha256_file
+from .calibration import DEFAULT_METRIC, PulseCalibration, sha256_file
 from .protocol import INPUT_KINDS, ProtocolError, as_float32, decode
 
 
@@ -86,14 +86,14 @@ def noise_from_stream(endpoints: Iterable[str], events: int, pattern: str = "sub
 
 
 def calibrate(backend: Backend, noise: np.ndarray, fprs: Iterable[float], *, default_working_point: str,
-              output: str | Path, provenance: dict) -> PulseCalibration:
+              output: str | Path, provenance: dict, metric: str = DEFAULT_METRIC) -> PulseCalibration:
     """Encode ``noise``, fit the centre and thresholds, write ``output``; returns the calibration."""
     if noise.ndim != 2 or noise.shape[1:] != backend.input_shape:
         raise ValueError(f"noise events have shape {noise.shape[1:]}, the model takes {backend.input_shape}")
     z = encode_latents(backend, noise)
     cal = PulseCalibration.from_noise(z, model_sha256=sha256_file(backend.model_path), n_samples=noise.shape[1],
                                       fprs=fprs, default_working_point=default_working_point,
-                                      provenance=provenance)
+                                      provenance=provenance, metric=metric)
     cal.save(output)
     logger.info("wrote %s: centre %s, thresholds %s from %d noise events", output,
                 [round(c, 4) for c in cal.centre], {k: round(v, 4) for k, v in cal.working_points.items()}, len(z))

@@ -6,10 +6,13 @@ names the model by sha256, so a calibration can never be applied to a model it w
 How the centre is found: the coordinate-wise median of the latent means of noise-only
 waveforms. Noise-only waveforms cluster in a small region (not at the origin); the median is the
 robust centre of that cluster, unmoved by the rare noise waveform whose pile-up looks pulse-like.
-d* for a false-positive rate f is the one-sided (1 - f) quantile of the Euclidean distances of
-the noise-only latent means from that centre (``numpy.quantile(..., method="higher")``, so the
-rate on the calibration sample is at most f). The same function serves the training export and
-``trigger calibrate``.
+
+The distance: ``euclidean`` is the plain distance from the centre. ``mahalanobis`` first whitens
+the latent space with the noise-only covariance (``d = |L^-1 (z - c)|``, ``C = L L^T``), so an
+elongated noise cloud costs no sensitivity along its short axis; the calibration file stores
+``L^-1``. d* for a false-positive rate f is the one-sided (1 - f) quantile of the noise-only
+distances (``numpy.quantile(..., method="higher")``, so the rate on the calibration sample is at
+most f). The same function serves the training export and ``trigger calibrate``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ FORMAT = "trigger.pulse-calibration/1"
 DEFAULT_FPRS = (0.001, 0.01, 0.1)
 DEFAULT_WORKING_POINT = "fpr_0.01"
 CENTRE_METHOD = "coordinate-wise median of noise-only latent means"
+METRICS = ("euclidean", "mahalanobis")
+DEFAULT_METRIC = "mahalanobis"
 
 
 class CalibrationError(ValueError):
@@ -48,14 +53,30 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def distances(z: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """Euclidean distance of each row of ``z`` [n, k] from ``centre`` [k], float32 [n]."""
+def distances(z: np.ndarray, centre: np.ndarray, whitening: np.ndarray | None = None) -> np.ndarray:
+    """Distance of each row of ``z`` [n, k] from ``centre`` [k], float32 [n]; Euclidean, or after
+    ``whitening`` [k, k] (``|W (z - c)|``, the Mahalanobis distance when W = L^-1)."""
     diff = z - centre.astype(z.dtype, copy=False)
+    if whitening is not None:
+        diff = diff @ whitening.T.astype(z.dtype, copy=False)
     return np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32, copy=False)
 
 
-def fit(z_noise: np.ndarray, fprs: Iterable[float] = DEFAULT_FPRS) -> tuple[np.ndarray, dict[str, float]]:
-    """Centre and thresholds from noise-only latent means ``z_noise`` [n, k].
+def whitening_matrix(z_noise: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """``L^-1`` of the noise-only covariance ``C = L L^T`` (about ``centre``), float64 [k, k]."""
+    diff = np.asarray(z_noise, dtype=np.float64) - centre
+    cov = diff.T @ diff / max(len(diff) - 1, 1)
+    try:
+        return np.linalg.inv(np.linalg.cholesky(cov))
+    except np.linalg.LinAlgError as exc:
+        raise CalibrationError(f"noise-only latent covariance is singular ({cov.tolist()}): use metric "
+                               "'euclidean'") from exc
+
+
+def fit(z_noise: np.ndarray, fprs: Iterable[float] = DEFAULT_FPRS,
+        metric: str = "euclidean") -> tuple[np.ndarray, dict[str, float], np.ndarray | None]:
+    """Centre, thresholds and (for ``mahalanobis``) the whitening matrix from noise-only latent
+    means ``z_noise`` [n, k].
 
     Needs enough events for the smallest rate: at least ``10 / f`` of them, so the quantile
     rests on at least ten events beyond it.
@@ -65,8 +86,11 @@ def fit(z_noise: np.ndarray, fprs: Iterable[float] = DEFAULT_FPRS) -> tuple[np.n
         raise CalibrationError(f"noise latent means must be [n, k] with n >= 1, got shape {z_noise.shape}")
     if not np.isfinite(z_noise).all():
         raise CalibrationError("noise latent means hold NaN or Inf")
+    if metric not in METRICS:
+        raise CalibrationError(f"metric {metric!r} not in {METRICS}")
     centre = np.median(z_noise, axis=0)
-    d = distances(z_noise, centre).astype(np.float64)
+    whitening = whitening_matrix(z_noise, centre) if metric == "mahalanobis" else None
+    d = distances(z_noise, centre, whitening).astype(np.float64)
     thresholds = {}
     for f in sorted(set(fprs)):
         if not 0 < f < 1:
@@ -75,7 +99,7 @@ def fit(z_noise: np.ndarray, fprs: Iterable[float] = DEFAULT_FPRS) -> tuple[np.n
             raise CalibrationError(
                 f"{len(d)} noise-only events cannot calibrate fpr {f}: need at least {math.ceil(10 / f)}")
         thresholds[working_point_name(f)] = float(np.quantile(d, 1.0 - f, method="higher"))
-    return centre, thresholds
+    return centre, thresholds, whitening
 
 
 @dataclass(frozen=True)
@@ -95,6 +119,10 @@ class PulseCalibration:
     """Noise-only events the thresholds were computed from."""
     input_name: str = "waveform"
     output_name: str = "z_mean"
+    metric: str = "euclidean"
+    """Distance from the centre: ``euclidean`` or ``mahalanobis`` (with ``whitening``)."""
+    whitening: tuple[tuple[float, ...], ...] | None = None
+    """``L^-1`` of the noise-only covariance, rows of k values (``mahalanobis`` only)."""
     centre_method: str = CENTRE_METHOD
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +143,15 @@ class PulseCalibration:
             raise CalibrationError(f"working_points must map names to numbers, got {self.working_points!r}")
         if not all(type(c) in (int, float) for c in self.centre):
             raise CalibrationError(f"centre must be numbers, got {self.centre!r}")
+        if self.metric not in METRICS:
+            raise CalibrationError(f"metric {self.metric!r} not in {METRICS}")
+        k = len(self.centre)
+        if (self.metric == "mahalanobis") != (self.whitening is not None):
+            raise CalibrationError("whitening is required with metric 'mahalanobis' and only with it")
+        if self.whitening is not None and (
+                len(self.whitening) != k or not all(len(r) == k and all(type(v) in (int, float) and math.isfinite(v)
+                                                                        for v in r) for r in self.whitening)):
+            raise CalibrationError(f"whitening must be {k}x{k} finite numbers, got {self.whitening!r}")
         if not self.working_points:
             raise CalibrationError("no working points")
         if self.default_working_point not in self.working_points:
@@ -129,6 +166,13 @@ class PulseCalibration:
     def latent_dim(self) -> int:
         return len(self.centre)
 
+    def whitening_array(self) -> np.ndarray | None:
+        return None if self.whitening is None else np.asarray(self.whitening, dtype=np.float32)
+
+    def score(self, z: np.ndarray) -> np.ndarray:
+        """The latent distance d of each row of ``z`` [n, k] under this calibration's metric."""
+        return distances(z, np.asarray(self.centre, dtype=np.float32), self.whitening_array())
+
     def threshold(self, working_point: str | None = None) -> float:
         wp = working_point or self.default_working_point
         try:
@@ -139,11 +183,12 @@ class PulseCalibration:
     @classmethod
     def from_noise(cls, z_noise: np.ndarray, *, model_sha256: str, n_samples: int,
                    fprs: Iterable[float] = DEFAULT_FPRS, default_working_point: str = DEFAULT_WORKING_POINT,
-                   provenance: Mapping[str, Any] | None = None) -> PulseCalibration:
-        centre, thresholds = fit(z_noise, fprs)
+                   provenance: Mapping[str, Any] | None = None, metric: str = DEFAULT_METRIC) -> PulseCalibration:
+        centre, thresholds, whitening = fit(z_noise, fprs, metric)
         return cls(model_sha256=model_sha256, n_samples=n_samples, centre=tuple(float(c) for c in centre),
                    working_points=thresholds, default_working_point=default_working_point,
-                   n_noise=len(z_noise), provenance=dict(provenance or {}))
+                   n_noise=len(z_noise), provenance=dict(provenance or {}), metric=metric,
+                   whitening=None if whitening is None else tuple(tuple(float(v) for v in r) for r in whitening))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -169,6 +214,8 @@ class PulseCalibration:
             raise CalibrationError(f"calibration {path}: unknown keys {sorted(unknown)}")
         try:
             raw["centre"] = tuple(raw.get("centre", ()))
+            if raw.get("whitening") is not None:
+                raw["whitening"] = tuple(tuple(r) if isinstance(r, list) else r for r in raw["whitening"])
             return cls(**raw, source_file=str(path))
         except TypeError as exc:
             raise CalibrationError(f"calibration {path}: {exc}") from exc

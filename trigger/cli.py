@@ -13,7 +13,14 @@ from typing import Any
 from . import __version__
 from ._log import configure, logger
 from .backends import BackendUnavailable
-from .calibration import DEFAULT_FPRS, CalibrationError, calibration_path_for, working_point_name
+from .calibration import (
+    DEFAULT_FPRS,
+    DEFAULT_METRIC,
+    METRICS,
+    CalibrationError,
+    calibration_path_for,
+    working_point_name,
+)
 from .config import DEFAULT_PULSE_MODEL, ConfigError
 
 
@@ -198,6 +205,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             noise, _ = sim.next(a.events)
         output = Path(a.output) if a.output else calibration_path_for(model)
         calibrate(backend, noise, a.fpr, default_working_point=working_point_name(a.default_fpr), output=output,
+                  metric=a.metric,
                   provenance={"command": " ".join(sys.argv), "events": len(noise),
                               "data": str(a.data or a.stream or f"simulation seed {a.seed}")})
     except (CalibrationError, BackendUnavailable, ValueError, OSError, TimeoutError) as exc:
@@ -292,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=12345, help="simulation seed (when no data or stream)")
     c.add_argument("--fpr", type=float, nargs="+", default=list(DEFAULT_FPRS), help="false-positive rates")
     c.add_argument("--default-fpr", type=float, default=0.01)
+    c.add_argument("--metric", choices=list(METRICS), default=DEFAULT_METRIC,
+                   help="latent distance: mahalanobis (whitened by the noise covariance) or euclidean")
     c.add_argument("--backend", default="onnxruntime")
     c.add_argument("-o", "--output", help="calibration file to write (default: beside the model)")
     c.add_argument("--log-level", default="INFO")

@@ -44,7 +44,7 @@ def make_calibration(**changes) -> PulseCalibration:
 def test_fit_recovers_an_off_origin_centre_as_the_coordinate_wise_median():
     true_centre = [3.0, -7.5, 0.25]
     z = gaussian_cloud(20_000, true_centre, sigma=0.5)
-    centre, _ = fit(z)
+    centre, _, _ = fit(z)
     np.testing.assert_array_equal(centre, np.median(z, axis=0))
     np.testing.assert_allclose(centre, true_centre, atol=0.03)
 
@@ -53,7 +53,7 @@ def test_fit_centre_is_robust_to_outliers():
     # the rare pulse-like noise waveform must not drag the centre (a mean would move by 50 sigma)
     z = gaussian_cloud(10_000, [1.0, 2.0], sigma=0.1)
     z[:100] += 500.0
-    centre, _ = fit(z, fprs=[0.1])
+    centre, _, _ = fit(z, fprs=[0.1])
     np.testing.assert_allclose(centre, [1.0, 2.0], atol=0.01)
 
 
@@ -61,7 +61,7 @@ def test_fit_centre_is_robust_to_outliers():
 def test_thresholds_are_empirical_one_sided_quantiles(f):
     n = 30_000
     z = gaussian_cloud(n, [4.0, -2.0], sigma=1.5, seed=1)
-    centre, thresholds = fit(z)
+    centre, thresholds, _ = fit(z)
     assert set(thresholds) == {working_point_name(x) for x in DEFAULT_FPRS}
     d = distances(z, centre)
     d_star = thresholds[working_point_name(f)]
@@ -79,24 +79,24 @@ def test_thresholds_are_empirical_one_sided_quantiles(f):
 
 def test_thresholds_grow_as_the_rate_falls():
     z = gaussian_cloud(10_000, [0.0, 0.0, 0.0], sigma=1.0)
-    _, t = fit(z)
+    _, t, _ = fit(z)
     assert t["fpr_0.001"] > t["fpr_0.01"] > t["fpr_0.1"] > 0
 
 
 def test_fit_deduplicates_rates():
-    _, t = fit(gaussian_cloud(1000, [0.0], sigma=1.0), fprs=[0.1, 0.1, 0.05])
+    _, t, _ = fit(gaussian_cloud(1000, [0.0], sigma=1.0), fprs=[0.1, 0.1, 0.05])
     assert sorted(t) == ["fpr_0.05", "fpr_0.1"]
 
 
 def test_fit_needs_ten_events_beyond_the_smallest_rate():
     with pytest.raises(CalibrationError, match=r"9999 noise-only events cannot calibrate fpr 0\.001.*10000"):
         fit(gaussian_cloud(9_999, [0.0, 0.0], sigma=1.0))
-    centre, t = fit(gaussian_cloud(10_000, [0.0, 0.0], sigma=1.0))
+    centre, t, _ = fit(gaussian_cloud(10_000, [0.0, 0.0], sigma=1.0))
     assert "fpr_0.001" in t
 
 
 def test_fit_with_few_events_is_fine_for_a_large_rate():
-    _, t = fit(gaussian_cloud(100, [0.0, 0.0], sigma=1.0), fprs=[0.1])
+    _, t, _ = fit(gaussian_cloud(100, [0.0, 0.0], sigma=1.0), fprs=[0.1])
     assert list(t) == ["fpr_0.1"]
 
 
@@ -161,7 +161,7 @@ def test_distances_of_float64_and_empty():
 def test_from_noise_fills_the_record():
     z = gaussian_cloud(10_000, [1.0, 2.0], sigma=0.3)
     cal = PulseCalibration.from_noise(z, model_sha256="cd" * 32, n_samples=64, provenance={"seed": 7})
-    centre, thresholds = fit(z)
+    centre, thresholds, _ = fit(z, metric=cal.metric)
     assert cal.centre == tuple(float(c) for c in centre)
     assert cal.working_points == thresholds
     assert cal.n_noise == 10_000
@@ -332,3 +332,35 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "x.bin"
     path.write_bytes(b"abc")
     assert sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+# --- the whitened (Mahalanobis) distance ---------------------------------------------------------
+
+
+def test_mahalanobis_sees_a_shift_along_the_short_axis_of_an_elongated_noise_cloud(tmp_path):
+    rng = np.random.default_rng(3)
+    noise = np.column_stack([rng.normal(0, 1.0, 20_000), rng.normal(0, 0.1, 20_000)]).astype(np.float32)
+    signal = noise[:2000] + np.array([0.0, 0.5], np.float32)  # 5 sigma along the short axis
+    euclid = PulseCalibration.from_noise(noise, model_sha256="ab" * 32, n_samples=4, metric="euclidean")
+    maha = PulseCalibration.from_noise(noise, model_sha256="ab" * 32, n_samples=4, metric="mahalanobis")
+    for cal in (euclid, maha):  # both hold their false-positive rate on the calibration sample
+        assert np.mean(cal.score(noise) > cal.threshold()) <= 0.01
+    eff_e = np.mean(euclid.score(signal) > euclid.threshold())
+    eff_m = np.mean(maha.score(signal) > maha.threshold())
+    assert eff_m > 0.9 > 0.2 > eff_e
+    # Whitened noise has unit covariance.
+    w = maha.whitening_array()
+    assert np.allclose(np.cov(((noise - np.asarray(maha.centre)) @ w.T).T), np.eye(2), atol=0.05)
+    again = PulseCalibration.load(maha.save(tmp_path / "m.calib.json"))
+    assert again == maha and np.array_equal(again.score(signal), maha.score(signal))
+
+
+def test_mahalanobis_needs_its_whitening_and_euclidean_refuses_one():
+    cal = PulseCalibration.from_noise(gaussian_cloud(2000, [0.0, 0.0], sigma=1.0), model_sha256="ab" * 32,
+                                      n_samples=4, fprs=[0.01], default_working_point="fpr_0.01")
+    with pytest.raises(CalibrationError, match="whitening"):
+        dataclasses.replace(cal, whitening=None)
+    with pytest.raises(CalibrationError, match="whitening"):
+        dataclasses.replace(cal, metric="euclidean")
+    with pytest.raises(CalibrationError, match="metric"):
+        dataclasses.replace(cal, metric="cosine")

@@ -55,7 +55,9 @@ def test_decide_computes_z_score_and_accept(pipeline, calibration, tiny_pulse_mo
     x[::10] *= 50.0  # some pulse-like outliers, so both outcomes occur
     out = pipeline.decide(x)
     np.testing.assert_allclose(out["z"], x @ w, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out["score"], distances(out["z"], np.asarray(calibration.centre)), rtol=1e-5)
+    expected = distances(out["z"], np.asarray(calibration.centre), calibration.whitening_array())
+    np.testing.assert_allclose(out["score"], expected, rtol=1e-5)
+    np.testing.assert_allclose(out["score"], calibration.score(out["z"]), rtol=1e-6)
     np.testing.assert_array_equal(out["accept"], out["score"] > pipeline.threshold)
     assert out["accept"].any() and not out["accept"].all()
     assert out["accept"][::10].all()

@@ -24,6 +24,7 @@ class PulsePipeline(Pipeline):
         self.working_point = working_point or calibration.default_working_point
         self.threshold = calibration.threshold(self.working_point)
         self._centre = np.asarray(calibration.centre, dtype=np.float32)
+        self._whitening = calibration.whitening_array()
         self._drift_mean: np.ndarray | None = None
         if backend.input_shape != (calibration.n_samples,):
             raise BackendUnavailable(
@@ -66,7 +67,7 @@ class PulsePipeline(Pipeline):
 
     def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         z = self.backend.infer(batch)[self._output].astype(np.float32, copy=False)
-        score = distances(z, self._centre)
+        score = distances(z, self._centre, self._whitening)
         return {"accept": score > self.threshold, "score": score, "z": z}
 
     def header(self) -> dict[str, Any]:
@@ -85,7 +86,9 @@ class PulsePipeline(Pipeline):
             w = min(1.0, len(noise) / self.DRIFT_EVENTS)
             mean = noise.mean(axis=0, dtype=np.float64)
             self._drift_mean = mean if self._drift_mean is None else (1 - w) * self._drift_mean + w * mean
-            metrics.noise_centre_drift.set(float(np.linalg.norm(self._drift_mean - self._centre)) / self.threshold)
+            offset = (self._drift_mean - self._centre)[None, :].astype(np.float32)
+            metrics.noise_centre_drift.set(float(distances(offset, np.zeros_like(self._centre), self._whitening)[0])
+                                           / self.threshold)
 
     def outcomes(self, result: dict[str, np.ndarray]) -> dict[str, int]:
         n_acc = int(np.count_nonzero(result["accept"]))
