@@ -33,7 +33,7 @@ DEFAULT_FPRS = (0.001, 0.01, 0.1)
 DEFAULT_WORKING_POINT = "fpr_0.01"
 CENTRE_METHOD = "coordinate-wise median of noise-only latent means"
 METRICS = ("euclidean", "mahalanobis")
-DEFAULT_METRIC = "mahalanobis"
+DEFAULT_METRIC = "euclidean"  # the reference method; mahalanobis helps when the noise cloud is elongated
 
 
 class CalibrationError(ValueError):

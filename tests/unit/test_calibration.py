@@ -357,7 +357,8 @@ def test_mahalanobis_sees_a_shift_along_the_short_axis_of_an_elongated_noise_clo
 
 def test_mahalanobis_needs_its_whitening_and_euclidean_refuses_one():
     cal = PulseCalibration.from_noise(gaussian_cloud(2000, [0.0, 0.0], sigma=1.0), model_sha256="ab" * 32,
-                                      n_samples=4, fprs=[0.01], default_working_point="fpr_0.01")
+                                      n_samples=4, fprs=[0.01], default_working_point="fpr_0.01",
+                                      metric="mahalanobis")
     with pytest.raises(CalibrationError, match="whitening"):
         dataclasses.replace(cal, whitening=None)
     with pytest.raises(CalibrationError, match="whitening"):
