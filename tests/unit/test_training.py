@@ -44,6 +44,16 @@ def test_phase_trick_convolutions_equal_the_textbook_ones():
     assert torch.allclose(deconv(h), ref, atol=1e-5)
 
 
+def test_fixed_model_starts_with_a_small_posterior_variance():
+    x = np.random.default_rng(0).random((64, 9728), dtype=np.float32) * 0.05
+    torch.manual_seed(0)
+    fixed = train_pulse.make_model("fixed", x)
+    assert torch.all(fixed.encoder.z_log_var.bias == train_pulse.FIXED_INITIAL_LOG_VAR)
+    assert fixed.config.input_scale == pytest.approx(float(x.std()), rel=1e-5)
+    naive = train_pulse.make_model("naive", x)
+    assert torch.all(naive.encoder.z_log_var.bias == 0)  # Keras's zero bias
+
+
 def test_naive_variant_ignores_the_normalisation():
     naive = VCAE(VCAEConfig(variant="naive", input_offset=0.5, input_scale=0.1))
     x = torch.rand(2, 9728)

@@ -1,0 +1,102 @@
+"""Rebuild the results table of benchmarks/README.md from benchmarks/results/*.json.
+
+    python benchmarks/report.py
+
+The table sits between the markers ``<!-- results:begin -->`` and ``<!-- results:end -->``; the
+rest of the README is left alone. Each row names the machine and the commit its JSON recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _machine(d: dict) -> str:
+    m = d["machine"]
+    return (f"{m['cpu']}, {m['cores']} cores, load {m['load_average'][0]:.1f}; "
+            f"{m['date'][:16]}Z, {str(m['git_commit'])[:8]}")
+
+
+def rows() -> list[tuple[str, str, str, str, str]]:
+    out = []
+    if (s := _load("simulator")) is not None:
+        out.append(("Simulator, one core", f"{s['simulator_wf_per_s']:,.0f} waveforms/s "
+                    f"({s['ratio_to_memset']:.2f}x a memset of the same array)", ">= 50,000 waveforms/s",
+                    _mark(s["simulator_wf_per_s"] >= 50_000), _machine(s)))
+    if (t := _load("throughput")) is not None:
+        sm = t["summary"]
+        out.append(("End to end / bare backend (batch 256)",
+                    f"{sm['end_to_end_best_events_per_second']:,.0f} / {sm['bare_batch256_events_per_second']:,.0f} "
+                    f"events/s = {sm['ratio_end_to_end_over_bare']:.2f} (max_batch {sm['end_to_end_best_max_batch']}, "
+                    f"{sm['lost_events']} lost)", ">= 0.8",
+                    _mark(sm["ratio_end_to_end_over_bare"] >= 0.8), _machine(t)))
+        lat = t["latency_half_load"]["latency_seconds"]
+        out.append(("Latency receive->publish at half of max",
+                    f"p50 {lat['p50'] * 1e3:.2f} ms, p99 {lat['p99'] * 1e3:.2f} ms, p99.9 {lat['p99.9'] * 1e3:.2f} ms "
+                    f"at {t['latency_half_load']['rate']:,.0f} events/s", "p99 < 5 ms",
+                    _mark(lat["p99"] < 0.005), _machine(t)))
+        out.append(("Daemon peak memory (VmHWM)", f"{sm['daemon_peak_rss_bytes'] / 2**20:.0f} MB", "< 500 MB",
+                    _mark(sm["daemon_peak_rss_bytes"] < 500 * 2**20), _machine(t)))
+    if (p := _load("physics")) is not None:
+        a = p["a50"]
+        out.append(("A50 at 1% FPR: VCAE / matched filter",
+                    f"{a['vcae']['a50']:.4f} / {a['matched_filter']['a50']:.4f} = "
+                    f"{p['ratio_vcae_to_matched_filter']:.2f} (peak threshold {a['peak']['a50']:.4f}; "
+                    f"model {p['model']['name']} {p['model']['sha256'][:8]})",
+                    "<= 1.1", _mark(p["ratio_vcae_to_matched_filter"] <= 1.1), _machine(p)))
+        f = p["fpr_actual"]["vcae"]
+        out.append(("VCAE false-positive rate on independent noise",
+                    f"{100 * f['fpr']:.2f}% [{100 * f['wilson_low']:.2f}, {100 * f['wilson_high']:.2f}] of {f['n']:,}",
+                    "1% within statistics", _mark(f["wilson_low"] <= 0.01 <= f["wilson_high"]), _machine(p)))
+    for name in ("deadstart", "deadstart_check"):
+        if (d := _load(name)) is None:
+            continue
+        st = d["settings"]
+        for setup in ("naive", "fixed"):
+            r = d["summary"].get(setup)
+            if r is None:
+                continue
+            fixed = setup == "fixed"
+            out.append((f"Dead starts, {setup} ({st['epochs']} epochs, {st['n_train']} waveforms, data seed "
+                        f"{st['data_seed']})", f"{r['dead_starts']} of {r['runs']} seeds {r['dead_seeds'] or ''}",
+                        "0 of 20" if fixed else "-", _mark(r["dead_starts"] == 0) if fixed else "-",
+                        "this machine (run by training/deadstart.py; its JSON has no machine stamp)"
+                        if "machine" not in d else _machine(d)))
+    return out
+
+
+def table() -> str:
+    lines = ["| benchmark | measured | target | status | machine, date, commit |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows()]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    text = README.read_text() if README.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        sys.stderr.write(f"{README} lacks the markers {BEGIN} / {END}\n")
+        return 1
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{BEGIN}\n{table()}\n{END}{tail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
