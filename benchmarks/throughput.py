@@ -96,7 +96,7 @@ def chain(ctx: zmq.Context, model: Path, pattern: str, max_batch: int, max_delay
 
 def end_to_end(ctx, model, source, events: int, max_batch: int, per_message: int, shape) -> dict:
     """Sustained rate with backpressure and no loss: everything sent must come back decided."""
-    sock, daemon, collector = chain(ctx, model, "push", max_batch, 2.0, shape)
+    sock, daemon, collector = chain(ctx, model, "push", max_batch, 0.5, shape)
     try:
         t0 = time.monotonic()
         stats = replay(sock, source, sources=["adc00"], events=events, rate=0, events_per_message=per_message,
@@ -119,7 +119,7 @@ def end_to_end(ctx, model, source, events: int, max_batch: int, per_message: int
 
 
 def latency_at(ctx, model, source, rate: float, seconds: float, max_batch: int, per_message: int, shape) -> dict:
-    sock, daemon, collector = chain(ctx, model, "pub", max_batch, 2.0, shape)
+    sock, daemon, collector = chain(ctx, model, "pub", max_batch, 0.5, shape)
     try:
         events = int(rate * seconds)
         stats = replay(sock, source, sources=["adc00"], events=events, rate=rate, events_per_message=per_message,

@@ -106,7 +106,7 @@ class BackendConfig(_Model):
 class BatchingConfig(_Model):
     max_batch: int = Field(256, ge=1)
     """Most events per inference call."""
-    max_delay_ms: float = Field(2.0, ge=0)
+    max_delay_ms: float = Field(0.5, ge=0)
     """Longest an event waits for a batch to fill before inference runs anyway."""
     queue_events: int = Field(1024, ge=1)
     """Bound of the queue between receiver and inference, in events; when full the receiver
