@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="replay -> daemon -> subscriber on localhost, then a summary table")
     d.add_argument("--duration", type=float, default=15.0, help="seconds of replay")
-    d.add_argument("--rate", type=float, default=5000.0, help="events/s")
+    d.add_argument("--rate", type=float, default=3000.0, help="events/s")
     d.add_argument("--batch", type=int, default=32, help="events per message")
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--config", help="daemon configuration file")

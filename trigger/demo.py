@@ -212,7 +212,7 @@ def format_table(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_demo(duration: float = 15.0, rate: float = 5000.0, events_per_message: int = 32, seed: int = 1,
+def run_demo(duration: float = 15.0, rate: float = 3000.0, events_per_message: int = 32, seed: int = 1,
              signal_fraction: float = 0.5, config: str | None = None, json_out: str | None = None,
              stdout: TextIO = sys.stdout) -> dict:
     """Run the whole chain for ``duration`` seconds at ``rate`` events/s; returns the summary."""
