@@ -35,7 +35,7 @@ def encode_latents(backend: Backend, data: np.ndarray, batch: int = 256, output:
 
 
 def noise_from_file(path: str | Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as f:
+    with np.load(path) as f:  # numpy >= 1.16.3 refuses object arrays by default
         data = f["data"]
         if "truth_is_signal" in f.files:
             keep = ~f["truth_is_signal"].astype(bool)

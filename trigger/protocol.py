@@ -3,7 +3,7 @@
 A message is ``[topic, msgpack header, array frames...]``. Decoding never trusts the sender:
 every rule of the protocol is checked, and a broken message raises :class:`ProtocolError` with a
 :class:`Reason` (the label under which the daemon counts it) and a detail naming the values.
-Nothing is ever unpickled: the header is msgpack with extension types refused, and arrays are
+Nothing is deserialised into Python objects: the header is msgpack with extension types refused, and arrays are
 raw little-endian buffers read with ``numpy.frombuffer`` (read-only views, no copy).
 """
 

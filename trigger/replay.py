@@ -40,7 +40,7 @@ class FileSource:
     """Events of a recorded ``.npz`` file, cycled."""
 
     def __init__(self, path: str | Path):
-        with np.load(path, allow_pickle=False) as f:
+        with np.load(path) as f:  # numpy >= 1.16.3 refuses object arrays by default
             if "data" not in f.files:
                 raise ValueError(f"{path} has no 'data' array")
             self.data = f["data"]
