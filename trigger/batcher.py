@@ -13,7 +13,7 @@ import collections
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ class Item:
     meta: dict[str, Any] | None = None
     truth_signal: np.ndarray | None = None  # bool [n] when the stream carries simulation truth
     t_queued_mono: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # the source's metric label (capped cardinality), computed once on receipt
 
     @property
     def n(self) -> int:

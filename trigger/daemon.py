@@ -365,8 +365,7 @@ class Daemon:
         if self._track_seq:
             self._track(msg.source, label, msg.seq)
         item = Item(source=msg.source, seq=msg.seq, t_ns=msg.t_ns, t_recv_ns=t_recv_ns, t_recv_mono=t0,
-                    data=data, meta=msg.meta, truth_signal=_truth_signal(msg.meta, len(data)))
-        item.extra["label"] = label
+                    data=data, meta=msg.meta, truth_signal=_truth_signal(msg.meta, len(data)), label=label)
         m.stage_latency.labels("decode").observe(time.monotonic() - t0)
         if self._overload == "block":
             # Blocks while the queue is full: ZeroMQ then holds further input, and its high-water
@@ -381,7 +380,7 @@ class Daemon:
         m.queue_peak.set(self.queue.peak)
 
     def _count_shed(self, item: Item) -> None:
-        label = item.extra["label"]
+        label = item.label
         self.metrics.shed_messages.labels(label).inc()
         self.metrics.shed_events.labels(label).inc(item.n)
         sc = self.counts.sources[label]
@@ -469,20 +468,22 @@ class Daemon:
             self._output.send_multipart(encode(f"dec.{it.source}", header, part))
             done = time.monotonic()
             m.latency.observe(done - it.t_recv_mono)
-            m.last_decision.labels(m.source_label(it.source)).set(time.time())
+            m.last_decision.labels(it.label).set(time.time())
             outcomes = pipeline.outcomes(part)
             for outcome, count in outcomes.items():
                 m.decisions.labels(pipeline.name, outcome).inc(count)
             if it.truth_signal is not None and "accept" in part:
-                acc = part["accept"]
-                sig = it.truth_signal
-                m.truth_events.labels("signal", "accept").inc(int(np.count_nonzero(acc & sig)))
-                m.truth_events.labels("signal", "reject").inc(int(np.count_nonzero(~acc & sig)))
-                m.truth_events.labels("noise", "accept").inc(int(np.count_nonzero(acc & ~sig)))
-                m.truth_events.labels("noise", "reject").inc(int(np.count_nonzero(~acc & ~sig)))
+                # Two counting passes give all four cells of the truth x outcome table.
+                n_acc = outcomes["accept"]
+                n_sig = int(np.count_nonzero(it.truth_signal))
+                sig_acc = int(np.count_nonzero(part["accept"] & it.truth_signal))
+                m.truth_events.labels("signal", "accept").inc(sig_acc)
+                m.truth_events.labels("signal", "reject").inc(n_sig - sig_acc)
+                m.truth_events.labels("noise", "accept").inc(n_acc - sig_acc)
+                m.truth_events.labels("noise", "reject").inc(it.n - n_sig - n_acc + sig_acc)
             self.counts.events_decided += it.n
             self.counts.decision_messages += 1
-            sc = self.counts.sources[it.extra["label"]]
+            sc = self.counts.sources[it.label]
             sc.decided_messages += 1
             sc.decided_events += it.n
             self.counts.accepted += outcomes.get("accept", 0)
