@@ -1,4 +1,4 @@
-"""``trigger``: one console command, subcommands serve | replay | calibrate | demo | top | proxy | keygen."""
+"""``trigger``: one console command, subcommands serve | replay | calibrate | demo | top | proxy | audit | keygen."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, curve
 from ._log import configure, logger
 from .backends import BackendUnavailable
 from .calibration import (
@@ -44,6 +44,8 @@ def _serve_overrides(a: argparse.Namespace) -> dict[str, Any]:
     put("output.endpoint", a.output)
     put("output.connect", True if a.output_connect else None)
     put("output.dead_letter", a.dead_letter)
+    put("output.curve_secret_key_file", a.output_curve_secret_key)
+    put("output.curve_clients", a.output_curve_clients)
     put("metrics.port", a.metrics_port)
     put("metrics.host", a.metrics_host)
     put("pipeline.name", a.pipeline)
@@ -162,7 +164,17 @@ def cmd_replay(a: argparse.Namespace) -> int:
         if a.pool:
             source = PoolSource(source, a.pool)
     ctx = zmq.Context()
-    sock = open_socket(ctx, a.output, a.pattern, connect=a.connect)
+    auth = None
+    try:
+        if a.curve_clients:
+            auth = curve.start_authenticator(ctx, a.curve_clients)
+        sock = open_socket(ctx, a.output, a.pattern, connect=a.connect, curve_secret_key=a.curve_secret_key)
+    except (OSError, ValueError, zmq.ZMQError) as exc:
+        logger.error("cannot open %s: %s", a.output, exc)
+        if auth is not None:
+            auth.stop()
+        ctx.term()
+        return 1
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
@@ -182,6 +194,8 @@ def cmd_replay(a: argparse.Namespace) -> int:
                    truth=not a.no_truth, stop=lambda: stop["now"], progress=bar.update)
     finally:
         sock.close()
+        if auth is not None:
+            auth.stop()
         ctx.term()
     return 0
 
@@ -234,6 +248,55 @@ def cmd_top(a: argparse.Namespace) -> int:
     return run(a.url, a.interval, once=a.once)
 
 
+def cmd_audit(a: argparse.Namespace) -> int:
+    import json
+    import threading
+
+    import zmq
+
+    from .audit import AuditSubscriber, format_table
+
+    configure(a.log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    ctx = zmq.Context()
+    try:
+        sub = AuditSubscriber(ctx, a.input or ["tcp://127.0.0.1:5556"], horizon=a.horizon,
+                              curve_keys=(a.curve_server_key, a.curve_secret_key) if a.curve_server_key else None)
+    except (OSError, ValueError) as exc:
+        logger.error("cannot use the CURVE keys: %s", exc)
+        ctx.term()
+        return 1
+    sub.start()
+    logger.info("ready: auditing decisions from %s", ", ".join(a.input or ["tcp://127.0.0.1:5556"]))
+    t0 = last_log = time.monotonic()
+    while not stop.wait(0.2):
+        now = time.monotonic()
+        with sub.lock:
+            seen = bool(sub.audit.counts)
+            idle = now - sub.last_arrival
+            totals = [sum(getattr(c, k) for c in sub.audit.counts.values())
+                      for k in ("decided_messages", "lost_messages", "duplicates")]
+        if a.duration and now - t0 >= a.duration or a.idle and seen and idle >= a.idle:
+            break
+        if now - last_log >= 10:
+            last_log = now
+            logger.info("audit: %d messages decided, %d lost, %d duplicates so far", *totals)
+    sub.stop()
+    ctx.term()
+    counts = sub.audit.finish()
+    print(format_table(counts))  # noqa: T201 - the command's output
+    if a.json:
+        Path(a.json).write_text(json.dumps(sub.audit.snapshot(), indent=2) + "\n")
+    bad = sum(c.lost_messages + c.duplicates for c in counts.values())
+    return 0 if bad == 0 and sub.bad == 0 else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trigger", description=__doc__)
     p.add_argument("--version", action="version", version=f"trigger {__version__}")
@@ -251,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-connect", action="store_true",
                    help="connect the decision socket instead of binding it (to a `trigger proxy` frontend)")
     s.add_argument("--dead-letter", metavar="ENDPOINT", help="endpoint for rejected messages (PUB, bound)")
+    s.add_argument("--output-curve-secret-key", type=Path, metavar="FILE",
+                   help="CURVE: this daemon's NAME.key_secret; encrypts the decision and dead-letter sockets")
+    s.add_argument("--output-curve-clients", type=Path, metavar="DIR",
+                   help="CURVE: only subscribers whose public key file (*.key) is in DIR may connect")
     s.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus HTTP port (0 = off)")
     s.add_argument("--metrics-host", metavar="ADDR", help="address the metrics endpoint binds (default 127.0.0.1)")
     s.add_argument("--pipeline", choices=["pulse", "segment", "denoise"])
@@ -284,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--signal-fraction", type=float, default=0.5)
     r.add_argument("--pool", type=int, default=0, help="simulate this many events once and cycle them")
     r.add_argument("--no-truth", action="store_true", help="leave meta.truth out")
+    r.add_argument("--curve-secret-key", type=Path, metavar="FILE",
+                   help="CURVE: the readout's NAME.key_secret; daemons need its NAME.key (--curve-server-key)")
+    r.add_argument("--curve-clients", type=Path, metavar="DIR",
+                   help="CURVE: only daemons whose public key file (*.key) is in DIR may connect")
     r.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for a subscriber before sending")
     r.add_argument("--log-level", default="INFO")
@@ -331,6 +402,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="endpoint subscribers connect to (XPUB, bound)")
     x.add_argument("--log-level", default="INFO")
     x.set_defaults(func=cmd_proxy)
+
+    u = sub.add_parser("audit", help="count every decided, lost and duplicate message of a merged decision stream")
+    u.add_argument("--input", action="append", metavar="ENDPOINT",
+                   help="decision endpoint: a `trigger proxy` backend or a daemon's output (repeatable; "
+                        "default tcp://127.0.0.1:5556)")
+    u.add_argument("--duration", type=float, default=0.0, help="seconds to audit (0: until SIGINT/SIGTERM)")
+    u.add_argument("--idle", type=float, default=0.0,
+                   help="stop once no decision has arrived for this many seconds (0: never)")
+    u.add_argument("--horizon", type=int, default=10_000,
+                   help="a missing seq is lost once this many later messages of its source are decided")
+    u.add_argument("--curve-server-key", type=Path, metavar="FILE",
+                   help="CURVE: the daemon's (or proxy's) public key NAME.key; needs --curve-secret-key")
+    u.add_argument("--curve-secret-key", type=Path, metavar="FILE", help="CURVE: this subscriber's NAME.key_secret")
+    u.add_argument("--json", help="also write the counts per source as JSON here")
+    u.add_argument("--log-level", default="INFO")
+    u.set_defaults(func=cmd_audit)
 
     k = sub.add_parser("keygen", help="write a CURVE key pair (NAME.key, NAME.key_secret) for authenticated input")
     k.add_argument("directory", help="where to write the two files")

@@ -72,6 +72,22 @@ class OutputConfig(_Model):
     dead_letter: str | None = None
     """Optional endpoint a PUB socket binds to, carrying every rejected message with its reason."""
     hwm: int = Field(10000, ge=1)
+    curve_secret_key_file: Path | None = None
+    """CURVE: the daemon's own key pair file (``NAME.key_secret``). Makes the decision and
+    dead-letter sockets CURVE servers: traffic is encrypted and a subscriber must hold the daemon's
+    public key (``NAME.key``) and a key pair of its own. Needs a bound output (not connect)."""
+    curve_clients: Path | None = None
+    """CURVE: a directory of subscriber public key files (``*.key``) allowed to connect; others
+    are refused. Unset: any subscriber that holds the daemon's public key may connect."""
+
+    @model_validator(mode="after")
+    def _curve(self) -> OutputConfig:
+        if self.curve_secret_key_file is not None and self.connect:
+            raise ValueError("CURVE on the output needs a bound decision socket; with connect: true, secure "
+                             "the proxy's side instead")
+        if self.curve_clients is not None and self.curve_secret_key_file is None:
+            raise ValueError("curve_clients needs curve_secret_key_file (the daemon's own key pair)")
+        return self
 
 
 class MetricsConfig(_Model):

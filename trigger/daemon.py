@@ -37,9 +37,9 @@ from typing import Any
 import msgpack
 import numpy as np
 import zmq
-import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
+from . import curve
 from ._log import logger
 from .batcher import BatchBuffer, Batcher, EventQueue, Item
 from .config import Config
@@ -112,6 +112,7 @@ class Daemon:
         self._input: zmq.Socket | None = None
         self._output: zmq.Socket | None = None
         self._dead: zmq.Socket | None = None
+        self._auth: Any = None  # CURVE authenticator of the output sockets
         self._monitor: zmq.Socket | None = None
         self._connected: dict[str, int] = {}  # input endpoint -> live connections (receiver thread)
         self._connected_view: dict[str, int] = {}
@@ -132,13 +133,19 @@ class Daemon:
         """Open sockets and the metrics endpoint, start the receiver; logs the ready line."""
         cfg = self.config
         try:
+            if cfg.output.curve_clients is not None:
+                self._auth = curve.start_authenticator(self._ctx, cfg.output.curve_clients)
             self._output = out = self._ctx.socket(zmq.PUB)
             out.setsockopt(zmq.SNDHWM, cfg.output.hwm)
             out.setsockopt(zmq.LINGER, LINGER_MS)
+            if cfg.output.curve_secret_key_file is not None:
+                curve.make_server(out, cfg.output.curve_secret_key_file)
             (out.connect if cfg.output.connect else out.bind)(cfg.output.endpoint)
             if cfg.output.dead_letter:
                 self._dead = self._ctx.socket(zmq.PUB)
                 self._dead.setsockopt(zmq.LINGER, 0)
+                if cfg.output.curve_secret_key_file is not None:
+                    curve.make_server(self._dead, cfg.output.curve_secret_key_file)
                 self._dead.bind(cfg.output.dead_letter)
             self._input = inp = self._ctx.socket(zmq.SUB if cfg.input.pattern == "sub" else zmq.PULL)
             inp.setsockopt(zmq.RCVHWM, cfg.input.hwm)
@@ -151,7 +158,7 @@ class Daemon:
                 inp.setsockopt(zmq.HEARTBEAT_IVL, cfg.input.heartbeat_ms)
                 inp.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * cfg.input.heartbeat_ms)
             if cfg.input.curve_server_key is not None:
-                _use_curve(inp, cfg.input.curve_server_key, cfg.input.curve_secret_key_file)
+                curve.make_client(inp, cfg.input.curve_server_key, cfg.input.curve_secret_key_file)
             self._monitor = inp.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
                                                    | HANDSHAKE_FAILED)
             for endpoint in cfg.input.endpoints:
@@ -259,6 +266,9 @@ class Daemon:
             sock = getattr(self, name, None)
             if sock is not None and not sock.closed:
                 sock.close()
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         if self._own_ctx:
             self._ctx.term()
 
@@ -530,19 +540,6 @@ class Daemon:
         d = new.describe()
         logger.info("reloaded: model %s (sha256 %s), calibration %s, %s %s", d.get("model"),
                     d.get("model_sha256"), d.get("calibration_sha256"), d.get("working_point"), d.get("threshold"))
-
-
-def _use_curve(sock: zmq.Socket, server_key: Any, secret_key_file: Any) -> None:
-    """Make ``sock`` a CURVE client of the readout whose public key is in ``server_key``."""
-    if not zmq.has("curve"):
-        raise ValueError("this libzmq was built without CURVE support")
-    server_public, _ = zmq.auth.load_certificate(server_key)
-    public, secret = zmq.auth.load_certificate(secret_key_file)
-    if secret is None:
-        raise ValueError(f"{secret_key_file} holds no secret key (use the NAME.key_secret file)")
-    sock.curve_serverkey = server_public
-    sock.curve_publickey = public
-    sock.curve_secretkey = secret
 
 
 def _handshake_reason(event: int, value: int) -> str:

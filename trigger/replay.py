@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
+from . import curve
 from ._log import logger
 from .protocol import encode_input
 
@@ -103,12 +104,19 @@ class ReplayStats:
 
 
 def open_socket(ctx: zmq.Context, endpoint: str, pattern: str = "pub", connect: bool = False,
-                hwm: int = 1000) -> zmq.Socket:
-    """The readout side: XPUB (a PUB that also sees subscriptions) or PUSH, bound by default."""
+                hwm: int = 1000, curve_secret_key: str | Path | None = None) -> zmq.Socket:
+    """The readout side: XPUB (a PUB that also sees subscriptions) or PUSH, bound by default;
+    a CURVE server with the key pair in ``curve_secret_key`` when given."""
     sock = ctx.socket(zmq.XPUB if pattern == "pub" else zmq.PUSH)
-    sock.setsockopt(zmq.SNDHWM, hwm)
-    sock.setsockopt(zmq.LINGER, 5000)
-    (sock.connect if connect else sock.bind)(endpoint)
+    try:
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.LINGER, 5000)
+        if curve_secret_key is not None:
+            curve.make_server(sock, curve_secret_key)
+        (sock.connect if connect else sock.bind)(endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
     return sock
 
 

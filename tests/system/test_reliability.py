@@ -437,6 +437,77 @@ def test_four_daemons_behind_one_push_and_one_proxy_decide_every_event_once(ctx,
     push.close(linger=0)
 
 
+def test_kill_9_of_pull_workers_under_load_every_message_decided_or_reported_lost(ctx, procs, pulse_model):
+    """Three PULL workers behind one PUSH; at random moments one is killed with SIGKILL and a new
+    one started in its place while the readout keeps sending. The audit downstream of the proxy
+    must account for every message: decided + reported lost = sent, per source, and nothing
+    decided twice."""
+    from trigger.audit import AuditSubscriber
+
+    rng = np.random.default_rng(20261122)
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    proxy = subprocess.Popen([sys.executable, "-m", "trigger", "proxy", "--frontend", front, "--backend", back],
+                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    procs.append(proxy)
+    assert "ready:" in proxy.stderr.readline()
+    push = ctx.socket(zmq.PUSH)
+    procs.append(push)
+    push.setsockopt(zmq.SNDHWM, 200)
+    push.bind("tcp://127.0.0.1:*")
+    in_ep = push.getsockopt(zmq.LAST_ENDPOINT).decode()
+    audit = AuditSubscriber(ctx, [back])
+    audit.start()
+    sink = Sink(ctx, back)  # only for the probes that prove the chain linked
+    procs.append(sink)
+    sink.start()
+
+    def worker() -> DaemonProcess:
+        return serve(procs, "--input", in_ep, "--input-pattern", "pull", "--output", front, "--output-connect",
+                     "--max-batch", "64", model=pulse_model)
+
+    workers = [worker() for _ in range(3)]
+    probe_until_decided(push, sink, per_round=6, ready=lambda: all(
+        w.value("trigger_decision_messages_total", pipeline="pulse") > 0 for w in workers))
+
+    sources = ["adc00", "adc01"]
+    done: dict = {}
+    sender = threading.Thread(target=lambda: done.setdefault("stats", replay(
+        push, pool(7), sources=sources, events=12_000, rate=2000, events_per_message=16)))
+    sender.start()
+    kills = []
+    t0 = time.monotonic()
+    for at in sorted(rng.uniform(0.5, 4.0, 2)):  # two kills at random moments of the 6 s stream
+        time.sleep(max(0.0, t0 + at - time.monotonic()))  # (a replacement takes ~2 s to start)
+        at = time.monotonic() - t0
+        victim = int(rng.integers(len(workers)))
+        workers[victim].proc.kill()  # SIGKILL: no drain, no end-of-run, buffers lost
+        workers[victim].proc.wait(timeout=10)
+        workers[victim] = worker()
+        kills.append((victim, at))
+    sender.join(timeout=60)
+    stats = done["stats"]
+    sent = stats.messages
+    # Settled: every message is decided, or the stream has been quiet for 2 s.
+    wait_until(lambda: sum(c.decided_messages for c in audit.audit.counts.values()) >= sum(sent.values()),
+               timeout=30)
+    wait_until(lambda: time.monotonic() - audit.last_arrival > 2.0, timeout=30)
+    audit.stop()
+    counts = audit.audit.finish(sent)
+    for s in sources:
+        c = counts[s]
+        assert c.duplicates == 0, s
+        assert c.decided_messages + c.lost_messages == sent[s] == 750, (s, c)
+        assert c.decided_events + 16 * c.lost_messages == stats.events[s] == 12_000, (s, c)
+    lost = sum(counts[s].lost_messages for s in sources)
+    print(f"kill -9: {len(kills)} workers killed at {[round(k[1], 2) for k in kills]} s and replaced; "
+          f"{sum(sent.values())} messages sent, {sum(counts[s].decided_messages for s in sources)} decided, "
+          f"{lost} reported lost, 0 duplicates")
+    for w in workers:
+        assert w.stop() == 0
+    proxy.send_signal(signal.SIGTERM)
+    assert proxy.wait(timeout=10) == 0
+
+
 # --- 6. CURVE authentication ------------------------------------------------------------------
 
 
@@ -507,6 +578,53 @@ def test_curve_input_only_authorised_daemons_receive(ctx, procs, pulse_model, tm
             assert d.stop() == 0
     finally:
         auth.stop()
+
+
+def test_curve_end_to_end_replay_daemon_and_only_authorised_subscribers(ctx, procs, pulse_model, tmp_path):
+    """`trigger replay` as a CURVE server allowing one daemon key; the daemon's decision socket a
+    CURVE server allowing one subscriber key. The allowed subscriber audits every message; one
+    with an unknown key pair and one without keys receive nothing."""
+    from trigger.audit import AuditSubscriber
+
+    def keygen(name: str) -> tuple[Path, Path]:
+        r = subprocess.run([sys.executable, "-m", "trigger", "keygen", str(tmp_path / name), "--name", name],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return tmp_path / name / f"{name}.key", tmp_path / name / f"{name}.key_secret"
+
+    readout_pub, readout_sec = keygen("readout")
+    daemon_pub, daemon_sec = keygen("daemon")
+    viewer_pub, viewer_sec = keygen("viewer")
+    _, rogue_sec = keygen("rogue")
+    in_ep, out_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    d = serve(procs, "--input", in_ep, "--input-pattern", "pull", "--output", out_ep,
+              "--curve-server-key", str(readout_pub), "--curve-secret-key", str(daemon_sec),
+              "--output-curve-secret-key", str(daemon_sec), "--output-curve-clients", str(viewer_pub.parent),
+              model=pulse_model)
+    viewer = AuditSubscriber(ctx, [out_ep], curve_keys=(daemon_pub, viewer_sec))
+    rogue = AuditSubscriber(ctx, [out_ep], curve_keys=(daemon_pub, rogue_sec))
+    plain = AuditSubscriber(ctx, [out_ep])
+    subs = [viewer, rogue, plain]
+    for a in subs:
+        a.start()
+    try:
+        time.sleep(1.0)  # subscriptions reach the daemon before the first decision (PUB slow joiner)
+        replay = subprocess.run(
+            [sys.executable, "-m", "trigger", "replay", "--pattern", "push", "--output", in_ep, "--events", "640",
+             "--batch", "16", "--rate", "0", "--pool", "64", "--seed", "8", "--curve-secret-key", str(readout_sec),
+             "--curve-clients", str(daemon_pub.parent)], capture_output=True, text=True, timeout=120)
+        assert replay.returncode == 0, replay.stderr
+        assert wait_until(lambda: viewer.audit.counts.get("adc00") is not None
+                          and viewer.audit.counts["adc00"].decided_messages == 40, timeout=30)
+        time.sleep(0.5)
+    finally:
+        for a in subs:
+            a.stop()
+    c = viewer.audit.finish({"adc00": 40})["adc00"]
+    assert (c.decided_messages, c.decided_events, c.lost_messages, c.duplicates) == (40, 640, 0, 0)
+    assert rogue.audit.counts == {} and plain.audit.counts == {}
+    print("curve end to end: replay -> daemon -> allowed subscriber 640/640 events; rogue key and no key: 0")
+    assert d.stop() == 0
 
 
 # --- 7. upstream liveness ---------------------------------------------------------------------
