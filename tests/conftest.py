@@ -1,5 +1,6 @@
 """Shared test fixtures."""
 
+import json
 import random
 
 import numpy as np
@@ -62,3 +63,56 @@ def tiny_pulse_model(tmp_path):
                                               provenance={"source": "tests/conftest.py::tiny_pulse_model"})
     calib_path = calibration.save(calibration_path_for(onnx_path))
     return onnx_path, calib_path
+
+
+TINY_FRAME = (8, 8)
+
+
+def save_tiny_onnx(graph_nodes, name, in_shape, out_name, out_shape, initializers, path):
+    """A one- or two-node ONNX model with input ``image`` float32 [batch, *in_shape]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        graph_nodes, name,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", *in_shape])],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["batch", *out_shape])],
+        initializer=[numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def tiny_segment_model(tmp_path):
+    """prob = sigmoid(image - 5): a pixel is marked (at the 0.5 cut) where its value exceeds 5."""
+    from onnx import helper
+
+    from trigger.calibration import calibration_path_for, sha256_file
+
+    path = save_tiny_onnx([helper.make_node("Sub", ["image", "five"], ["shifted"]),
+                           helper.make_node("Sigmoid", ["shifted"], ["prob"])],
+                          "tiny_segment", TINY_FRAME, "prob", TINY_FRAME, {"five": 5.0}, tmp_path / "seg.onnx")
+    cal = {"format": "trigger.segment-calibration/1", "model_sha256": sha256_file(path), "input_name": "image",
+           "output_name": "prob", "height": TINY_FRAME[0], "width": TINY_FRAME[1], "target": "all",
+           "working_points": {"p_0.5": 0.5, "p_0.9": 0.9}, "default_working_point": "p_0.5",
+           "validation": {}, "training": {"source": "tests"}}
+    calibration_path_for(path).write_text(json.dumps(cal))
+    return path
+
+
+@pytest.fixture
+def tiny_denoise_model(tmp_path):
+    """denoised = 0.5 * image."""
+    from onnx import helper
+
+    from trigger.calibration import calibration_path_for, sha256_file
+
+    path = save_tiny_onnx([helper.make_node("Mul", ["image", "half"], ["denoised"])], "tiny_denoise", TINY_FRAME,
+                          "denoised", TINY_FRAME, {"half": 0.5}, tmp_path / "den.onnx")
+    cal = {"format": "trigger.denoise-calibration/1", "model_sha256": sha256_file(path), "input_name": "image",
+           "output_name": "denoised", "event_shape": list(TINY_FRAME), "noise_model": "mix", "validation_mse": {},
+           "training": {}}
+    calibration_path_for(path).write_text(json.dumps(cal))
+    return path

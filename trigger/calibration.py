@@ -1,7 +1,12 @@
-"""Pulse-model calibration: the noise-only centre in latent space and the thresholds d*.
+"""Model calibrations: what a pipeline needs besides the ONNX file, in a JSON file beside it.
 
-A calibration file is JSON beside the ONNX model (``model.onnx`` -> ``model.calib.json``). It
-names the model by sha256, so a calibration can never be applied to a model it was not made for.
+A calibration file sits beside the ONNX model (``model.onnx`` -> ``model.calib.json``). It names
+the model by sha256, so a calibration can never be applied to a model it was not made for. The
+pulse calibration holds the noise-only centre in latent space and the thresholds d*; the
+segment calibration the probability cuts of its working points; the denoise calibration the
+frame shape and what the model was trained on.
+
+Pulse calibration:
 
 How the centre is found: the coordinate-wise median of the latent means of noise-only
 waveforms. Noise-only waveforms cluster in a small region (not at the origin); the median is the
@@ -136,8 +141,7 @@ class PulseCalibration:
             raise CalibrationError(f"format {self.format!r}, expected {FORMAT!r}")
         if type(self.n_samples) is not int or self.n_samples < 1:
             raise CalibrationError(f"n_samples must be a positive int, got {self.n_samples!r}")
-        if not isinstance(self.model_sha256, str) or len(self.model_sha256) != 64:
-            raise CalibrationError(f"model_sha256 must be 64 hex digits, got {self.model_sha256!r}")
+        _check_model_sha(self.model_sha256)
         if not isinstance(self.working_points, dict) or not all(
                 isinstance(k, str) and type(v) in (int, float) for k, v in self.working_points.items()):
             raise CalibrationError(f"working_points must map names to numbers, got {self.working_points!r}")
@@ -201,26 +205,132 @@ class PulseCalibration:
 
     @classmethod
     def load(cls, path: str | Path) -> PulseCalibration:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CalibrationError(f"cannot read calibration {path}: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise CalibrationError(f"calibration {path} is not a JSON object")
-        known = set(cls.__dataclass_fields__) - {"source_file"}
-        unknown = set(raw) - known
-        if unknown:
-            raise CalibrationError(f"calibration {path}: unknown keys {sorted(unknown)}")
-        try:
+        def tuples(raw: dict[str, Any]) -> None:
             raw["centre"] = tuple(raw.get("centre", ()))
             if raw.get("whitening") is not None:
                 raw["whitening"] = tuple(tuple(r) if isinstance(r, list) else r for r in raw["whitening"])
-            return cls(**raw, source_file=str(path))
-        except TypeError as exc:
-            raise CalibrationError(f"calibration {path}: {exc}") from exc
-        except CalibrationError as exc:
-            raise CalibrationError(f"calibration {path}: {exc}") from exc
+
+        return _load_json(cls, path, tuples)
+
+
+def _load_json(cls: type, path: str | Path, convert: Any = None) -> Any:
+    """Build dataclass ``cls`` from the JSON object in ``path``; unknown keys are refused."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CalibrationError(f"cannot read calibration {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CalibrationError(f"calibration {path} is not a JSON object")
+    expected = cls.__dataclass_fields__["format"].default
+    if raw.get("format", expected) != expected:  # e.g. a pulse calibration given to the segment pipeline
+        raise CalibrationError(f"calibration {path} has format {raw['format']!r}, expected {expected!r}")
+    unknown = set(raw) - (set(cls.__dataclass_fields__) - {"source_file"})
+    if unknown:
+        raise CalibrationError(f"calibration {path}: unknown keys {sorted(unknown)}")
+    try:
+        if convert is not None:
+            convert(raw)
+        return cls(**raw, source_file=str(path))
+    except (TypeError, CalibrationError) as exc:
+        raise CalibrationError(f"calibration {path}: {exc}") from exc
+
+
+def _check_model_sha(sha: Any) -> None:
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise CalibrationError(f"model_sha256 must be 64 hex digits, got {sha!r}")
+
+
+def _check_shape(shape: Any) -> None:
+    if not shape or not all(type(d) is int and d > 0 for d in shape):
+        raise CalibrationError(f"event shape must be positive ints, got {shape!r}")
+
+
+SEGMENT_FORMAT = "trigger.segment-calibration/1"
+DENOISE_FORMAT = "trigger.denoise-calibration/1"
+
+
+@dataclass(frozen=True)
+class SegmentCalibration:
+    """The segment pipeline's working points: probability cuts on the per-pixel source probability."""
+
+    model_sha256: str
+    height: int
+    width: int
+    working_points: dict[str, float]
+    """Working point name -> probability cut in [0, 1]: ``fpr_0.01`` is the cut at which 1% of
+    background pixels of independent calibration frames pass; ``p_0.02`` a plain cut."""
+    default_working_point: str = DEFAULT_WORKING_POINT
+    input_name: str = "image"
+    output_name: str = "prob"
+    target: str = "all"
+    """What the model marks: ``all`` point-source pixels or only the ``bright`` sources'."""
+    validation: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    created: str | None = None
+    format: str = SEGMENT_FORMAT
+    source_file: str | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.format != SEGMENT_FORMAT:
+            raise CalibrationError(f"format {self.format!r}, expected {SEGMENT_FORMAT!r}")
+        _check_model_sha(self.model_sha256)
+        _check_shape((self.height, self.width))
+        if not isinstance(self.working_points, dict) or not self.working_points or not all(
+                isinstance(k, str) and type(v) in (int, float) and 0 <= v <= 1
+                for k, v in self.working_points.items()):
+            raise CalibrationError(f"working_points must map names to cuts in [0, 1], got {self.working_points!r}")
+        if self.default_working_point not in self.working_points:
+            raise CalibrationError(
+                f"default working point {self.default_working_point!r} not in {sorted(self.working_points)}")
+
+    @property
+    def event_shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    def threshold(self, working_point: str | None = None) -> float:
+        wp = working_point or self.default_working_point
+        try:
+            return float(self.working_points[wp])
+        except KeyError:
+            raise CalibrationError(f"working point {wp!r} not calibrated; have {sorted(self.working_points)}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> SegmentCalibration:
+        return _load_json(cls, path)
+
+
+@dataclass(frozen=True)
+class DenoiseCalibration:
+    """What the denoise model takes and gives, and what it was trained and validated on."""
+
+    model_sha256: str
+    event_shape: tuple[int, ...]
+    """One event: ``[samples]`` (a trace) or ``[height, width]`` (a frame)."""
+    input_name: str = "image"
+    output_name: str = "denoised"
+    noise_model: str = ""
+    validation_mse: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    created: str | None = None
+    format: str = DENOISE_FORMAT
+    source_file: str | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.format != DENOISE_FORMAT:
+            raise CalibrationError(f"format {self.format!r}, expected {DENOISE_FORMAT!r}")
+        _check_model_sha(self.model_sha256)
+        _check_shape(self.event_shape)
+        if len(self.event_shape) not in (1, 2):
+            raise CalibrationError(f"event_shape must be [samples] or [height, width], got {list(self.event_shape)}")
+
+    @classmethod
+    def load(cls, path: str | Path) -> DenoiseCalibration:
+        def tuples(raw: dict[str, Any]) -> None:
+            if isinstance(raw.get("event_shape"), list):
+                raw["event_shape"] = tuple(raw["event_shape"])
+
+        return _load_json(cls, path, tuples)
 
 
 def calibration_path_for(model_path: str | Path) -> Path:
@@ -229,10 +339,12 @@ def calibration_path_for(model_path: str | Path) -> Path:
     return p.with_name(p.stem + ".calib.json")
 
 
-def load_for_model(model_path: str | Path, calibration_path: str | Path | None = None) -> PulseCalibration:
-    """Load the calibration of ``model_path`` and check that it was made for that exact file."""
+def load_for_model(model_path: str | Path, calibration_path: str | Path | None = None,
+                   kind: type = PulseCalibration) -> Any:
+    """Load the calibration (of class ``kind``) of ``model_path`` and check that it was made for
+    that exact file."""
     cal_path = Path(calibration_path) if calibration_path else calibration_path_for(model_path)
-    cal = PulseCalibration.load(cal_path)
+    cal = kind.load(cal_path)
     actual = sha256_file(model_path)
     if actual != cal.model_sha256:
         raise CalibrationError(

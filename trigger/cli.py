@@ -160,7 +160,12 @@ def cmd_replay(a: argparse.Namespace) -> int:
     if a.file:
         source = FileSource(a.file)
     else:
-        source = make_simulation(a.simulate, seed=a.seed, signal_fraction=a.signal_fraction)
+        options = {} if a.signal_fraction is None else {"signal_fraction": a.signal_fraction}
+        try:
+            source = make_simulation(a.simulate, seed=a.seed, **options)
+        except (ValueError, TypeError) as exc:
+            logger.error("cannot simulate %r: %s", a.simulate, exc)
+            return 2
         if a.pool:
             source = PoolSource(source, a.pool)
     ctx = zmq.Context()
@@ -348,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--source", default="adc00", help="source name (prefix when --sources > 1)")
     r.add_argument("--sources", type=int, default=1, help="number of sources")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--signal-fraction", type=float, default=0.5)
+    r.add_argument("--signal-fraction", type=float,
+                   help="share of events with a signal pulse (waveform simulation; its default 0.5)")
     r.add_argument("--pool", type=int, default=0, help="simulate this many events once and cycle them")
     r.add_argument("--no-truth", action="store_true", help="leave meta.truth out")
     r.add_argument("--curve-secret-key", type=Path, metavar="FILE",

@@ -148,9 +148,7 @@ class Config(_Model):
     def model_path(self) -> Path:
         if self.pipeline.model is not None:
             return self.pipeline.model
-        if self.pipeline.name == "pulse":
-            return DEFAULT_PULSE_MODEL
-        raise ConfigError(f"pipeline {self.pipeline.name!r} has no shipped model: set pipeline.model")
+        return PACKAGE_MODELS / f"{self.pipeline.name}_default.onnx"  # the shipped model of each pipeline
 
     def sequence_tracking(self) -> bool:
         if self.input.track_sequence is not None:

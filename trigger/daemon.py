@@ -455,8 +455,9 @@ class Daemon:
                 result = pipeline.decide(buffer.assemble(batch))
             else:  # one message larger than a batch: infer it in max_batch slices
                 data = batch[0].data
-                parts = [pipeline.decide(data[i:i + cfg.max_batch]) for i in range(0, n, cfg.max_batch)]
-                result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                starts = range(0, n, cfg.max_batch)
+                parts = [pipeline.decide(data[i:i + cfg.max_batch]) for i in starts]
+                result = pipeline.merge(parts, [min(cfg.max_batch, n - i) for i in starts])
             t_inf = time.monotonic()
             m.stage_latency.labels("inference").observe(t_inf - t_start)
             m.batch_size.observe(n)

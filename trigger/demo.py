@@ -53,13 +53,16 @@ class Collected:
     e2e_latency: list[float] = field(default_factory=list)  # arrival here - t_ns (replay send), seconds
     bad: int = 0
     headers: list[dict[str, Any]] = field(default_factory=list)
+    arrays: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict)
+    """Decision arrays by (source, seq), when the collector keeps them."""
 
 
 class DecisionCollector(threading.Thread):
     """Subscribes to a daemon's decisions and keeps what the summary needs."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, keep_headers: int = 3):
+    def __init__(self, ctx: zmq.Context, endpoint: str, keep_headers: int = 3, keep_arrays: bool = False):
         super().__init__(name="collector", daemon=True)
+        self._keep_arrays = keep_arrays
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"dec.")
         self.sock.setsockopt(zmq.RCVHWM, 0)
@@ -94,8 +97,10 @@ class DecisionCollector(threading.Thread):
                 o = self.out
                 o.messages += 1
                 o.keys[(h["source"], h["seq"])] += 1
+                o.events += len(next(iter(msg.arrays.values()), ()))  # every pipeline's first array is per event
+                if self._keep_arrays:
+                    o.arrays[(h["source"], h["seq"])] = {k: v.copy() for k, v in msg.arrays.items()}
                 if "accept" in msg.arrays:
-                    o.events += len(msg.arrays["accept"])
                     o.accept.append(msg.arrays["accept"].copy())
                     o.score.append(msg.arrays["score"].copy())
                 truth = (h.get("meta") or {}).get("truth") or {}

@@ -33,7 +33,7 @@ OTHER_SOURCE = "~other"  # "~" is not allowed in source names, so no real source
 LATENCY_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 STAGES = ("decode", "queue", "inference", "publish")
-OUTCOMES = {"pulse": ("accept", "reject"), "segment": ("decided",), "denoise": ("decided",)}
+OUTCOMES = {"pulse": ("accept", "reject"), "segment": ("sources", "empty"), "denoise": ("decided",)}
 # d / d*: below 1 is noise-like, above 1 is accepted; fine steps below 1 show a drifting noise cloud.
 DISTANCE_RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 
@@ -131,6 +131,8 @@ class Metrics:
         self.distance_ratio = BulkHistogram("trigger_latent_distance_ratio",
                                             "Latent distance of each decided event over the threshold d*",
                                             DISTANCE_RATIO_BUCKETS, reg)
+        self.sources_found = Counter("trigger_sources_found_total",
+                                     "Point sources listed by the segment pipeline", registry=reg)
         self.threshold = Gauge("trigger_threshold", "Threshold d* of the working point in use", registry=reg)
         self.working_point_fpr = Gauge("trigger_working_point_false_positive_rate",
                                        "False-positive rate the working point in use was calibrated for",

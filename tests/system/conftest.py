@@ -109,21 +109,22 @@ def chain_factory(pulse_model: Path) -> Iterator:
     made: list[Chain] = []
     ctx = zmq.Context()
 
-    def make(*extra: str, pattern: str = "pub", shape: tuple[int, ...] = (9728,), probe: bool = True) -> Chain:
+    def make(*extra: str, pattern: str = "pub", shape: tuple[int, ...] = (9728,), probe: bool = True,
+             kind: str = "waveform") -> Chain:
         pub = open_socket(ctx, "tcp://127.0.0.1:*", pattern)
         in_ep = pub.getsockopt(zmq.LAST_ENDPOINT).decode()
         out_ep = f"tcp://127.0.0.1:{free_port()}"
         args = ["--input", in_ep, "--output", out_ep, "--metrics-port", str(free_port()),
                 "--input-pattern", "sub" if pattern == "pub" else "pull", "--model", str(pulse_model), *extra]
         daemon = start_daemon(*args)
-        collector = DecisionCollector(ctx, out_ep, keep_headers=10_000)
+        collector = DecisionCollector(ctx, out_ep, keep_headers=10_000, keep_arrays=True)
         collector.start()
         chain = Chain(ctx, pub, daemon, collector)
         made.append(chain)
         if pattern == "pub":
             assert wait_for_subscriber(pub, 20), "daemon never subscribed"
         if probe:
-            handshake(pub, collector, shape)
+            handshake(pub, collector, shape, kind)
         return chain
 
     yield make

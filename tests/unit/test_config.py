@@ -48,11 +48,10 @@ def test_model_path_explicit_wins(tmp_path):
     assert config.load(overrides={"pipeline": {"model": str(model)}}).model_path() == model
 
 
-@pytest.mark.parametrize("name", ["segment", "denoise"])
-def test_pipeline_without_shipped_model_needs_a_model(name):
+@pytest.mark.parametrize("name", ["pulse", "segment", "denoise"])
+def test_each_pipeline_defaults_to_its_shipped_model(name):
     cfg = config.load(overrides={"pipeline": {"name": name}})
-    with pytest.raises(ConfigError, match=rf"{name}.*pipeline\.model"):
-        cfg.model_path()
+    assert cfg.model_path() == config.PACKAGE_MODELS / f"{name}_default.onnx"
 
 
 def test_segment_with_model_is_fine(tmp_path):

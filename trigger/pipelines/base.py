@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..config import Config, ConfigError
+from ..backends import Backend, BackendUnavailable, create_backend
+from ..calibration import load_for_model, sha256_file
+from ..config import Config
 
 
 class Pipeline(ABC):
@@ -33,6 +36,10 @@ class Pipeline(ABC):
         """The decision arrays of events ``start:stop`` of a batch."""
         return {k: v[start:stop] for k, v in result.items()}
 
+    def merge(self, parts: list[dict[str, np.ndarray]], sizes: list[int]) -> dict[str, np.ndarray]:
+        """One result from the results of consecutive slices of ``sizes`` events (inverse of split)."""
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
     def outcomes(self, result: dict[str, np.ndarray]) -> dict[str, int]:
         """Count of events per outcome label (for the decisions counter)."""
         return {"decided": len(next(iter(result.values())))}
@@ -44,11 +51,38 @@ class Pipeline(ABC):
         """Update the pipeline's own quality metrics from a batch's decisions (inference thread)."""
 
 
+def model_header(backend: Backend, model_sha256: str, calibration_path: str | Path) -> dict[str, str]:
+    """The decision header's ``model`` map: the model file and the calibration, each by content hash
+    (the calibration's file name rides along for people)."""
+    cal_path = Path(calibration_path)
+    return {"name": backend.model_path.name, "sha256": model_sha256, "calibration": sha256_file(cal_path),
+            "calibration_name": cal_path.name}
+
+
+def open_model(config: Config, calibration_kind: type) -> tuple[Backend, Any]:
+    """The configured model's backend and its calibration (checked to belong to that model file)."""
+    model = config.model_path()
+    if not Path(model).is_file():
+        raise BackendUnavailable(f"model file {model} does not exist")
+    calibration = load_for_model(model, config.pipeline.calibration, calibration_kind)
+    backend = create_backend(config.backend.name, model, threads=config.backend.threads, **config.backend.options)
+    return backend, calibration
+
+
+def check_io(backend: Backend, event_shape: tuple[int, ...], output: str) -> None:
+    """Refuse a model whose input shape or output name is not what its calibration describes."""
+    if backend.input_shape != tuple(event_shape):
+        raise BackendUnavailable(f"model input shape {backend.input_shape} does not match the calibration's "
+                                 f"{tuple(event_shape)}")
+    if output not in backend.output_names:
+        raise BackendUnavailable(f"model has no output {output!r}; it has {backend.output_names}")
+
+
 def load_pipeline(config: Config) -> Pipeline:
     """Build the configured pipeline with its model, backend and calibration."""
-    name = config.pipeline.name
-    if name == "pulse":
-        from .pulse import PulsePipeline
+    from .denoise import DenoisePipeline
+    from .pulse import PulsePipeline
+    from .segment import SegmentPipeline
 
-        return PulsePipeline.from_config(config)
-    raise ConfigError(f"pipeline {name!r} is not available yet in this version; use 'pulse'")
+    cls = {"pulse": PulsePipeline, "segment": SegmentPipeline, "denoise": DenoisePipeline}[config.pipeline.name]
+    return cls.from_config(config)

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import Backend, BackendUnavailable, create_backend
-from ..calibration import PulseCalibration, distances, load_for_model, sha256_file
+from ..backends import Backend
+from ..calibration import PulseCalibration, distances
 from ..config import Config
-from .base import Pipeline
+from .base import Pipeline, check_io, model_header, open_model
 
 
 class PulsePipeline(Pipeline):
@@ -26,39 +26,21 @@ class PulsePipeline(Pipeline):
         self._centre = np.asarray(calibration.centre, dtype=np.float32)
         self._whitening = calibration.whitening_array()
         self._drift_mean: np.ndarray | None = None
-        if backend.input_shape != (calibration.n_samples,):
-            raise BackendUnavailable(
-                f"model input shape {backend.input_shape} does not match the calibration's "
-                f"{calibration.n_samples} samples")
         self._output = calibration.output_name
-        if self._output not in backend.output_names:
-            raise BackendUnavailable(f"model has no output {self._output!r}; it has {backend.output_names}")
+        check_io(backend, (calibration.n_samples,), self._output)
         if calibration_path is None and calibration.source_file is None:
             raise ValueError("the calibration was not loaded from a file: pass calibration_path, whose "
                              "sha256 names the calibration in every decision")
-        cal_path = Path(calibration_path or calibration.source_file)
         self._header = {
             "pipeline": self.name,
-            "model": {
-                "name": backend.model_path.name,
-                "sha256": calibration.model_sha256,
-                # The calibration is named by its file's content hash, like the model; its file
-                # name rides along for people.
-                "calibration": sha256_file(cal_path),
-                "calibration_name": cal_path.name,
-            },
+            "model": model_header(backend, calibration.model_sha256, calibration_path or calibration.source_file),
             "threshold": float(self.threshold),
             "working_point": self.working_point,
         }
 
     @classmethod
     def from_config(cls, config: Config) -> PulsePipeline:
-        model = config.model_path()
-        if not Path(model).is_file():
-            raise BackendUnavailable(f"model file {model} does not exist")
-        calibration = load_for_model(model, config.pipeline.calibration)
-        backend = create_backend(config.backend.name, model, threads=config.backend.threads,
-                                 **config.backend.options)
+        backend, calibration = open_model(config, PulseCalibration)
         return cls(backend, calibration, working_point=config.pipeline.working_point)
 
     @property

@@ -1,0 +1,72 @@
+"""Image streams through the real daemon over loopback ZeroMQ: segment and denoise, exact counts."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from trigger.protocol import encode_input
+
+from ..conftest import TINY_FRAME
+from .conftest import wait_until
+
+
+def send_frames(sock, frames_per_message: list[np.ndarray], source: str = "cam1") -> None:
+    for seq, frames in enumerate(frames_per_message):
+        sock.send_multipart(encode_input("image", source, seq, time.time_ns(), frames))
+
+
+def test_segment_stream_decides_every_frame_with_masks_and_sources(chain_factory, tiny_segment_model):
+    chain = chain_factory("--pipeline", "segment", "--model", str(tiny_segment_model), "--max-batch", "16",
+                          pattern="push", shape=TINY_FRAME, kind="image")
+    rng = np.random.default_rng(5)
+    # ADC frames (uint16), 1..40 frames per message, some larger than a batch: 500 frames in all.
+    sizes = [1, 40, 7, 16, 17]
+    while sum(sizes) < 500:
+        sizes.append(min(int(rng.integers(1, 30)), 500 - sum(sizes)))
+    msgs = [rng.integers(0, 8, (n, *TINY_FRAME)).astype(np.uint16) for n in sizes]
+    send_frames(chain.pub, msgs)
+    assert wait_until(lambda: chain.collector.events() >= 500, timeout=30)
+    time.sleep(0.2)
+    out = chain.collector.out
+    assert out.events == 500 and set(out.keys) == {("cam1", q) for q in range(len(msgs))}
+    assert max(out.keys.values()) == 1
+    n_sources = 0
+    for q, frames in enumerate(msgs):
+        arrays = out.arrays[("cam1", q)]
+        np.testing.assert_array_equal(arrays["mask"], (frames > 5).astype(np.uint8))
+        src = arrays["sources"]
+        assert src.dtype == np.float32 and src.shape[1] == 5
+        assert set(np.unique(src[:, 0]).astype(int)) <= set(range(len(frames)))  # indices within the message
+        for i in range(len(frames)):  # each source's flux is the frame's counts under its pixels
+            mine = src[src[:, 0] == i]
+            assert np.isclose(mine[:, 3].sum(), frames[i][frames[i] > 5].sum())
+        n_sources += len(src)
+    h = out.headers[-1]
+    assert h["pipeline"] == "segment" and h["working_point"] == "p_0.5" and h["threshold"] == 0.5
+    d = chain.daemon
+    assert d.value("trigger_sources_found_total") == n_sources
+    assert d.value("trigger_decisions_total", pipeline="segment", outcome="sources") \
+        + d.value("trigger_decisions_total", pipeline="segment", outcome="empty") == 500 + 1  # + the probe frame
+    print(f"segment: 500 frames in {len(msgs)} messages decided once each, {n_sources} sources listed")
+    assert d.stop() == 0
+
+
+def test_denoise_stream_returns_cleaned_frames_and_refuses_waveforms(chain_factory, tiny_denoise_model):
+    chain = chain_factory("--pipeline", "denoise", "--model", str(tiny_denoise_model), pattern="push",
+                          shape=TINY_FRAME, kind="image")
+    rng = np.random.default_rng(6)
+    msgs = [rng.normal(0, 1, (n, *TINY_FRAME)).astype(np.float32) for n in (3, 1, 12)]
+    send_frames(chain.pub, msgs)
+    chain.pub.send_multipart(encode_input("waveform", "adc00", 0, time.time_ns(), np.zeros((2, 64), np.float32)))
+    send_frames(chain.pub, [rng.normal(0, 1, (4, *TINY_FRAME)).astype(np.float32)], source="cam2")
+    assert wait_until(lambda: chain.collector.events() >= 20, timeout=30)
+    time.sleep(0.2)
+    out = chain.collector.out
+    assert out.events == 20
+    for q, frames in enumerate(msgs):
+        np.testing.assert_array_equal(out.arrays[("cam1", q)]["data"], frames * 0.5)
+    assert ("adc00", 0) not in out.keys
+    assert chain.daemon.value("trigger_rejected_messages_total", reason="kind") == 1
+    assert chain.daemon.stop() == 0

@@ -1,0 +1,59 @@
+"""Denoising: a denoising autoencoder returns a cleaned copy of each frame or trace.
+
+The decision carries ``data`` (``<f4``, the input's shape) in the input's units: the model scales
+each event itself (the shipped models normalise by the event's maximum inside the graph and
+scale back). Traces (``[samples]`` models) decide ``kind: waveform`` streams, frames
+(``[height, width]``) ``kind: image`` streams.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import Backend
+from ..calibration import DenoiseCalibration
+from ..config import Config
+from .base import Pipeline, check_io, model_header, open_model
+
+
+class DenoisePipeline(Pipeline):
+    name = "denoise"
+    input_kind = "image"  # the class default; an instance with a trace model decides waveforms
+
+    def __init__(self, backend: Backend, calibration: DenoiseCalibration, *,
+                 calibration_path: str | Path | None = None):
+        self.backend = backend
+        self.calibration = calibration
+        self.input_kind = "waveform" if len(calibration.event_shape) == 1 else "image"
+        self._output = calibration.output_name
+        check_io(backend, calibration.event_shape, self._output)
+        if calibration_path is None and calibration.source_file is None:
+            raise ValueError("the calibration was not loaded from a file: pass calibration_path")
+        self._header = {
+            "pipeline": self.name,
+            "model": model_header(backend, calibration.model_sha256, calibration_path or calibration.source_file),
+        }
+
+    @classmethod
+    def from_config(cls, config: Config) -> DenoisePipeline:
+        backend, calibration = open_model(config, DenoiseCalibration)
+        return cls(backend, calibration)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.calibration.event_shape)
+
+    def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {"data": self.backend.infer(batch)[self._output].astype(np.float32, copy=False)}
+
+    def header(self) -> dict[str, Any]:
+        return self._header
+
+    def describe(self) -> dict[str, str]:
+        return {"pipeline": self.name, "model": self.backend.model_path.name,
+                "model_sha256": self.calibration.model_sha256[:16],
+                "calibration_sha256": self._header["model"]["calibration"][:16],
+                "noise_model": self.calibration.noise_model, **self.backend.describe()}

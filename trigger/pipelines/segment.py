@@ -1,0 +1,123 @@
+"""Point-source segmentation of frames: a U-net's per-pixel probability, cut at the working point,
+and the list of sources (connected groups of marked pixels) with centroid, flux and probability.
+
+Per frame the decision carries ``mask`` (``|u1`` [n, h, w]: 1 where the probability exceeds the
+cut) and ``sources`` (``<f4`` [m, 5]: event index, x, y, flux, probability). Sources are the
+8-connected components of a frame's mask (``scipy.ndimage.label`` on the whole batch at once,
+with no connection between frames); x is the column and y the row of the flux-weighted centroid
+(pixel centres at integers; the probability-weighted one where the frame's counts there sum to
+zero or less), flux the summed input over the component, probability its highest pixel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ..backends import Backend
+from ..calibration import SegmentCalibration
+from ..config import Config
+from .base import Pipeline, check_io, model_header, open_model
+
+# 8-connectivity inside a frame, none across frames of the batch.
+_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
+_STRUCTURE[1] = True
+SOURCE_COLUMNS = ("event", "x", "y", "flux", "probability")
+
+
+def find_sources(mask: np.ndarray, prob: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Sources of a batch: float32 [m, 5] (event index, x, y, flux, probability), ordered by event,
+    then by the raster position of each component's first pixel."""
+    labels, n = ndimage.label(mask, structure=_STRUCTURE)
+    if n == 0:
+        return np.zeros((0, len(SOURCE_COLUMNS)), dtype=np.float32)
+    lab = labels.ravel()
+    sel = lab > 0  # bincount over marked pixels only: masks are sparse
+    lab = lab[sel]
+    f_idx, y_idx, x_idx = (g.ravel()[sel] for g in np.indices(mask.shape, sparse=False))
+    values = frames.ravel()[sel].astype(np.float64)
+    p = prob.ravel()[sel].astype(np.float64)
+
+    def total(w: np.ndarray) -> np.ndarray:
+        return np.bincount(lab, weights=w, minlength=n + 1)[1:]
+
+    flux = total(values)
+    weight = np.maximum(values, 0.0)
+    w_sum = total(weight)
+    use_p = w_sum <= 0  # a component with no positive counts: weight by probability instead
+    w_sum_p = total(p)
+    x = np.where(use_p, total(p * x_idx) / w_sum_p, total(weight * x_idx) / np.where(use_p, 1, w_sum))
+    y = np.where(use_p, total(p * y_idx) / w_sum_p, total(weight * y_idx) / np.where(use_p, 1, w_sum))
+    event = total(f_idx.astype(np.float64)) / np.bincount(lab, minlength=n + 1)[1:]
+    pmax = ndimage.maximum(prob, labels, np.arange(1, n + 1))
+    return np.column_stack([event, x, y, flux, pmax]).astype(np.float32)
+
+
+class SegmentPipeline(Pipeline):
+    name = "segment"
+    input_kind = "image"
+
+    def __init__(self, backend: Backend, calibration: SegmentCalibration, *, working_point: str | None = None,
+                 calibration_path: str | Path | None = None):
+        self.backend = backend
+        self.calibration = calibration
+        self.working_point = working_point or calibration.default_working_point
+        self.threshold = calibration.threshold(self.working_point)
+        self._output = calibration.output_name
+        check_io(backend, calibration.event_shape, self._output)
+        if calibration_path is None and calibration.source_file is None:
+            raise ValueError("the calibration was not loaded from a file: pass calibration_path")
+        self._header = {
+            "pipeline": self.name,
+            "model": model_header(backend, calibration.model_sha256, calibration_path or calibration.source_file),
+            "threshold": self.threshold,
+            "working_point": self.working_point,
+        }
+
+    @classmethod
+    def from_config(cls, config: Config) -> SegmentPipeline:
+        backend, calibration = open_model(config, SegmentCalibration)
+        return cls(backend, calibration, working_point=config.pipeline.working_point)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.calibration.event_shape
+
+    def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        prob = self.backend.infer(batch)[self._output]
+        mask = prob > self.threshold
+        return {"mask": mask.view(np.uint8), "sources": find_sources(mask, prob, batch)}
+
+    def split(self, result: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+        src = result["sources"]
+        lo, hi = np.searchsorted(src[:, 0], [start, stop])  # sources are ordered by event index
+        part = src[lo:hi].copy()
+        part[:, 0] -= start
+        return {"mask": result["mask"][start:stop], "sources": part}
+
+    def merge(self, parts: list[dict[str, np.ndarray]], sizes: list[int]) -> dict[str, np.ndarray]:
+        offsets = np.cumsum([0, *sizes[:-1]])
+        sources = [p["sources"] + np.array([off, 0, 0, 0, 0], np.float32) for p, off in zip(parts, offsets,
+                                                                                             strict=True)]
+        return {"mask": np.concatenate([p["mask"] for p in parts]), "sources": np.concatenate(sources)}
+
+    def outcomes(self, result: dict[str, np.ndarray]) -> dict[str, int]:
+        n = len(result["mask"])
+        with_sources = len(np.unique(result["sources"][:, 0]))
+        return {"sources": with_sources, "empty": n - with_sources}
+
+    def monitor(self, result: dict[str, np.ndarray], metrics: Any) -> None:
+        metrics.sources_found.inc(len(result["sources"]))
+
+    def header(self) -> dict[str, Any]:
+        return self._header
+
+    def describe(self) -> dict[str, str]:
+        return {"pipeline": self.name, "model": self.backend.model_path.name,
+                "model_sha256": self.calibration.model_sha256[:16],
+                "calibration_sha256": self._header["model"]["calibration"][:16],
+                "working_point": self.working_point, "threshold": f"{self.threshold:.6g}",
+                **self.backend.describe()}
