@@ -67,9 +67,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from .daemon import Daemon, StartupError
 
     overrides = _serve_overrides(a)
+    # A SIGHUP that arrives while the model is still loading (systemctl reload right after start)
+    # must not kill the daemon: remember it and reload once the daemon exists.
+    early_hangup = {"seen": False}
+    signal.signal(signal.SIGHUP, lambda *_: early_hangup.update(seen=True))
     try:
         cfg = config_mod.load(a.config, overrides)
         configure(cfg.log_level)
+        logger.info("starting: loading the %s pipeline", cfg.pipeline.name)
         # A reload (SIGHUP) reads the file again, with the same command-line options on top.
         daemon = Daemon(cfg, reload_config=lambda: config_mod.load(a.config, overrides))
     except (ConfigError, CalibrationError, BackendUnavailable, OSError) as exc:
@@ -88,13 +93,33 @@ def cmd_serve(a: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
+    if early_hangup["seen"]:
+        on_hangup(signal.SIGHUP, None)
     try:
         daemon.start()
     except StartupError as exc:
         logger.error("cannot start: %s", exc)
         return 1
+    _sd_notify("READY=1")  # systemd Type=notify: reloads and dependants wait for this
     daemon.run()
+    _sd_notify("STOPPING=1")
     return 0
+
+
+def _sd_notify(state: str) -> None:
+    """Tell systemd (``Type=notify``) about the service state; nothing without NOTIFY_SOCKET."""
+    import socket
+
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):  # an abstract socket
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), addr)
+    except OSError as exc:
+        logger.warning("cannot notify systemd (%s): %s", addr, exc)
 
 
 def cmd_proxy(a: argparse.Namespace) -> int:

@@ -271,3 +271,41 @@ def test_decisions_decode_as_protocol_messages(chain_factory):
     # Re-encoding the decoded decision gives back the bytes that were sent.
     again = encode(msg.topic, {k: v for k, v in msg.header.items() if k != "arrays"}, msg.arrays)
     assert [bytes(f) for f in again] == frames
+
+
+def test_sighup_while_the_model_loads_is_kept_for_later_and_systemd_is_told_when_ready(pulse_model, tmp_path):
+    """`systemctl reload` right after start must not kill the daemon; with Type=notify systemd
+    hears READY=1 once the daemon serves, and STOPPING=1 when it drains."""
+    import os
+    import socket
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    proc = subprocess.Popen([sys.executable, "-m", "trigger", "serve", "--model", str(pulse_model), "--input",
+                             f"tcp://127.0.0.1:{free_port()}", "--output", f"tcp://127.0.0.1:{free_port()}",
+                             "--metrics-port", "0"], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", NOTIFY_SOCKET=str(tmp_path / "notify")))
+    try:
+        log = []
+        for line in proc.stderr:
+            log.append(line)
+            if "starting: loading" in line:  # configured, the model not yet loaded
+                break
+        proc.send_signal(signal.SIGHUP)
+        for line in proc.stderr:
+            log.append(line)
+            if "reloaded:" in line:
+                break
+        assert proc.poll() is None, "".join(log)
+        assert any(" ready: " in x for x in log) and any("reloaded:" in x for x in log)
+        assert notify.recv(64) == b"READY=1"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert notify.recv(64) == b"STOPPING=1"
+    finally:
+        notify.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        proc.stderr.close()

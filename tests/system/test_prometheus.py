@@ -1,8 +1,11 @@
 """deploy/ against a real Prometheus: promtool checks, and every dashboard and rule query on live data.
 
-A daemon (fixture) decides a replayed stream with truth at 1000 events/s; a real ``prometheus``
-subprocess scrapes it every second with the rules of deploy/rules/trigger.rules.yml; every PromQL
-expression of the dashboard and of the rules must return data through the HTTP API. Dashboard
+Two daemons (fixture): a pulse daemon decides a replayed stream with truth at 1000 events/s, and a
+segment daemon (the tiny test model) decides a trickle of 8x8 frames, some with sources and some
+without, so the image-pipeline panels (sources found, frames with/without sources) have their
+series too. A real ``prometheus`` subprocess scrapes both every second with the rules of
+deploy/rules/trigger.rules.yml; every PromQL expression of the dashboard and of the rules must
+return data through the HTTP API (from either daemon: there is no exemption list). Dashboard
 queries are evaluated with Grafana's variables substituted: ``$instance`` -> ``.*`` (the "All"
 value) and ``$__rate_interval`` -> ``15s``.
 
@@ -10,10 +13,14 @@ An alert expression is silent while all is well, so "returns data" is checked on
 of: the expression is split at its top-level ``and``/``or``/``unless``, each comparison in a part
 becomes a ``bool`` comparison (which keeps every series of its left side) and ``absent(x)``
 becomes ``x``. Each part must then return a series: every metric and label it names exists and
-its vector matching joins. The thresholds are exercised for real on one alert: TriggerNoInput,
-with the deploy file's expression and a test-only ``for:``, must fire once the replay stops; and
-all alerts' thresholds and ``for:`` durations are unit-tested on synthetic series by
-``promtool test rules deploy/rules/tests/*.yml``.
+its vector matching joins. Operations counters that sit at 0 while all is well (shed events,
+handshake failures, reconnects, failed reloads) still return their series, at 0: every one is
+created when the daemon starts. The thresholds are exercised for real on two alerts:
+TriggerNoInput, with the deploy file's expression and a test-only ``for:``, must fire for the pulse
+daemon once its replay stops (and not for the segment daemon, still fed); and a SIGHUP reload
+(what ``systemctl reload trigger`` sends) shows in Prometheus as ``result="ok"`` without
+TriggerReloadFailed. All alerts' thresholds and ``for:`` durations are unit-tested on synthetic
+series by ``promtool test rules deploy/rules/tests/*.yml``.
 
 Prometheus comes from the Debian package, installed on first use (as root); where it cannot be,
 the tests skip with the reason, or fail when the environment variable CI is set.
@@ -25,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -33,12 +41,15 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from trigger.demo import free_port
+from trigger.protocol import encode_input
 from trigger.replay import PoolSource, make_simulation, replay
 
+from ..conftest import TINY_FRAME
 from .conftest import wait_until
 
 pytestmark = pytest.mark.timeout(600)  # the first test may install the package
@@ -222,8 +233,9 @@ class Prometheus:
         except OSError:
             return False
 
-    def alert_state(self, name: str) -> str | None:
-        states = [a["state"] for a in self.api("alerts")["alerts"] if a["labels"]["alertname"] == name]
+    def alert_state(self, name: str, instance: str | None = None) -> str | None:
+        states = [a["state"] for a in self.api("alerts")["alerts"] if a["labels"]["alertname"] == name
+                  and instance in (None, a["labels"].get("instance"))]
         return "firing" if "firing" in states else (states[0] if states else None)
 
     def stop(self) -> None:
@@ -236,8 +248,8 @@ class Prometheus:
         self._log.close()
 
 
-def write_test_config(tmp: Path, metrics_port: int) -> Path:
-    """deploy/prometheus.yml with 1 s intervals, the daemon under test as the only target, and
+def write_test_config(tmp: Path, metrics_ports: list[int]) -> Path:
+    """deploy/prometheus.yml with 1 s intervals, the daemons under test as the only targets, and
     a copy of the rules whose alerts wait TEST_FOR instead of minutes (expressions unchanged)."""
     rules = yaml.safe_load(RULES.read_text())
     for group in rules["groups"]:
@@ -252,18 +264,42 @@ def write_test_config(tmp: Path, metrics_port: int) -> Path:
     cfg["rule_files"] = [str(rules_copy)]
     job = next(j for j in cfg["scrape_configs"] if j["job_name"] == "trigger")
     job.pop("file_sd_configs", None)
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"], "labels": {"node": "test"}}]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{port}" for port in metrics_ports], "labels": {"node": "test"}}]
     cfg["scrape_configs"] = [job]
     path = tmp / "prometheus.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
-def test_dashboard_and_rules_return_data_top_shows_it_and_no_input_fires(prometheus_bin, chain_factory, tmp_path):
+def feed_frames(sock, stop: threading.Event, errors: list[BaseException]) -> None:
+    """20 messages/s of 4 frames of 8x8 ADC counts on source cam1: two frames with sources (pixels
+    above the tiny model's cut at 5), two without."""
+    try:
+        rng = np.random.default_rng(3)
+        seq = 0
+        while not stop.is_set():
+            frames = np.zeros((4, *TINY_FRAME), np.uint16)
+            frames[:2] = rng.integers(0, 9, (2, *TINY_FRAME))
+            frames[:2, 0, 0] = 8  # at least one source in each of these two
+            sock.send_multipart(encode_input("image", "cam1", seq, time.time_ns(), frames))
+            seq += 1
+            stop.wait(0.05)
+    except BaseException as exc:  # surfaced in the test thread
+        errors.append(exc)
+
+
+def test_dashboard_and_rules_return_data_top_shows_it_and_no_input_fires(prometheus_bin, chain_factory,
+                                                                         tiny_segment_model, tmp_path):
     chain = chain_factory()
-    prom = Prometheus(prometheus_bin["prometheus"], write_test_config(tmp_path, chain.daemon.metrics_port),
+    seg = chain_factory("--pipeline", "segment", "--model", str(tiny_segment_model), pattern="push",
+                        shape=TINY_FRAME, kind="image")
+    pulse_instance = f"127.0.0.1:{chain.daemon.metrics_port}"
+    seg_instance = f"127.0.0.1:{seg.daemon.metrics_port}"
+    prom = Prometheus(prometheus_bin["prometheus"],
+                      write_test_config(tmp_path, [chain.daemon.metrics_port, seg.daemon.metrics_port]),
                       tmp_path / "data", tmp_path / "prometheus.log")
     stop = threading.Event()
+    stop_frames = threading.Event()
     errors: list[BaseException] = []
 
     def run_replay() -> None:
@@ -276,13 +312,15 @@ def test_dashboard_and_rules_return_data_top_shows_it_and_no_input_fires(prometh
 
     sender = threading.Thread(target=run_replay, name="replay", daemon=True)
     sender.start()
+    framer = threading.Thread(target=feed_frames, args=(seg.pub, stop_frames, errors), name="frames", daemon=True)
+    framer.start()
     try:
         assert wait_until(prom.ready, timeout=30), "prometheus not ready"
-        assert wait_until(lambda: [t["health"] for t in prom.api("targets")["activeTargets"]] == ["up"],
+        assert wait_until(lambda: [t["health"] for t in prom.api("targets")["activeTargets"]] == ["up", "up"],
                           timeout=20), prom.api("targets")
-        # Rules have seen input: the rate is recorded and positive.
-        assert wait_until(lambda: any(float(s["value"][1]) > 0
-                                      for s in prom.query("trigger:events_received:rate1m")), timeout=30)
+        # Rules have seen input on both daemons: the rates are recorded and positive.
+        assert wait_until(lambda: {s["metric"]["instance"] for s in prom.query("trigger:events_received:rate1m > 0")}
+                          == {pulse_instance, seg_instance}, timeout=30), prom.query("trigger:events_received:rate1m")
 
         records, alerts = rule_queries()
         queries = {**dashboard_queries(), **records, **alerts}
@@ -301,7 +339,22 @@ def test_dashboard_and_rules_return_data_top_shows_it_and_no_input_fires(prometh
         assert wait_until(lambda: rates.append(float(prom.query(
             'rate(trigger_events_received_total{source="adc00"}[5s])')[0]["value"][1])) or 800 < rates[-1] < 1200,
             timeout=15, interval=0.5), rates
-        assert float(prom.query("trigger:working_point_fpr")[0]["value"][1]) in (0.001, 0.01, 0.1)
+        assert float(prom.query(f'trigger:working_point_fpr{{instance="{pulse_instance}"}}')[0]["value"][1]) \
+            in (0.001, 0.01, 0.1)
+        # The segment daemon's frames: half with sources, half without; sources listed.
+        outcomes = {}
+        assert wait_until(lambda: outcomes.update({s["metric"]["outcome"]: float(s["value"][1]) for s in prom.query(
+            f'trigger:decisions:rate1m{{instance="{seg_instance}", pipeline="segment"}}')}) or
+            outcomes.get("sources", 0) > 0 and outcomes.get("empty", 0) > 0, timeout=15, interval=0.5), outcomes
+        assert float(prom.query(f'trigger:sources_found:rate1m{{instance="{seg_instance}"}}')[0]["value"][1]) > 0
+
+        # A hot reload (SIGHUP, as `systemctl reload trigger` sends) is counted as ok and raises no alert.
+        seg.daemon.proc.send_signal(signal.SIGHUP)
+        ok = f'trigger_reloads_total{{instance="{seg_instance}", result="ok"}}'
+        assert wait_until(lambda: [float(s["value"][1]) for s in prom.query(ok)] == [1.0], timeout=30), \
+            (prom.query(ok), seg.daemon.text()[-2000:])
+        assert prom.alert_state("TriggerReloadFailed") is None
+        assert seg.daemon.proc.poll() is None
 
         # trigger top --once against the same daemon
         top = subprocess.run([sys.executable, "-m", "trigger", "top", "--once", "--interval", "1", "--url",
@@ -316,17 +369,20 @@ def test_dashboard_and_rules_return_data_top_shows_it_and_no_input_fires(prometh
         assert re.search(r"LATENCY\s+p50\s+[\d.]+ (us|ms|s)\s+p99\s+[\d.]+ (us|ms|s)", frame), frame
         assert "REJECTS     none" in frame
 
-        # TriggerNoInput: quiet while events flow, firing once they stop.
+        # TriggerNoInput: quiet while events flow, firing once they stop, for that daemon only.
         assert wait_until(lambda: prom.alert_state("TriggerNoInput") is None, timeout=15), \
             prom.alert_state("TriggerNoInput")
         stop.set()
         sender.join(timeout=10)
         t_stop = time.monotonic()
-        assert wait_until(lambda: prom.alert_state("TriggerNoInput") == "firing", timeout=20), \
+        assert wait_until(lambda: prom.alert_state("TriggerNoInput", pulse_instance) == "firing", timeout=20), \
             prom.api("alerts")
         assert time.monotonic() - t_stop < 20
+        assert prom.alert_state("TriggerNoInput", seg_instance) is None, prom.api("alerts")
     finally:
         stop.set()
+        stop_frames.set()
         sender.join(timeout=10)
+        framer.join(timeout=10)
         prom.stop()
     assert not errors, errors
