@@ -1,4 +1,4 @@
-"""``trigger``: one console command, subcommands serve | replay | calibrate | demo | top | proxy | audit | keygen."""
+"""``trigger``: one console command; subcommands serve, replay, calibrate, demo, top, proxy, audit, keygen, build."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, curve
+from . import build as engine_build
 from ._log import configure, logger
 from .backends import BackendUnavailable
 from .calibration import (
@@ -331,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trigger", description=__doc__)
     p.add_argument("--version", action="version", version=f"trigger {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    engine_build.add_parser(sub)
 
     s = sub.add_parser("serve", help="run the trigger daemon")
     s.add_argument("--config", type=Path, help="YAML configuration file")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from trigger import config
-from trigger.metrics import Metrics
+from trigger.metrics import OUTCOMES, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -22,6 +22,7 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "trigger.json"
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "trigger.yml"
 RULES = DEPLOY / "rules" / "trigger.rules.yml"
+RULE_TESTS = DEPLOY / "rules" / "tests"
 DASHBOARD_UID = "trigger-overview"  # links and bookmarks use it: never change it
 
 
@@ -38,13 +39,21 @@ def dashboard_panels() -> list[dict]:
     return [p for p in out if p["type"] != "row"]
 
 
+def exported_samples() -> list[tuple[str, dict[str, str]]]:
+    """(name, labels) of every sample a pulse or segment daemon exports, from the real registries
+    (histogram suffixes included)."""
+    out = []
+    for pipeline in ("pulse", "segment"):
+        m = Metrics(pipeline)
+        m.source_label("adc00")
+        m.last_decision.labels("adc00").set(0)
+        m.model.info({"pipeline": pipeline})
+        out += [(s.name, s.labels) for fam in m.registry.collect() for s in fam.samples]
+    return out
+
+
 def exported_sample_names() -> set[str]:
-    """Every sample name a pulse daemon exports, from the real registry (histogram suffixes included)."""
-    m = Metrics("pulse")
-    m.source_label("adc00")
-    m.last_decision.labels("adc00").set(0)
-    m.model.info({"pipeline": "pulse"})
-    return {s.name for fam in m.registry.collect() for s in fam.samples}
+    return {name for name, _ in exported_samples()}
 
 
 def rule_exprs() -> dict[str, str]:
@@ -59,6 +68,17 @@ def recorded_names() -> set[str]:
     return {r["record"] for g in load_yaml(RULES)["groups"] for r in g["rules"] if "record" in r}
 
 
+def alert_rules() -> dict[str, dict]:
+    return {r["alert"]: r for g in load_yaml(RULES)["groups"] for r in g["rules"] if "alert" in r}
+
+
+def all_exprs() -> dict[str, str]:
+    """Every PromQL expression of the rules and of the dashboard, by where it is."""
+    texts = {f"rule {k}": v for k, v in rule_exprs().items()}
+    texts.update({f"panel {p['title']!r} {t['refId']}": t["expr"] for p in dashboard_panels() for t in p["targets"]})
+    return texts
+
+
 def test_dashboard_uid_is_stable_and_every_panel_has_query_unit_and_provisioned_datasource():
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] == DASHBOARD_UID
@@ -66,8 +86,9 @@ def test_dashboard_uid_is_stable_and_every_panel_has_query_unit_and_provisioned_
     assert uids == {"trigger-prometheus"}
     panels = dashboard_panels()
     assert len(panels) >= 15
-    ids = [p["id"] for p in json.loads(DASHBOARD.read_text())["panels"]]
-    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    top = json.loads(DASHBOARD.read_text())["panels"]
+    ids = [p["id"] for p in top + [q for p in top for q in p.get("panels", [])]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique (rows and the panels inside collapsed rows too)"
     for p in panels:
         where = f"panel {p['id']} {p['title']!r}"
         assert p["datasource"]["uid"] in uids, where
@@ -92,6 +113,43 @@ def test_dashboard_covers_the_issue_list():
         assert needle in exprs, needle
 
 
+def test_dashboard_covers_the_operations_list():
+    """Overload, input connection, hot reloads and the image pipelines each have a panel."""
+    by_title = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in dashboard_panels()}
+    exprs = " ".join(by_title.values())
+    for needle in ["trigger:events_shed:rate1m", "trigger:events_shed:ratio_rate1m", "trigger_messages_shed_total",
+                   "trigger:queue_fill:ratio_max1m", "trigger_queue_capacity_events", "trigger_queue_peak_events",
+                   "trigger_input_silent_seconds", "trigger_input_handshake_failures_total",
+                   "trigger_input_reconnects_total", "trigger_reloads_total", "trigger:sources_found:rate1m"]:
+        assert needle in exprs, needle
+    assert "sum by (instance, result)" in by_title["Hot reloads by result"]
+    assert "source" in json.dumps(next(p for p in dashboard_panels() if p["title"] == "Shed events/s per source"))
+    # frames with and without sources: the segment pipeline's outcomes, exactly as metrics.py names them
+    segment = [e for e in by_title.values() if 'pipeline="segment"' in e]
+    assert segment, "no panel reads the segment pipeline's decisions"
+    for expr in segment:
+        for outcome in re.findall(r'outcome="([^"]*)"', expr):
+            assert outcome in OUTCOMES["segment"], outcome
+
+
+def test_dashboard_rows_each_hold_panels():
+    """The layout is rows of panels: every open row has panels below it before the next row, and every
+    panel after the first row sits entirely between its row and the next one."""
+    top = sorted(json.loads(DASHBOARD.read_text())["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"]))
+    rows = [p for p in top if p["type"] == "row"]
+    assert rows and all(r["gridPos"]["x"] == 0 and r["gridPos"]["w"] == 24 for r in rows)
+    for i, r in enumerate(rows):
+        y0 = r["gridPos"]["y"]
+        y1 = rows[i + 1]["gridPos"]["y"] if i + 1 < len(rows) else float("inf")
+        inside = [p for p in top if p["type"] != "row" and y0 < p["gridPos"]["y"] < y1]
+        if r.get("collapsed"):
+            assert not inside and r["panels"], r["title"]
+        else:
+            assert inside and not r.get("panels"), f"row {r['title']!r} holds no panel"
+            for p in inside:
+                assert p["gridPos"]["y"] + p["gridPos"]["h"] <= y1, f"{p['title']!r} runs into the next row"
+
+
 def test_dashboard_panels_do_not_overlap():
     cells = {}
     for p in json.loads(DASHBOARD.read_text())["panels"]:
@@ -105,27 +163,66 @@ def test_dashboard_panels_do_not_overlap():
 def test_every_metric_named_in_rules_and_dashboard_is_exported_or_recorded():
     names = exported_sample_names()
     recorded = recorded_names()
-    texts = {f"rule {k}": v for k, v in rule_exprs().items()}
-    texts.update({f"panel {p['title']!r}": t["expr"] for p in dashboard_panels() for t in p["targets"]})
-    for where, expr in texts.items():
+    for where, expr in all_exprs().items():
         for name in re.findall(r"\btrigger_[a-z0-9_]+", expr):
             assert name in names, f"{where}: {name} is not exported by trigger/metrics.py"
         for name in re.findall(r"\btrigger:[a-z0-9_:]+", expr):
             assert name in recorded, f"{where}: {name} is not a recording rule"
 
 
+def test_label_values_matched_on_exported_metrics_exist():
+    """An equality matcher on an exported metric names a label value the daemon really exports
+    (result="error" of trigger_reloads_total, not "failed"; le="0.005", a real bucket bound)."""
+    values: dict[tuple[str, str], set[str]] = {}
+    for name, labels in exported_samples():
+        for k, v in labels.items():
+            values.setdefault((name, k), set()).add(v)
+    for where, expr in all_exprs().items():
+        for name, matchers in re.findall(r"\b(trigger_[a-z0-9_]+)\{([^}]*)\}", expr):
+            for label, op, value in re.findall(r'(\w+)\s*(=~|!=|!~|=)\s*"([^"]*)"', matchers):
+                if op != "=" or label in {"instance", "job"}:
+                    continue
+                assert value in values.get((name, label), set()), \
+                    f"{where}: {name}{{{label}={value!r}}} is never exported"
+
+
 def test_rules_have_the_issue_alerts_with_severity_and_summary():
-    alerts = {r["alert"]: r for g in load_yaml(RULES)["groups"] for r in g["rules"] if "alert" in r}
+    alerts = alert_rules()
     for name in ["TriggerNoInput", "TriggerAcceptFractionBelowWorkingPoint", "TriggerFalsePositiveRateOffWorkingPoint",
                  "TriggerLatencyP99High", "TriggerLatencySLOBurnFast", "TriggerRejectsRising", "TriggerMessagesLost",
-                 "TriggerNoiseCentreDrift", "TriggerStaleHeartbeat", "TriggerDown"]:
+                 "TriggerNoiseCentreDrift", "TriggerStaleHeartbeat", "TriggerDown", "TriggerLoadShedding",
+                 "TriggerQueueNearFull", "TriggerInputHandshakeFailing", "TriggerInputFlapping", "TriggerReloadFailed"]:
         assert name in alerts, name
     for name, r in alerts.items():
         assert r["labels"]["severity"] in {"critical", "warning", "info"}, name
-        assert r["annotations"]["summary"], name
+        assert r["annotations"]["summary"].strip(), name
+        assert len(r["annotations"]["description"].split()) >= 5, f"{name}: the description says what to check"
     assert "trigger_noise_centre_drift_ratio > 0.3" in alerts["TriggerNoiseCentreDrift"]["expr"]
     assert "time() - trigger_last_decision_timestamp_seconds" in alerts["TriggerStaleHeartbeat"]["expr"]
     assert alerts["TriggerNoInput"]["for"] == "1m"
+    assert "trigger_events_shed_total" in rule_exprs()["trigger:events_shed:ratio_rate1m"]
+    assert "trigger:events_shed:ratio_rate1m" in alerts["TriggerLoadShedding"]["expr"]
+    assert 'trigger_reloads_total{result="error"}' in alerts["TriggerReloadFailed"]["expr"]
+    assert "trigger_input_handshake_failures_total" in alerts["TriggerInputHandshakeFailing"]["expr"]
+    assert "trigger_input_reconnects_total" in alerts["TriggerInputFlapping"]["expr"]
+    assert "trigger_queue_capacity_events" in rule_exprs()["trigger:queue_fill:ratio_max1m"]
+    assert alerts["TriggerInputHandshakeFailing"]["labels"]["severity"] == "critical"  # the input delivers nothing
+
+
+def test_operations_alerts_have_promtool_unit_tests():
+    """Each alert added for operations is exercised by `promtool test rules` (run in
+    tests/system/test_prometheus.py), and every test file loads the deployed rules."""
+    tested = set()
+    for path in sorted(RULE_TESTS.glob("*.yml")):
+        doc = load_yaml(path)
+        assert [(path.parent / f).resolve() for f in doc["rule_files"]] == [RULES.resolve()], path
+        for t in doc["tests"]:
+            tested |= {a["alertname"] for a in t.get("alert_rule_test", []) if a.get("exp_alerts")}
+    alerts = alert_rules()
+    assert tested <= set(alerts), tested - set(alerts)
+    for name in ["TriggerNoInput", "TriggerLoadShedding", "TriggerQueueNearFull", "TriggerInputHandshakeFailing",
+                 "TriggerInputFlapping", "TriggerReloadFailed"]:
+        assert name in tested, f"{name} has no promtool test that makes it fire"
 
 
 def test_prometheus_config_points_at_existing_rules_and_target_files():
@@ -158,6 +255,7 @@ def test_compose_file_structure():
     services = compose["services"]
     assert set(services) >= {"replay", "trigger", "prometheus", "grafana"}
     for name, svc in services.items():
+        assert isinstance(svc.get("depends_on", {}), (list, dict)), name
         for vol in svc.get("volumes", []):
             src = vol.split(":")[0]
             if src.startswith("."):
@@ -181,6 +279,23 @@ def test_compose_file_structure():
     assert prom_mounts["/etc/prometheus/rules"] == "./rules"
 
 
+
+def test_compose_health_checks_and_start_order():
+    services = load_yaml(DEPLOY / "docker-compose.yml")["services"]
+    trigger = services["trigger"]
+    probe = " ".join(trigger["healthcheck"]["test"])
+    assert re.search(r"127\.0\.0\.1:9100/(readyz|healthz)\b", probe), probe  # not /metrics: it answers when not ready
+    assert "start_period" in trigger["healthcheck"]
+    # The daemon lives in Prometheus's network namespace: it starts after Prometheus, never the other way.
+    assert trigger["network_mode"] == "service:prometheus" and "prometheus" in trigger["depends_on"]
+    assert "trigger" not in services["prometheus"].get("depends_on", {})
+    assert "healthcheck" in services["prometheus"]
+    # Grafana waits for its datasource, and is not held back by an unhealthy daemon.
+    grafana = services["grafana"]["depends_on"]
+    assert grafana["prometheus"]["condition"] == "service_healthy"
+    assert grafana.get("trigger", {}).get("condition") != "service_healthy"
+
+
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
 def test_dockerfiles_copy_existing_files_and_install_the_right_extras(name):
     text = (DEPLOY / name).read_text()
@@ -196,13 +311,13 @@ def test_dockerfiles_copy_existing_files_and_install_the_right_extras(name):
     else:
         assert re.search(r"^FROM nvidia/cuda:", text, re.M)
         assert 'pip install ".[gpu]"' in text
-        assert "TensorRT backend is NOT in this version" in text
+        assert "TensorRT backend" in text and "/var/cache/trigger/engines" in text
     assert re.search(r"^USER trigger$", text, re.M), "the image must not run as root"
 
 
 def test_gpu_configuration_loads():
     cfg = config.load(DEPLOY / "trigger.gpu.yaml")
-    assert cfg.backend.options["providers"][0] == "CUDAExecutionProvider"
+    assert cfg.backend.name == "tensorrt" and cfg.backend.options["precision"] == "fp16"
 
 
 def test_systemd_unit():
@@ -214,4 +329,8 @@ def test_systemd_unit():
     assert svc["User"] not in {"", "root"}
     assert svc["ExecStart"].split()[1:] == ["serve", "--config", "/etc/trigger/trigger.yaml"]
     assert svc["KillSignal"] == "SIGTERM"
+    # systemctl reload: SIGHUP reloads model and calibration in place (trigger/daemon.py)
+    assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert "SIGHUP" in svc["RestartForceExitStatus"].split()  # a reload during start-up restarts, not stops
+    assert svc["Type"] == "notify"  # the daemon sends READY=1 (tests/system/test_daemon.py checks it)
     assert unit["Install"]["WantedBy"] == "multi-user.target"

@@ -16,7 +16,11 @@ import numpy as np
 
 _REGISTRY: dict[str, type[Backend]] = {}
 # Where each known backend lives; importing the module registers it.
-_MODULES = {"onnxruntime": "trigger.backends.onnxruntime"}
+_MODULES = {
+    "onnxruntime": "trigger.backends.onnxruntime",
+    "tensorrt": "trigger.backends.tensorrt",  # optional: the gpu extra (TensorRT, cuda-python)
+    "torch": "trigger.backends.pytorch",  # optional: PyTorch (CUDA build for the GPU)
+}
 
 
 class BackendUnavailable(RuntimeError):
