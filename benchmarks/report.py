@@ -39,21 +39,25 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         out.append(("Simulator, one core", f"{s['simulator_wf_per_s']:,.0f} waveforms/s "
                     f"({s['ratio_to_memset']:.2f}x a memset of the same array)", ">= 50,000 waveforms/s",
                     _mark(s["simulator_wf_per_s"] >= 50_000), _machine(s)))
-    if (t := _load("throughput")) is not None:
+    for name in ("throughput", "throughput_segment", "throughput_denoise"):
+        if (t := _load(name)) is None:
+            continue
+        what = t.get("pipeline", "pulse")
+        unit = "events" if what == "pulse" else "frames"
         sm = t["summary"]
         lo, hi = sm["ratio_end_to_end_over_bare_range"]
-        out.append(("End to end / bare backend, same batch size, paired",
+        out.append((f"{what}: end to end / bare backend, same batch size, paired",
                     f"{sm['ratio_end_to_end_over_bare']:.2f} median of {len(t['end_to_end'])} pairs [{lo:.2f}, "
-                    f"{hi:.2f}]; best end to end {sm['end_to_end_best_events_per_second']:,.0f} events/s "
-                    f"(max_batch {sm['end_to_end_best_max_batch']}), {sm['lost_events']} events lost", ">= 0.8",
+                    f"{hi:.2f}]; best end to end {sm['end_to_end_best_events_per_second']:,.0f} {unit}/s "
+                    f"(max_batch {sm['end_to_end_best_max_batch']}), {sm['lost_events']} {unit} lost", ">= 0.8",
                     _mark(sm["ratio_end_to_end_over_bare"] >= 0.8), _machine(t)))
         lat = t["latency_half_load"]["latency_seconds"]
-        out.append(("Latency receive->publish at half of max",
+        out.append((f"{what}: latency receive->publish at half of max",
                     f"p50 {lat['p50'] * 1e3:.2f} ms, p99 {lat['p99'] * 1e3:.2f} ms, p99.9 {lat['p99.9'] * 1e3:.2f} ms "
-                    f"at {t['latency_half_load']['rate']:,.0f} events/s", "p99 < 5 ms",
+                    f"at {t['latency_half_load']['rate']:,.0f} {unit}/s", "p99 < 5 ms",
                     _mark(lat["p99"] < 0.005), _machine(t)))
-        out.append(("Daemon peak memory (VmHWM)", f"{sm['daemon_peak_rss_bytes'] / 2**20:.0f} MB", "< 500 MB",
-                    _mark(sm["daemon_peak_rss_bytes"] < 500 * 2**20), _machine(t)))
+        out.append((f"{what}: daemon peak memory (VmHWM)", f"{sm['daemon_peak_rss_bytes'] / 2**20:.0f} MB",
+                    "< 500 MB", _mark(sm["daemon_peak_rss_bytes"] < 500 * 2**20), _machine(t)))
     if (p := _load("physics")) is not None:
         a = p["a50"]
         out.append(("A50 at 1% FPR: VCAE / matched filter",
@@ -79,7 +83,21 @@ def rows() -> list[tuple[str, str, str, str, str]]:
                         "0 of 20" if fixed else "-", _mark(r["dead_starts"] == 0) if fixed else "-",
                         "this machine (run by training/deadstart.py; its JSON has no machine stamp)"
                         if "machine" not in d else _machine(d)))
+    # Any other result may carry its own rows: {"rows": [{"benchmark", "measured", "target", "met"}]}
+    # ("met": true, false or null for not run).
+    for path in sorted(RESULTS.glob("*.json")):
+        if path.stem in KNOWN:
+            continue
+        d = _load(path.stem)
+        for r in (d or {}).get("rows", []):
+            met = r.get("met")
+            out.append((r["benchmark"], r["measured"], r["target"], "not run" if met is None else _mark(met),
+                        _machine(d)))
     return out
+
+
+KNOWN = {"simulator", "throughput", "throughput_segment", "throughput_denoise", "physics", "deadstart",
+         "deadstart_check"}
 
 
 def table() -> str:

@@ -12,7 +12,10 @@
 Ratios (end to end / bare) are the figures of merit: both sides ran on the same machine in the
 same minute, so a shared, noisy machine moves them together.
 
-    python benchmarks/throughput.py [--model M.onnx] [--quick]
+    python benchmarks/throughput.py [--pipeline pulse|segment|denoise] [--model M.onnx] [--quick]
+
+The pulse pipeline runs on simulated waveforms and writes ``results/throughput.json``; the image
+pipelines on simulated sky frames (``simulators.sky``) and write ``results/throughput_<pipeline>.json``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_result  # noqa: E402
 
 from trigger.backends import create_backend  # noqa: E402
-from trigger.config import DEFAULT_PULSE_MODEL  # noqa: E402
+from trigger.config import PACKAGE_MODELS  # noqa: E402
 from trigger.demo import DecisionCollector, free_port, handshake  # noqa: E402
 from trigger.replay import PoolSource, make_simulation, open_socket, replay, wait_for_subscriber  # noqa: E402
 
@@ -59,12 +62,15 @@ def bare_backend(model: Path, pool: np.ndarray, batch_sizes: list[int], seconds:
     return out
 
 
+PIPELINE = "pulse"  # set by main()
+
+
 class Daemon:
     def __init__(self, model: Path, in_ep: str, pattern: str, max_batch: int, max_delay_ms: float):
         self.out_ep = f"tcp://127.0.0.1:{free_port()}"
-        cmd = [sys.executable, "-m", "trigger", "serve", "--model", str(model), "--input", in_ep, "--output",
-               self.out_ep, "--input-pattern", pattern, "--metrics-port", "0", "--max-batch", str(max_batch),
-               "--max-delay-ms", str(max_delay_ms), "--log-level", "WARNING"]
+        cmd = [sys.executable, "-m", "trigger", "serve", "--pipeline", PIPELINE, "--model", str(model),
+               "--input", in_ep, "--output", self.out_ep, "--input-pattern", pattern, "--metrics-port", "0",
+               "--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--log-level", "WARNING"]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
                                      env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
@@ -90,7 +96,7 @@ def chain(ctx: zmq.Context, model: Path, pattern: str, max_batch: int, max_delay
     collector.start()
     if pattern == "pub" and not wait_for_subscriber(sock, 60):
         raise RuntimeError("daemon never subscribed")
-    handshake(sock, collector, shape, timeout=120)
+    handshake(sock, collector, shape, "waveform" if len(shape) == 1 else "image", timeout=120)
     return sock, daemon, collector
 
 
@@ -178,22 +184,30 @@ def plot(result: dict, path: Path) -> None:
     b.set_xlabel("receive → publish latency (ms)")
     b.set_ylabel("decision messages")
     b.set_title(f"Latency at {lat['rate']:.0f} events/s (half of max)")
-    fig.suptitle(f"pulse pipeline, {result['machine']['cpu']} ({result['machine']['cores']} cores)")
+    fig.suptitle(f"{result['pipeline']} pipeline ({result['model']}), {result['machine']['cpu']} "
+                 f"({result['machine']['cores']} cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=DEFAULT_PULSE_MODEL)
+    p.add_argument("--pipeline", choices=["pulse", "segment", "denoise"], default="pulse")
+    p.add_argument("--model", type=Path, help="default: the pipeline's shipped model")
     p.add_argument("--quick", action="store_true", help="short runs (smoke test of the benchmark itself)")
     p.add_argument("--per-message", type=int, default=64, help="events per message")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    global PIPELINE
+    PIPELINE = a.pipeline
+    a.model = a.model or PACKAGE_MODELS / f"{a.pipeline}_default.onnx"
     scale = 0.2 if a.quick else 1.0
-    sim = make_simulation("waveform", seed=2024, signal_fraction=0.5)
-    shape = (sim.config.n_samples,)
+    if a.pipeline == "pulse":
+        sim = make_simulation("waveform", seed=2024, signal_fraction=0.5)
+    else:
+        sim = make_simulation("sky", seed=2024)
     source = PoolSource(sim, 4096)
+    shape = source.data.shape[1:]
     batch_sizes = [1, 8, 32, 64, 128, 256, 512]
     bare = bare_backend(a.model, source.data, batch_sizes, seconds=3.0 * scale)
     ctx = zmq.Context()
@@ -216,6 +230,7 @@ def main() -> int:
     ctx.term()
     ref = bare[256]
     result = {
+        "pipeline": a.pipeline,
         "model": str(a.model.name),
         "bare_backend": bare,
         "end_to_end": e2e,
@@ -234,9 +249,10 @@ def main() -> int:
             "lost_events": sum(r["lost"] for r in e2e),
         },
     }
-    path = write_result("throughput", result)
+    name = "throughput" if a.pipeline == "pulse" else f"throughput_{a.pipeline}"
+    path = write_result(name, result)
     result["machine"] = __import__("json").loads(path.read_text())["machine"]
-    plot(result, RESULTS / "throughput.png")
+    plot(result, RESULTS / f"{name}.png")
     s = result["summary"]
     log.info("end to end / bare (paired, median of %d) = %.2f (target >= 0.8); best end to end %.0f events/s; "
              "p99 at half load %.2f ms (target < 5); daemon peak RSS %.0f MB (target < 500); lost %d", len(ratios),
