@@ -255,22 +255,35 @@ def test_sigterm_under_load_publishes_every_accepted_event_then_end_of_run(ctx, 
     """Three runs stopped mid-flood: decisions published == events accepted == end-of-run counts; exit 0 fast."""
     for run in range(3):
         push, d, sink = push_chain(ctx, procs, pulse_model, "--queue-events", "256")
-        push.setsockopt(zmq.SNDTIMEO, 200)  # once the daemon is gone a send would wait forever
+        push.setsockopt(zmq.SNDTIMEO, 50)
         halt = threading.Event()
         sent: list[int] = []
 
         def flood(sock=push, seed=10 + run, halt=halt, sent=sent) -> None:
-            try:
-                replay(sock, pool(seed), sources=["adc00", "adc01"], events=10**6, rate=0, events_per_message=16,
-                       stop=halt.is_set, progress=sent.append)
-            except zmq.Again:
-                pass
+            """Keep the readout sending until told to stop: a full pipe is waited out, not the end."""
+            source, seq = pool(seed), {"adc00": 0, "adc01": 0}
+            while not halt.is_set():
+                for name in seq:
+                    data, _ = source.next(16)
+                    msg = encode_input("waveform", name, seq[name], time.time_ns(), data,
+                                       {"truth": {"amplitude": [0.0] * 16}})
+                    while not halt.is_set():
+                        try:
+                            sock.send_multipart(msg)
+                            break
+                        except zmq.Again:
+                            continue
+                    else:
+                        return
+                    seq[name] += 1
+                    sent.append(16)
 
         sender = threading.Thread(target=flood)
         sender.start()
         try:
             assert wait_until(lambda s=sink: s.messages() >= 20, timeout=30)
             t0 = time.monotonic()
+            assert sender.is_alive()  # the readout is still sending when the signal comes
             code = d.stop()
             took = time.monotonic() - t0
         finally:
