@@ -75,7 +75,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     try:
         cfg = config_mod.load(a.config, overrides)
         configure(cfg.log_level)
-        logger.info("starting: loading the %s pipeline", cfg.pipeline.name)
+        logger.debug("starting: loading the %s pipeline", cfg.pipeline.name)
         # A reload (SIGHUP) reads the file again, with the same command-line options on top.
         daemon = Daemon(cfg, reload_config=lambda: config_mod.load(a.config, overrides))
     except (ConfigError, CalibrationError, BackendUnavailable, OSError) as exc:

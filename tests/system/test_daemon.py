@@ -284,7 +284,7 @@ def test_sighup_while_the_model_loads_is_kept_for_later_and_systemd_is_told_when
     notify.settimeout(20)
     proc = subprocess.Popen([sys.executable, "-m", "trigger", "serve", "--model", str(pulse_model), "--input",
                              f"tcp://127.0.0.1:{free_port()}", "--output", f"tcp://127.0.0.1:{free_port()}",
-                             "--metrics-port", "0"], stderr=subprocess.PIPE, text=True,
+                             "--metrics-port", "0", "--log-level", "DEBUG"], stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1", NOTIFY_SOCKET=str(tmp_path / "notify")))
     try:
         log = []
