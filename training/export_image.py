@@ -1,0 +1,257 @@
+"""Export the sky-image models to ONNX, check them with ONNX Runtime, and write their calibration files.
+
+Every graph takes RAW images, ``image`` float32 [batch, 64, 64] (dynamic batch), with the per-image
+max normalisation and the channel axis inside (training.image_models.normalise_max), and returns
+
+* segment: ``prob`` float32 [batch, 64, 64]; ``<stem>.calib.json`` (``trigger.segment-calibration/1``)
+  holds the probability cuts at which the pixel false-positive rate on independent calibration
+  images equals 1% and 0.1%, found by running the *exported file* with ONNX Runtime;
+* denoise: ``denoised`` float32 [batch, 64, 64] in the input's units; ``<stem>.calib.json``
+  (``trigger.denoise-calibration/1``) holds the test MSE per noise model, measured with the file;
+* regress: ``params`` float32 [batch, 4] = (amp_dm, n_disk, n_gc, n_total); ``<stem>.card.json``
+  (``trigger.regression-card/1``) holds the test mean relative errors, measured with the file.
+
+A pixel counts as a source pixel when ``prob > cut``. The files name their model by sha256.
+
+    python -m training.export_image runs/<name>/model.pt -o trigger/models/segment_default.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import shlex
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trigger.calibration import calibration_path_for, sha256_file
+
+logger = logging.getLogger("training")
+
+OPSET = 18  # the torch.export-based exporter's lowest; the daemon needs >= 17
+INPUT_NAME = "image"
+OUTPUT_NAMES = {"segment": "prob", "denoise": "denoised", "regress": "params"}
+FORMATS = {"segment": "trigger.segment-calibration/1", "denoise": "trigger.denoise-calibration/1",
+           "regress": "trigger.regression-card/1"}
+FPR_WORKING_POINTS = (0.01, 0.001)
+P_WORKING_POINTS = (0.02, 0.5)
+DEFAULT_WORKING_POINT = "fpr_0.01"
+TOLERANCE = 1e-4
+"""ORT vs torch: max |diff| / max(1, |torch|) must stay below this (an absolute difference for outputs
+up to 1 such as probabilities and normalised images; relative for counts in the thousands, where one
+float32 ulp is already 2e-4)."""
+
+
+def card_path_for(model_path: str | Path) -> Path:
+    """``skyparams.onnx`` -> ``skyparams.card.json``."""
+    p = Path(model_path)
+    return p.with_name(p.stem + ".card.json")
+
+
+def export_onnx(model: nn.Module, task: str, path: str | Path, *, check_images: int = 32) -> dict[str, Any]:
+    """Write ``model`` (a raw-image module of ``task``) to ``path`` as one self-contained file and check it
+    against torch on simulated raw images (plus an all-zero one); returns ``{"path", "sha256", "opset",
+    "bytes", "max_abs_diff", "max_scaled_diff"}``, raises if the scaled difference exceeds :data:`TOLERANCE`."""
+    import onnx
+
+    if task not in OUTPUT_NAMES:
+        raise ValueError(f"task must be one of {sorted(OUTPUT_NAMES)}, got {task!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    example = torch.rand(2, 64, 64) * 100
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        # torch 2.13's exporter trips its own pytree deprecation (a FutureWarning inside torch, not
+        # about our code); the project's tests turn warnings into errors.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
+        torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAMES[task]],
+                          dynamic_shapes={"image": {0: batch}}, opset_version=OPSET, external_data=False,
+                          verbose=False)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    abs_diff, scaled = compare_with_torch(path, model, task, check_images)
+    if not scaled <= TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime and torch disagree on {path}: max |diff| = {abs_diff:.3g}, "
+                           f"max |diff| / max(1, |torch|) = {scaled:.3g} > {TOLERANCE}")
+    info = {"path": str(path), "sha256": sha256_file(path), "opset": OPSET, "bytes": path.stat().st_size,
+            "max_abs_diff": abs_diff, "max_scaled_diff": scaled}
+    logger.info("exported %s %s (%d bytes, opset %d); ORT vs torch max |diff| = %.3g (scaled %.3g)", task, path,
+                info["bytes"], OPSET, abs_diff, scaled)
+    return info
+
+
+def compare_with_torch(path: str | Path, model: nn.Module, task: str, n: int = 32) -> tuple[float, float]:
+    """(max |ORT - torch|, max |ORT - torch| / max(1, |torch|)) on ``n`` simulated raw images, the same
+    images max-normalised, and an all-zero image."""
+    from training.train_image import SEEDS, simulate_sky
+
+    raw = simulate_sky(n, SEEDS["export_check"], progress=False).counts
+    peak = raw.max(axis=(1, 2), keepdims=True)
+    x = np.concatenate([raw, raw / peak, np.zeros((1, *raw.shape[1:]), np.float32)]).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = ort_runner(path, OUTPUT_NAMES[task])(x)
+    if got.shape != ref.shape or not np.isfinite(got).all():
+        raise RuntimeError(f"{path}: ONNX Runtime output has shape {got.shape} (torch {ref.shape}) or is not finite")
+    diff = np.abs(got.astype(np.float64) - ref)
+    return float(diff.max()), float(np.max(diff / np.maximum(1.0, np.abs(ref))))
+
+
+def ort_runner(path: str | Path, output_name: str, threads: int = 2, batch_size: int = 256
+               ) -> Callable[[np.ndarray], np.ndarray]:
+    """A function raw images [n, 64, 64] -> the model's output, backed by an ONNX Runtime session (batched)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.concatenate([session.run([output_name], {INPUT_NAME: x[i:i + batch_size]})[0]
+                               for i in range(0, len(x), batch_size)])
+
+    return run
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+    return path
+
+
+def fpr_cut(background_prob: np.ndarray, fpr: float) -> float:
+    """The probability cut at which the fraction of ``background_prob`` strictly above it is ``fpr``: the
+    (1 - fpr) quantile, ``method="higher"`` (a data value, so the rate on these pixels is at most fpr)."""
+    n = background_prob.size
+    if n < 10 / fpr:
+        raise ValueError(f"{n} background pixels cannot calibrate fpr {fpr}: need at least {int(10 / fpr)}")
+    return float(np.quantile(background_prob, 1.0 - fpr, method="higher"))
+
+
+def calibrate_segment(path: str | Path, calib: Any, test: Any, *, target: str = "all",
+                      provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Working points from ``calib`` images and validation metrics on ``test`` images (both
+    ``train_image.SkyData``), every probability from the ONNX file; writes ``<stem>.calib.json``."""
+    from training.train_image import P_CUT, SEEDS, segmentation_metrics
+
+    path = Path(path)
+    run = ort_runner(path, OUTPUT_NAMES["segment"])
+    p_cal = run(calib.counts)
+    bg_cal = p_cal[~calib.mask(target)]
+    wps: dict[str, float] = {f"fpr_{f:g}": fpr_cut(bg_cal, f) for f in FPR_WORKING_POINTS}
+    wps.update({f"p_{p:g}": p for p in P_WORKING_POINTS})
+    p_test = run(test.counts)
+    metrics = segmentation_metrics(p_test, test, P_CUT)
+    t_mask = test.mask(target)
+    at_wp = {name: {"fpr_calibration": float(np.mean(bg_cal > cut)), "fpr_test": float(np.mean(p_test[~t_mask] > cut)),
+                    "tpr_test": float(np.mean(p_test[t_mask] > cut))} for name, cut in wps.items()}
+    validation = {"n_images": len(test), "seed": SEEDS["test"], "auc_all": metrics["auc_all"],
+                  "auc_bright": metrics["auc_bright"], **{k: v for k, v in metrics.items() if k not in
+                                                          ("auc_all", "auc_bright")},
+                  "working_points": at_wp, "n_calibration_images": len(calib), "calibration_seed": SEEDS["calibration"],
+                  "n_calibration_background_pixels": int(bg_cal.size), "evaluated_with": "onnxruntime"}
+    cal = {"format": FORMATS["segment"], "model_sha256": sha256_file(path), "input_name": INPUT_NAME,
+           "output_name": OUTPUT_NAMES["segment"], "height": int(calib.counts.shape[1]),
+           "width": int(calib.counts.shape[2]), "target": target, "working_points": wps,
+           "default_working_point": DEFAULT_WORKING_POINT, "validation": validation,
+           "training": _training(provenance)}
+    out = _write_json(calibration_path_for(path), cal)
+    logger.info("calibration %s: working points %s; test AUC all %.4f, bright %.4f", out,
+                {k: round(v, 5) for k, v in wps.items()}, metrics["auc_all"], metrics["auc_bright"])
+    return cal
+
+
+def calibrate_denoise(path: str | Path, test_sets: Mapping[str, tuple[np.ndarray, np.ndarray]], *, noise: str,
+                      provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """MSE per noise model of the ONNX file on (clean, noisy) max-normalised test images; writes
+    ``<stem>.calib.json``."""
+    from training.train_image import NOISE_LEVELS, SEEDS
+
+    path = Path(path)
+    run = ort_runner(path, OUTPUT_NAMES["denoise"])
+    mse = {name: float(np.mean((run(noisy) - clean) ** 2)) for name, (clean, noisy) in test_sets.items()}
+    identity = {name: float(np.mean((noisy - clean) ** 2)) for name, (clean, noisy) in test_sets.items()}
+    clean0 = next(iter(test_sets.values()))[0]
+    cal = {"format": FORMATS["denoise"], "model_sha256": sha256_file(path), "input_name": INPUT_NAME,
+           "output_name": OUTPUT_NAMES["denoise"], "event_shape": [int(s) for s in clean0.shape[1:]],
+           "noise_model": noise, "validation_mse": mse,
+           "training": {**_training(provenance), "noise_levels": dict(NOISE_LEVELS),
+                        "validation_images": len(clean0), "validation_seed": SEEDS["test"],
+                        "validation_noise_seeds": {n: SEEDS["noise_test"] * 10 + k for k, n in enumerate(test_sets)},
+                        "validation_mse_noisy_input": identity, "evaluated_with": "onnxruntime",
+                        "mse_definition": "mean over pixels and images of (denoised - clean)^2, clean = counts / "
+                                          "max(counts), noisy = simulators.sky.add_noise(clean, model, level)"}}
+    out = _write_json(calibration_path_for(path), cal)
+    logger.info("denoise calibration %s: MSE %s", out, {k: f"{v:.3g}" for k, v in mse.items()})
+    return cal
+
+
+def write_regression_card(path: str | Path, test: Any, outputs: tuple[str, ...],
+                          provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Mean relative errors of the ONNX file on ``test`` images; writes ``<stem>.card.json``."""
+    from training.train_image import SEEDS, regression_targets, relative_errors
+
+    path = Path(path)
+    pred = ort_runner(path, OUTPUT_NAMES["regress"])(test.counts)
+    errors = relative_errors(pred, regression_targets(test.truth, outputs), outputs)
+    card = {"format": FORMATS["regress"], "model_sha256": sha256_file(path), "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAMES["regress"], "outputs": list(outputs),
+            "test_mean_relative_error": {k: v["mean_relative_error"] for k, v in errors.items()},
+            "training": {**_training(provenance), "test_images": len(test), "test_seed": SEEDS["test"],
+                         "test_errors": errors, "evaluated_with": "onnxruntime",
+                         "relative_error_definition": "mean of |pred - true| / true over test images with true > 0"}}
+    out = _write_json(card_path_for(path), card)
+    logger.info("regression card %s: mean relative errors %s", out,
+                {k: round(v, 4) for k, v in card["test_mean_relative_error"].items()})
+    return card
+
+
+def _training(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {"exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **dict(provenance or {})}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.train_image import PROFILES, denoise_test_sets, load_checkpoint, simulate_splits
+
+    p = argparse.ArgumentParser(prog="python -m training.export_image", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", type=Path, help="a run folder's model.pt (from training.train_image)")
+    p.add_argument("-o", "--output", type=Path, required=True, help=".onnx file to write")
+    p.add_argument("--profile", choices=("quick", "default"), help="the data sizes of the calibration and test "
+                   "sets (default: the checkpoint's profile)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+    torch.set_num_threads(2)
+    task, model, extra = load_checkpoint(args.checkpoint)
+    profile = PROFILES[task][args.profile or extra.get("profile", "default")]
+    info = export_onnx(model, task, args.output)
+    prov = {"command": "python -m training.export_image " + shlex.join(sys.argv[1:]),
+            "checkpoint": str(args.checkpoint), "profile": profile.name, "epoch": extra.get("epoch"),
+            "ort_vs_torch_max_abs_diff": info["max_abs_diff"]}
+    splits = ("calibration", "test") if task == "segment" else ("test",)
+    data = simulate_splits(profile, splits, progress=True)
+    if task == "segment":
+        calibrate_segment(args.output, data["calibration"], data["test"], target=extra.get("target", "all"),
+                          provenance=prov)
+    elif task == "denoise":
+        calibrate_denoise(args.output, denoise_test_sets(data["test"]), noise=extra.get("noise", "mix"),
+                          provenance=prov)
+    else:
+        write_regression_card(args.output, data["test"], model.config.outputs, provenance=prov)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

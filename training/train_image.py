@@ -1,0 +1,774 @@
+"""Train the sky-image models: U-net segmentation, denoising autoencoder, parameter CNN.
+
+    python -m training.train_image --task segment --profile default --export trigger/models/segment_default.onnx
+    python -m training.train_image --task denoise --noise mix --profile default \\
+        --export trigger/models/denoise_default.onnx
+    python -m training.train_image --task regress --profile default --export trigger/models/skyparams_default.onnx
+
+Data come from :mod:`simulators.sky`, simulated in chunks from independent seeds (:data:`SEEDS`):
+training, validation (model selection), test (the reported metrics) and calibration (the
+segmentation working points) never share an image, and the denoising noise has its own streams.
+Each model is trained through the same raw-image wrapper that is exported (per-image max
+normalisation inside the module, :mod:`training.image_models`), with AdamW and a one-cycle learning
+rate schedule; the epoch with the best validation score is kept (segmentation: pixel AUC on the
+training target; denoising and regression: validation loss).
+
+Every run writes ``runs/<name>/``: ``config.json``, ``history.json`` + ``history.csv``, ``model.pt``,
+``metrics.json`` and plots (``loss.png`` and per task: ``panels.png`` + ``roc.png``;
+``denoise_panels.png``, a row per noise model; ``residuals.png``). With ``--export`` the model is
+written to ONNX, checked against torch with ONNX Runtime, and its calibration file or card is
+written beside it from the exported file's outputs (:mod:`training.export_image`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from simulators.sky import NOISE_MODELS, SkyConfig, SkySimulator, add_noise, normalize_max
+from training.image_models import (
+    REGRESSION_OUTPUTS,
+    SCALE_FLOOR,
+    DenoiseConfig,
+    DenoisingAE,
+    RegressorConfig,
+    SegmentUNet,
+    SkyRegressor,
+    UNetConfig,
+    count_parameters,
+    segmentation_loss,
+)
+
+logger = logging.getLogger("training")
+
+TASKS = ("segment", "denoise", "regress")
+# Independent simulator streams: training never sees a validation, test or calibration image.
+SEEDS = {"train": 201, "validation": 202, "test": 203, "calibration": 204, "noise_train": 211,
+         "noise_validation": 212, "noise_test": 213, "noise_mix_choice": 214, "init": 221, "shuffle": 222,
+         "augment": 223, "export_check": 231}
+NOISE_LEVELS = {"gaussian": 0.2, "poisson": 10.0, "masked": 0.5, "salt_pepper": 0.5}
+"""The reference's noise settings (gaussian factor 0.2, 50% masked, 50% salt-and-pepper). Poisson: the
+reference gives no scale; ``Poisson(10 x) / 10`` (the brightest pixel expects 10 counts) corrupts the
+normalised images about as much as masking half the pixels (identity MSE ~5e-3)."""
+NOISE_CHOICES = (*NOISE_MODELS, "mix")
+SEGMENT_TARGETS = ("all", "bright")
+P_CUT = 0.02
+"""The reference's probability cut for the pixel accuracy."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and optimiser settings of one training run; ``model`` overrides the task's model config."""
+
+    name: str
+    n_train: int
+    n_val: int
+    n_test: int
+    epochs: int
+    batch_size: int = 32
+    lr: float = 2e-3
+    """Peak learning rate of the one-cycle schedule."""
+    weight_decay: float = 1e-4
+    n_calib: int = 0
+    """Segmentation only: images on which the working points are computed (with ONNX Runtime)."""
+    count_weight: float = 1.0
+    """Segmentation only: lambda of the predicted-source-pixel-count penalty (image_models.segmentation_loss)."""
+    augment: bool = True
+    """Segmentation only: a random symmetry of the square per batch (point-source detection is local;
+    the simulator's ``rotate`` option says these are exact symmetries of the pixel grid and the PSF)."""
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if min(self.n_train, self.n_val, self.n_test, self.epochs, self.batch_size) < 1:
+            raise ValueError(f"sizes must be >= 1: {self}")
+
+
+PROFILES: dict[str, dict[str, Profile]] = {
+    # "quick": seconds, for the tests: the pipeline end to end, not a useful model. "default": the
+    # shipped models; the three together train in about 25 minutes on 2 idle cores (U-net ~150,
+    # autoencoder ~110, regressor ~150 images/s), longer when the cores are shared.
+    "segment": {
+        "quick": Profile("quick", n_train=192, n_val=32, n_test=32, epochs=3, n_calib=32, lr=3e-3,
+                         model={"base_channels": 4, "depth": 2}),
+        # Val AUC 0.987 after 5 epochs of 3,000 images in a first study; twice the data, 8 epochs.
+        "default": Profile("default", n_train=6000, n_val=400, n_test=2000, epochs=8, n_calib=2000,
+                           model={"base_channels": 8, "depth": 3}),
+    },
+    "denoise": {
+        "quick": Profile("quick", n_train=256, n_val=64, n_test=64, epochs=3, lr=1e-2,
+                         model={"channels": (8, 8, 8)}),
+        "default": Profile("default", n_train=6000, n_val=500, n_test=2000, epochs=8),
+    },
+    "regress": {
+        "quick": Profile("quick", n_train=256, n_val=64, n_test=64, epochs=3, lr=3e-3,
+                         model={"channels": (4, 8, 8, 8), "hidden": 16}),
+        "default": Profile("default", n_train=6000, n_val=1000, n_test=2000, epochs=10),
+    },
+}
+
+
+def sky_source_sha256() -> str:
+    """sha256 of simulators/sky.py: the simulator version the data came from (it has no version number)."""
+    import simulators.sky
+    from trigger.calibration import sha256_file
+
+    return sha256_file(simulators.sky.__file__)
+
+
+# ----------------------------------------------------------------------------------------- data
+
+@dataclass
+class SkyData:
+    """Images of one seeded stream: counts float32 [n, 64, 64], masks bool [n, 64, 64], per-image truth."""
+
+    counts: np.ndarray
+    mask_all: np.ndarray
+    mask_bright: np.ndarray
+    truth: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def mask(self, target: str) -> np.ndarray:
+        if target not in SEGMENT_TARGETS:
+            raise ValueError(f"segmentation target must be one of {SEGMENT_TARGETS}, got {target!r}")
+        return self.mask_all if target == "all" else self.mask_bright
+
+
+def simulate_sky(n: int, seed: int, desc: str | None = None, chunk: int = 1024, progress: bool = True,
+                 config: SkyConfig | None = None) -> SkyData:
+    """``n`` images of the stream seeded ``seed``, simulated ``chunk`` at a time (so the stream is fixed by
+    ``(seed, chunk)``)."""
+    sim = SkySimulator(config, seed)
+    size = sim.config.size
+    counts = np.empty((n, size, size), np.float32)
+    mask_all = np.empty((n, size, size), np.bool_)
+    mask_bright = np.empty((n, size, size), np.bool_)
+    truth: dict[str, list[np.ndarray]] = {}
+    with tqdm(total=n, unit="img", desc=desc or f"simulating (seed {seed})", leave=False,
+              disable=not progress or n < 2 * chunk) as bar:
+        for i in range(0, n, chunk):
+            b = sim.generate_full(min(chunk, n - i))
+            m = len(b)
+            counts[i:i + m], mask_all[i:i + m], mask_bright[i:i + m] = b.counts, b.mask_all, b.mask_bright
+            for k, v in b.truth.items():
+                truth.setdefault(k, []).append(v)
+            bar.update(m)
+    return SkyData(counts, mask_all, mask_bright, {k: np.concatenate(v) for k, v in truth.items()})
+
+
+def noisy_images(clean: np.ndarray, noise: str, rng: np.random.Generator, mix_rng: np.random.Generator | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``clean`` max-normalised images corrupted by ``noise`` (a model of :data:`NOISE_LEVELS` or ``mix``):
+    (noisy float32, index into NOISE_MODELS per image). ``mix`` draws the model per image (from ``mix_rng``)."""
+    if noise != "mix":
+        k = NOISE_MODELS.index(noise)
+        return add_noise(clean, noise, NOISE_LEVELS[noise], rng), np.full(len(clean), k, np.int64)
+    which = (mix_rng or rng).integers(0, len(NOISE_MODELS), len(clean))
+    out = np.empty_like(clean, dtype=np.float32)
+    for k, name in enumerate(NOISE_MODELS):
+        sel = which == k
+        if sel.any():
+            out[sel] = add_noise(clean[sel], name, NOISE_LEVELS[name], rng)
+    return out, which
+
+
+def regression_targets(truth: dict[str, np.ndarray], outputs: tuple[str, ...] = REGRESSION_OUTPUTS) -> np.ndarray:
+    return np.stack([truth[k] for k in outputs], axis=1).astype(np.float32)
+
+
+def brightness_features(counts: np.ndarray) -> np.ndarray:
+    """(log max, log sum) per image, float64 [n, 2]: what SkyRegressor feeds its head besides the CNN."""
+    c = counts.astype(np.float64)
+    return np.stack([np.log(np.maximum(c.max(axis=(1, 2)), SCALE_FLOOR)),
+                     np.log(np.maximum(c.sum(axis=(1, 2)), SCALE_FLOOR))], axis=1)
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN without both classes."""
+    from scipy.stats import rankdata
+
+    s, y = np.ravel(scores), np.ravel(labels).astype(bool)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray, max_points: int = 2000) -> dict[str, list[float]]:
+    """(fpr, tpr, threshold) at up to ``max_points`` thresholds, for plots (a pixel passes when score > t)."""
+    s, y = np.ravel(scores), np.ravel(labels).astype(bool)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # last index of each distinct score
+    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+    step = max(1, len(last) // max_points)
+    keep = np.r_[np.arange(0, len(last), step), len(last) - 1]
+    fpr = np.r_[0.0, fp[keep] / max(fp[-1], 1)]
+    tpr = np.r_[0.0, tp[keep] / max(tp[-1], 1)]
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": np.r_[1.0, s[last][keep]].tolist()}
+
+
+def segmentation_metrics(prob: np.ndarray, data: SkyData, cut: float = P_CUT) -> dict[str, float]:
+    """Pixel AUC and accuracy at ``cut`` against both masks; ``bright_vs_background`` leaves the faint
+    source pixels (in mask_all but not mask_bright) out of the negatives."""
+    out: dict[str, float] = {}
+    for target in SEGMENT_TARGETS:
+        mask = data.mask(target)
+        out[f"auc_{target}"] = roc_auc(prob, mask)
+        out[f"accuracy_{target}_p{cut:g}"] = float(np.mean((prob > cut) == mask))
+        out[f"tpr_{target}_p{cut:g}"] = float(np.mean(prob[mask] > cut)) if mask.any() else float("nan")
+        out[f"fpr_{target}_p{cut:g}"] = float(np.mean(prob[~mask] > cut))
+    keep = data.mask_bright | ~data.mask_all
+    out["auc_bright_vs_background"] = roc_auc(prob[keep], data.mask_bright[keep])
+    out["source_pixel_fraction_all"] = float(data.mask_all.mean())
+    out["source_pixel_fraction_bright"] = float(data.mask_bright.mean())
+    return out
+
+
+def relative_errors(pred: np.ndarray, true: np.ndarray, outputs: tuple[str, ...] = REGRESSION_OUTPUTS
+                    ) -> dict[str, dict[str, float]]:
+    """Per output: mean and median of |pred - true| / true over the images with true > 0, and the mean
+    over images with true above 10% of the largest true value (amp_dm starts at 0, where a relative
+    error means nothing)."""
+    out = {}
+    for j, name in enumerate(outputs):
+        t, p = true[:, j].astype(np.float64), pred[:, j].astype(np.float64)
+        ok = t > 0
+        rel = np.abs(p[ok] - t[ok]) / t[ok]
+        big = t > 0.1 * t.max()
+        out[name] = {"mean_relative_error": float(rel.mean()), "median_relative_error": float(np.median(rel)),
+                     "mean_relative_error_above_10pct_of_max": float(np.mean(np.abs(p[big] - t[big]) / t[big])),
+                     "rmse": float(np.sqrt(np.mean((p - t) ** 2))), "bias": float(np.mean(p - t)),
+                     "n": int(ok.sum())}
+    return out
+
+
+# ------------------------------------------------------------------------------------- training
+
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256,
+            fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """``model(images)`` (or ``fn``) in eval mode, batched, as numpy."""
+    model.eval()
+    fn = fn or model
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            out.append(fn(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))).numpy())
+    return np.concatenate(out)
+
+
+def random_symmetry(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One of the 8 symmetries of the square, the same for images ``x`` and masks ``y`` [B, H, W]."""
+    k = int(torch.randint(0, 8, (1,), generator=gen))
+    if k & 4:
+        x, y = x.transpose(1, 2), y.transpose(1, 2)
+    dims = [d for bit, d in ((1, 2), (2, 1)) if k & bit]
+    if dims:
+        x, y = x.flip(dims), y.flip(dims)
+    return x.contiguous(), y.contiguous()
+
+
+def train_loop(model: nn.Module, step: Callable[[np.ndarray, torch.Generator], tuple[torch.Tensor, dict]],
+               validate: Callable[[nn.Module], dict], n_train: int, profile: Profile, *, seed: int,
+               progress: bool = True, desc: str = "training") -> tuple[list[dict], dict]:
+    """AdamW + one-cycle schedule over ``profile.epochs``; ``step(indices, generator)`` returns the loss of
+    a batch and its parts, ``validate(model)`` a dict with ``score`` (lower is better). Returns the
+    history (one record per epoch) and the best epoch's record; the model ends with the best weights."""
+    opt = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
+    steps_per_epoch = math.ceil(n_train / profile.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=profile.lr, epochs=profile.epochs,
+                                                steps_per_epoch=steps_per_epoch, pct_start=0.2)
+    gen = torch.Generator().manual_seed(seed)
+    history: list[dict] = []
+    best: dict = {"score": math.inf}
+    best_state = copy.deepcopy(model.state_dict())
+    bar = tqdm(range(profile.epochs), desc=desc, unit="epoch", leave=False, disable=not progress)
+    for epoch in bar:
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n_train, generator=gen).numpy()
+        sums: dict[str, float] = {}
+        for i in range(0, n_train, profile.batch_size):
+            idx = np.sort(perm[i:i + profile.batch_size])
+            opt.zero_grad(set_to_none=True)
+            loss, parts = step(idx, gen)
+            loss.backward()
+            opt.step()
+            sched.step()
+            for k, v in {"loss": loss.item(), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+        train_s = time.perf_counter() - t0
+        rec = {"epoch": epoch + 1, **{f"train_{k}": v / n_train for k, v in sums.items()},
+               "lr_end": sched.get_last_lr()[0], "train_seconds": train_s}
+        val = validate(model)
+        rec.update({f"val_{k}": v for k, v in val.items()})
+        if not all(math.isfinite(v) for v in rec.values() if isinstance(v, float)):
+            raise FloatingPointError(f"non-finite value at epoch {epoch + 1}: {rec}")
+        history.append(rec)
+        if val["score"] < best["score"]:
+            best = {"epoch": epoch + 1, **val}
+            best_state = copy.deepcopy(model.state_dict())
+        bar.set_postfix(loss=f"{rec['train_loss']:.4g}", val=f"{val['score']:.4g}")
+        logger.info("%s epoch %d/%d: train loss %.5g, validation score %.5g (%.0f s)", desc, epoch + 1,
+                    profile.epochs, rec["train_loss"], val["score"], train_s)
+    model.load_state_dict(best_state)
+    model.eval()
+    return history, best
+
+
+# ---------------------------------------------------------------------------------------- tasks
+
+def make_segment_model(profile: Profile) -> SegmentUNet:
+    return SegmentUNet(UNetConfig(**profile.model))
+
+
+def train_segment(profile: Profile, target: str, seed: int, progress: bool, datasets: dict[str, SkyData]
+                  ) -> tuple[SegmentUNet, list[dict], dict]:
+    train, val = datasets["train"], datasets["validation"]
+    x_all = torch.from_numpy(train.counts)
+    m_all = torch.from_numpy(train.mask(target))
+    torch.manual_seed(SEEDS["init"] * 1000 + seed)
+    model = make_segment_model(profile)
+    logger.info("U-net %s: %d parameters, target %s", model.config, count_parameters(model), target)
+
+    def step(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        x, m = x_all[idx], m_all[idx]
+        if profile.augment:
+            x, m = random_symmetry(x, m, gen)
+        loss, bce, pen = segmentation_loss(model.logits(x), m, profile.count_weight)
+        return loss, {"bce": bce.item(), "count_penalty": pen.item()}
+
+    val_mask = val.mask(target)
+
+    def validate(model: nn.Module) -> dict:
+        logits = torch.from_numpy(predict(model, val.counts, fn=model.logits))
+        loss, bce, pen = segmentation_loss(logits, torch.from_numpy(val_mask), profile.count_weight)
+        auc = roc_auc(torch.sigmoid(logits).numpy(), val_mask)
+        return {"loss": loss.item(), "bce": bce.item(), "count_penalty": pen.item(), "auc": auc, "score": -auc}
+
+    history, best = train_loop(model, step, validate, len(train), profile, seed=SEEDS["shuffle"] * 1000 + seed,
+                               progress=progress, desc=f"segment ({target})")
+    return model, history, best
+
+
+def make_denoise_model(profile: Profile) -> DenoisingAE:
+    return DenoisingAE(DenoiseConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in profile.model.items()}))
+
+
+def train_denoise(profile: Profile, noise: str, seed: int, progress: bool, datasets: dict[str, SkyData]
+                  ) -> tuple[DenoisingAE, list[dict], dict]:
+    clean = normalize_max(datasets["train"].counts)
+    clean_t = torch.from_numpy(clean)
+    val_clean = normalize_max(datasets["validation"].counts)
+    val_noisy, _ = noisy_images(val_clean, noise, np.random.default_rng(SEEDS["noise_validation"]),
+                                np.random.default_rng(SEEDS["noise_mix_choice"] + 1))
+    rng = np.random.default_rng(SEEDS["noise_train"] * 1000 + seed)
+    torch.manual_seed(SEEDS["init"] * 1000 + seed)
+    model = make_denoise_model(profile)
+    logger.info("denoising AE %s: %d parameters, noise %s", model.config, count_parameters(model), noise)
+
+    def step(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        # Fresh noise every time an image is seen: the model cannot memorise a corruption.
+        noisy, _ = noisy_images(clean[idx], noise, rng)
+        loss = torch.mean((model(torch.from_numpy(noisy)) - clean_t[idx]) ** 2)
+        return loss, {}
+
+    def validate(model: nn.Module) -> dict:
+        mse = float(np.mean((predict(model, val_noisy) - val_clean) ** 2))
+        return {"mse": mse, "score": mse}
+
+    history, best = train_loop(model, step, validate, len(clean), profile, seed=SEEDS["shuffle"] * 1000 + seed,
+                               progress=progress, desc=f"denoise ({noise})")
+    return model, history, best
+
+
+def denoise_test_sets(data: SkyData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per noise model: (clean normalised, noisy) test images, each model from its own noise stream."""
+    clean = normalize_max(data.counts)
+    return {name: (clean, noisy_images(clean, name, np.random.default_rng(SEEDS["noise_test"] * 10 + k))[0])
+            for k, name in enumerate(NOISE_MODELS)}
+
+
+def make_regress_model(profile: Profile, train: SkyData | None = None) -> SkyRegressor:
+    """A regressor whose target and brightness standardisation are fitted to ``train`` (if given)."""
+    kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in profile.model.items()}
+    if train is not None:
+        cfg = RegressorConfig(**kw)
+        y = regression_targets(train.truth, cfg.outputs).astype(np.float64)
+        f = brightness_features(train.counts)
+        t = np.where(np.asarray(cfg.per_count), y / np.exp(f[:, 1:2]), y)
+        t = np.where(np.asarray(cfg.log_targets), np.log1p(np.maximum(t, 0)), t)
+        kw.update(target_mean=tuple(t.mean(0).tolist()), target_std=tuple(t.std(0).tolist()),
+                  feature_mean=tuple(f.mean(0).tolist()), feature_std=tuple(f.std(0).tolist()))
+    return SkyRegressor(RegressorConfig(**kw))
+
+
+def train_regress(profile: Profile, seed: int, progress: bool, datasets: dict[str, SkyData]
+                  ) -> tuple[SkyRegressor, list[dict], dict]:
+    train, val = datasets["train"], datasets["validation"]
+    torch.manual_seed(SEEDS["init"] * 1000 + seed)
+    model = make_regress_model(profile, train)
+    logger.info("regressor %s: %d parameters", model.config, count_parameters(model))
+    x_all = torch.from_numpy(train.counts)
+    t_all = model.transform_targets(torch.from_numpy(regression_targets(train.truth, model.config.outputs)), x_all)
+    t_val = model.transform_targets(torch.from_numpy(regression_targets(val.truth, model.config.outputs)),
+                                    torch.from_numpy(val.counts))
+
+    def step(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        return torch.mean((model.standardised(x_all[idx]) - t_all[idx]) ** 2), {}
+
+    def validate(model: nn.Module) -> dict:
+        pred = torch.from_numpy(predict(model, val.counts, fn=model.standardised))
+        per = torch.mean((pred - t_val) ** 2, dim=0)
+        return {"loss": per.mean().item(), "score": per.mean().item(),
+                **{f"mse_{k}": v.item() for k, v in zip(model.config.outputs, per, strict=True)}}
+
+    history, best = train_loop(model, step, validate, len(train), profile, seed=SEEDS["shuffle"] * 1000 + seed,
+                               progress=progress, desc="regress")
+    return model, history, best
+
+
+# ---------------------------------------------------------------------------------------- plots
+
+def plot_history(path: Path, history: list[dict], keys: tuple[str, ...], best_epoch: int, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    e = [h["epoch"] for h in history]
+    for ax, key in zip(axes[0], keys, strict=True):
+        for split, ls in (("train", "-"), ("val", "--")):
+            if f"{split}_{key}" in history[0]:
+                ax.plot(e, [h[f"{split}_{key}"] for h in history], ls, marker="o", ms=3,
+                        label="validation" if split == "val" else split)
+        ax.axvline(best_epoch, color="k", lw=0.5, ls=":")
+        ax.set(xlabel="epoch", title=key)
+        if key != "auc":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_segment_panels(path: Path, data: SkyData, prob: np.ndarray, n: int = 4) -> None:
+    import matplotlib.pyplot as plt
+
+    cols = ("input counts (log)", "truth mask_all", "truth mask_bright", "prediction p", f"p > {P_CUT:g}")
+    fig, axes = plt.subplots(n, len(cols), figsize=(3.2 * len(cols), 3.2 * n), squeeze=False)
+    for i in range(min(n, len(prob))):
+        imgs = (np.log10(1 + data.counts[i]), data.mask_all[i], data.mask_bright[i], prob[i], prob[i] > P_CUT)
+        for j, (ax, img) in enumerate(zip(axes[i], imgs, strict=True)):
+            ax.imshow(img, cmap="magma" if j == 0 else "viridis", vmin=None if j == 0 else 0,
+                      vmax=None if j == 0 else 1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_roc(path: Path, curves: dict[str, dict], metrics: dict, working_points: dict[str, float] | None) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, xscale in zip(axes, ("linear", "log"), strict=True):
+        for target, c in curves.items():
+            label = {"all": "mask_all", "bright": "mask_bright (faint sources count as background)",
+                     "bright_vs_background": "mask_bright vs background (faint sources left out)"}.get(target, target)
+            ax.plot(c["fpr"], c["tpr"], label=f"{label}: AUC {metrics[f'auc_{target}']:.4f}")
+        for name, cut in (working_points or {}).items():
+            if name.startswith("fpr_") and xscale == "log":
+                ax.axvline(float(name[4:]), color="0.5", lw=0.6, ls=":")
+                ax.text(float(name[4:]), 0.02, f"{name} (p > {cut:.3g})", rotation=90, fontsize=7)
+        ax.set(xscale=xscale, xlabel="false-positive rate (background pixels)", ylabel="true-positive rate",
+               xlim=(1e-5 if xscale == "log" else 0, 1), ylim=(0, 1.01), title=f"pixel ROC ({xscale} FPR)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_denoise_panels(path: Path, sets: dict[str, tuple[np.ndarray, np.ndarray]], denoised: dict[str, np.ndarray],
+                        mse: dict[str, float], identity: dict[str, float], title: str, index: int = 0) -> None:
+    """One row per noise model: clean, noisy, denoised and residual of test image ``index``."""
+    import matplotlib.pyplot as plt
+
+    cols = ("clean (normalised)", "noisy input", "denoised", "denoised - clean")
+    fig, axes = plt.subplots(len(sets), 4, figsize=(13, 3.1 * len(sets)), squeeze=False)
+    for i, (name, (clean, noisy)) in enumerate(sets.items()):
+        c, x, y = clean[index], noisy[index], denoised[name][index]
+        r = float(np.abs(y - c).max())
+        unit = {"vmin": 0, "vmax": 1}
+        for j, (img, kw) in enumerate(((c, unit), (x, unit), (y, unit),
+                                       (y - c, {"vmin": -r, "vmax": r, "cmap": "coolwarm"}))):
+            ax = axes[i, j]
+            im = ax.imshow(img, interpolation="nearest", **{"cmap": "magma", **kw})
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 3:
+                fig.colorbar(im, ax=ax, fraction=0.046)
+            if i == 0:
+                ax.set_title(cols[j], fontsize=10)
+        axes[i, 0].set_ylabel(f"{name} {NOISE_LEVELS[name]:g}\nMSE {mse[name]:.2e}\n(noisy {identity[name]:.2e})",
+                              fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_residuals(path: Path, pred: np.ndarray, true: np.ndarray, errors: dict, outputs: tuple[str, ...]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(outputs), figsize=(4.2 * len(outputs), 8), squeeze=False)
+    for j, name in enumerate(outputs):
+        t, p = true[:, j], pred[:, j]
+        ax = axes[0, j]
+        ax.scatter(t, p, s=2, alpha=0.4, rasterized=True)
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], "k", lw=0.7)
+        ax.set(xlabel=f"true {name}", ylabel=f"predicted {name}",
+               title=f"{name}: mean rel. error {errors[name]['mean_relative_error']:.3f}")
+        ax.grid(alpha=0.3)
+        ax = axes[1, j]
+        ok = t > 0
+        ax.scatter(t[ok], (p[ok] - t[ok]) / t[ok], s=2, alpha=0.4, rasterized=True)
+        ax.axhline(0, color="k", lw=0.7)
+        ax.set(xlabel=f"true {name}", ylabel="(pred - true) / true", ylim=(-0.5, 0.5))
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ run folder
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    with open(run_dir / "history.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+
+
+def save_checkpoint(path: Path, task: str, model: nn.Module, extra: dict | None = None) -> None:
+    torch.save({"task": task, "config": model.config.to_dict(), "state_dict": model.state_dict(), **(extra or {})},
+               path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[str, nn.Module, dict]:
+    """(task, model in eval mode, the checkpoint's other entries) of a run folder's ``model.pt``."""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    task = ck["task"]
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in ck["config"].items()}
+    model: nn.Module
+    if task == "segment":
+        model = SegmentUNet(UNetConfig(**cfg))
+    elif task == "denoise":
+        model = DenoisingAE(DenoiseConfig(**cfg))
+    elif task == "regress":
+        model = SkyRegressor(RegressorConfig(**cfg))
+    else:
+        raise ValueError(f"{path}: unknown task {task!r}")
+    model.load_state_dict(ck["state_dict"])
+    extra = {k: v for k, v in ck.items() if k not in ("task", "config", "state_dict")}
+    return task, model.eval(), extra
+
+
+def simulate_splits(profile: Profile, splits: tuple[str, ...], progress: bool) -> dict[str, SkyData]:
+    sizes = {"train": profile.n_train, "validation": profile.n_val, "test": profile.n_test,
+             "calibration": profile.n_calib}
+    out = {}
+    for s in splits:
+        t0 = time.perf_counter()
+        out[s] = simulate_sky(sizes[s], SEEDS[s], desc=f"simulating {s}", progress=progress)
+        logger.info("simulated %d %s images (seed %d) in %.1f s", sizes[s], s, SEEDS[s], time.perf_counter() - t0)
+    return out
+
+
+def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", noise: str = "mix", seed: int = 0,
+        export: Path | None = None, threads: int = 2, command: str | None = None, progress: bool = True,
+        plots: bool = True) -> dict:
+    """Train ``task`` with ``profile``, fill ``run_dir``, optionally export + calibrate; returns the metrics."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if target not in SEGMENT_TARGETS or noise not in NOISE_CHOICES:
+        raise ValueError(f"target must be one of {SEGMENT_TARGETS} and noise one of {NOISE_CHOICES}: "
+                         f"{target!r}, {noise!r}")
+    t_start = time.perf_counter()
+    torch.set_num_threads(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = command or "python -m training.train_image " + shlex.join(sys.argv[1:])
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    config_out = {"task": task, "profile": dataclasses.asdict(profile), "target": target if task == "segment" else None,
+                  "noise": noise if task == "denoise" else None, "noise_levels": NOISE_LEVELS, "seed": seed,
+                  "seeds": SEEDS, "threads": threads, "command": command, "torch": torch.__version__,
+                  "sky_config": dataclasses.asdict(SkyConfig()), "sky_py_sha256": sky_source_sha256(),
+                  "started": started}
+    (run_dir / "config.json").write_text(json.dumps(config_out, indent=2) + "\n")
+    logger.info("run %s/%s: folder %s", task, profile.name, run_dir)
+
+    data = simulate_splits(profile, ("train", "validation"), progress)
+    t_train = time.perf_counter()
+    if task == "segment":
+        model, history, best = train_segment(profile, target, seed, progress, data)
+        keys: tuple[str, ...] = ("loss", "bce", "count_penalty", "auc")
+    elif task == "denoise":
+        model, history, best = train_denoise(profile, noise, seed, progress, data)
+        keys = ("loss", "mse")
+    else:
+        model, history, best = train_regress(profile, seed, progress, data)
+        keys = ("loss",)
+    train_s = time.perf_counter() - t_train
+    del data
+    write_history(run_dir, history)
+    save_checkpoint(run_dir / "model.pt", task, model, {"epoch": best["epoch"], "target": target, "noise": noise,
+                                                         "profile": profile.name})
+    if plots:
+        plot_history(run_dir / "loss.png", history, keys, best["epoch"], f"{task} ({profile.name})")
+    metrics: dict[str, Any] = {"task": task, "profile": profile.name, "parameters": count_parameters(model),
+                               "model_config": model.config.to_dict(), "best_epoch": best["epoch"],
+                               "best_validation": best, "train_seconds": train_s,
+                               "seconds_per_epoch": float(np.median([h["train_seconds"] for h in history]))}
+    provenance = {"profile": profile.name, "profile_settings": dataclasses.asdict(profile), "seed": seed,
+                  "seeds": SEEDS, "command": command, "date": started, "run_dir": str(run_dir),
+                  "best_epoch": best["epoch"], "epochs": profile.epochs, "n_train": profile.n_train,
+                  "train_seconds": round(train_s, 1), "torch": torch.__version__,
+                  "sky_py_sha256": config_out["sky_py_sha256"]}
+
+    test = simulate_splits(profile, ("test",), progress)["test"]
+    if task == "segment":
+        metrics["target"] = target
+        prob = predict(model, test.counts)
+        metrics["test"] = segmentation_metrics(prob, test)
+        curves = {t: roc_curve(prob, test.mask(t)) for t in SEGMENT_TARGETS}
+        keep = test.mask_bright | ~test.mask_all
+        curves["bright_vs_background"] = roc_curve(prob[keep], test.mask_bright[keep])
+        wps = None
+        if export is not None:
+            from training import export_image as ex
+
+            calib = simulate_splits(profile, ("calibration",), progress)["calibration"]
+            info = ex.export_onnx(model, task, export)
+            cal = ex.calibrate_segment(export, calib, test, target=target,
+                                       provenance={**provenance, "ort_vs_torch_max_abs_diff": info["max_abs_diff"],
+                                                   "n_calibration_images": len(calib)})
+            metrics["onnx"] = {**info, "calibration": str(ex.calibration_path_for(export))}
+            metrics["calibration"] = {"working_points": cal["working_points"], "validation": cal["validation"]}
+            wps = cal["working_points"]
+        if plots:
+            plot_segment_panels(run_dir / "panels.png", test, prob)
+            plot_roc(run_dir / "roc.png", curves, metrics["test"], wps)
+        logger.info("test: AUC all %.4f, bright %.4f; accuracy at p > %g: all %.4f, bright %.4f",
+                    metrics["test"]["auc_all"], metrics["test"]["auc_bright"], P_CUT,
+                    metrics["test"][f"accuracy_all_p{P_CUT:g}"], metrics["test"][f"accuracy_bright_p{P_CUT:g}"])
+    elif task == "denoise":
+        metrics["noise"] = noise
+        sets = denoise_test_sets(test)
+        denoised = {name: predict(model, noisy) for name, (_, noisy) in sets.items()}
+        mse = {name: float(np.mean((denoised[name] - clean) ** 2)) for name, (clean, _) in sets.items()}
+        identity = {name: float(np.mean((noisy - clean) ** 2)) for name, (clean, noisy) in sets.items()}
+        if plots:
+            plot_denoise_panels(run_dir / "denoise_panels.png", sets, denoised, mse, identity,
+                                f"denoising AE trained on {noise}: test images per noise model")
+        metrics["test_mse"] = mse
+        metrics["test_mse_noisy_input"] = identity
+        if export is not None:
+            from training import export_image as ex
+
+            info = ex.export_onnx(model, task, export)
+            cal = ex.calibrate_denoise(export, sets, noise=noise,
+                                       provenance={**provenance, "ort_vs_torch_max_abs_diff": info["max_abs_diff"],
+                                                   "n_test_images": len(test)})
+            metrics["onnx"] = {**info, "calibration": str(ex.calibration_path_for(export)),
+                               "validation_mse": cal["validation_mse"]}
+        logger.info("test MSE (model trained on %s): %s", noise, {k: f"{v:.3g}" for k, v in mse.items()})
+    else:
+        outputs = model.config.outputs
+        true = regression_targets(test.truth, outputs)
+        pred = predict(model, test.counts)
+        errors = relative_errors(pred, true, outputs)
+        metrics["test"] = errors
+        metrics["test_mean_relative_error"] = {k: v["mean_relative_error"] for k, v in errors.items()}
+        if export is not None:
+            from training import export_image as ex
+
+            info = ex.export_onnx(model, task, export)
+            card = ex.write_regression_card(export, test, outputs,
+                                            provenance={**provenance, "n_test_images": len(test),
+                                                        "ort_vs_torch_max_abs_diff": info["max_abs_diff"]})
+            metrics["onnx"] = {**info, "card": str(ex.card_path_for(export)),
+                               "test_mean_relative_error": card["test_mean_relative_error"]}
+        if plots:
+            plot_residuals(run_dir / "residuals.png", pred, true, errors, outputs)
+        logger.info("test mean relative error: %s", {k: f"{v:.4f}" for k, v in
+                                                     metrics["test_mean_relative_error"].items()})
+    metrics["wall_seconds"] = time.perf_counter() - t_start
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    logger.info("%s done in %.0f s (training %.0f s)", task, metrics["wall_seconds"], train_s)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.train_image", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--profile", choices=("quick", "default"), default="default")
+    p.add_argument("--target", choices=SEGMENT_TARGETS, default="all", help="segment: which mask to learn")
+    p.add_argument("--noise", choices=NOISE_CHOICES, default="mix", help="denoise: the training noise model")
+    p.add_argument("--name", help="run folder name under --runs (default: <task>-<profile>-<UTC time>)")
+    p.add_argument("--runs", type=Path, default=Path("runs"))
+    p.add_argument("--export", type=Path, help="write the model to this .onnx (+ calibration or card beside)")
+    p.add_argument("--epochs", type=int, help="override the profile's epochs")
+    p.add_argument("--n-train", type=int, help="override the profile's training images")
+    p.add_argument("--seed", type=int, default=0, help="offset of the initialisation, shuffling and noise seeds")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (this machine has 2 cores)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    # Root at WARNING: the ONNX exporter's own INFO chatter (onnxscript, onnx_ir) stays quiet.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(args.log_level.upper())
+    profile = PROFILES[args.task][args.profile]
+    overrides = {k: v for k, v in {"epochs": args.epochs, "n_train": args.n_train}.items() if v is not None}
+    profile = dataclasses.replace(profile, **overrides)
+    suffix = {"segment": f"-{args.target}", "denoise": f"-{args.noise}", "regress": ""}[args.task]
+    name = args.name or f"{args.task}{suffix}-{profile.name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    run(args.task, profile, args.runs / name, target=args.target, noise=args.noise, seed=args.seed,
+        export=args.export, threads=args.threads, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
