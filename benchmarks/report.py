@@ -88,6 +88,15 @@ def rows() -> list[tuple[str, str, str, str, str]]:
                         "0 of 20" if fixed else "-", _mark(r["dead_starts"] == 0) if fixed else "-",
                         "this machine (run by training/deadstart.py; its JSON has no machine stamp)"
                         if "machine" not in d else _machine(d)))
+    if (g := _load("gpu")) is not None:
+        targets = {"tensorrt_fp16_model_only": ("GPU: TensorRT FP16 model-only throughput", ">= 1,000,000 waveforms/s"),
+                   "end_to_end_over_ingest": ("GPU: end to end / loopback ZeroMQ ingest", ">= 0.8"),
+                   "p99_latency_at_batch_le_64": ("GPU: p99 latency at batch <= 64", "< 1 ms")}
+        for key, (what, target) in targets.items():
+            t = g["targets"].get(key, {})
+            status = {"met": "met", "missed": "**missed**"}.get(t.get("status"), "not run")
+            measured = t.get("measured") or t.get("reason", "")
+            out.append((what, str(measured)[:160], target, status, _machine(g)))
     # Any other result may carry its own rows: {"rows": [{"benchmark", "measured", "target", "met"}]}
     # ("met": true, false or null for not run).
     for path in sorted(RESULTS.glob("*.json")):
@@ -101,8 +110,8 @@ def rows() -> list[tuple[str, str, str, str, str]]:
     return out
 
 
-KNOWN = {"simulator", "sky_simulator", "throughput", "throughput_segment", "throughput_denoise", "physics", "deadstart",
-         "deadstart_check"}
+KNOWN = {"simulator", "sky_simulator", "gpu", "throughput", "throughput_segment", "throughput_denoise", "physics",
+         "deadstart", "deadstart_check"}
 
 
 def table() -> str:
