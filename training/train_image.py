@@ -683,7 +683,7 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
             calib = simulate_splits(profile, ("calibration",), progress)["calibration"]
             info = ex.export_onnx(model, task, export)
             cal = ex.calibrate_segment(export, calib, test, target=target,
-                                       provenance={**provenance, "ort_vs_torch_max_abs_diff": info["max_abs_diff"],
+                                       provenance={**provenance, "ort_vs_torch": ex.diff_summary(info),
                                                    "n_calibration_images": len(calib)})
             metrics["onnx"] = {**info, "calibration": str(ex.calibration_path_for(export))}
             metrics["calibration"] = {"working_points": cal["working_points"], "validation": cal["validation"]}
@@ -710,7 +710,7 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
 
             info = ex.export_onnx(model, task, export)
             cal = ex.calibrate_denoise(export, sets, noise=noise,
-                                       provenance={**provenance, "ort_vs_torch_max_abs_diff": info["max_abs_diff"],
+                                       provenance={**provenance, "ort_vs_torch": ex.diff_summary(info),
                                                    "n_test_images": len(test)})
             metrics["onnx"] = {**info, "calibration": str(ex.calibration_path_for(export)),
                                "validation_mse": cal["validation_mse"]}
@@ -728,7 +728,7 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
             info = ex.export_onnx(model, task, export)
             card = ex.write_regression_card(export, test, outputs,
                                             provenance={**provenance, "n_test_images": len(test),
-                                                        "ort_vs_torch_max_abs_diff": info["max_abs_diff"]})
+                                                        "ort_vs_torch": ex.diff_summary(info)})
             metrics["onnx"] = {**info, "card": str(ex.card_path_for(export)),
                                "test_mean_relative_error": card["test_mean_relative_error"]}
         if plots:
