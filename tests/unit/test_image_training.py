@@ -225,3 +225,31 @@ def test_fpr_working_points_give_their_rate_on_the_calibration_images(quick):
         sigma = math.sqrt(f * (1 - f) / background.size)
         assert rate <= f + 1e-12, (name, rate)  # the quantile cut never lets more through than asked
         assert abs(rate - f) <= 3 * sigma + 1 / background.size, (name, rate, sigma)
+
+
+SHIPPED = {"segment": ("segment_default.onnx", "segment_default.calib.json", SEGMENT_KEYS),
+           "denoise": ("denoise_default.onnx", "denoise_default.calib.json", DENOISE_KEYS),
+           "regress": ("skyparams_default.onnx", "skyparams_default.card.json", CARD_KEYS)}
+
+
+@pytest.mark.parametrize("task", sorted(SHIPPED))
+def test_shipped_model_files_belong_together(task):
+    from pathlib import Path
+
+    import trigger
+
+    model_name, meta_name, keys = SHIPPED[task]
+    folder = Path(trigger.__file__).parent / "models"
+    assert (folder / model_name).is_file(), f"{model_name} must ship in the package"
+    meta = json.loads((folder / meta_name).read_text())
+    assert set(meta) == keys
+    assert meta["model_sha256"] == sha256_file(folder / model_name)
+    assert (folder / model_name).stat().st_size < 2_000_000
+    session = ort.InferenceSession(str(folder / model_name), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.shape[1:], out.name) == ("image", [64, 64], ex.OUTPUT_NAMES[task])
+    assert (meta["input_name"], meta["output_name"]) == ("image", ex.OUTPUT_NAMES[task])
+    if task == "segment":
+        assert meta["target"] == "all" and meta["validation"]["auc_all"] >= 0.97
+    if task == "denoise":
+        assert meta["noise_model"] == "mix"
