@@ -213,6 +213,10 @@ class RegressorConfig:
     feature_mean: tuple[float, ...] = (0.0, 0.0)
     """Mean of the brightness features (log s, log sum x) on the training images."""
     feature_std: tuple[float, ...] = (1.0, 1.0)
+    linear_features: int = 0
+    """Width of a linear branch on the whole image divided by its counts (``x / sum x``, flattened) into
+    the head: a diffuse component's share of the counts is a linear functional of that image (what a
+    template fit computes), which the pooled CNN features only approximate. 0 leaves it out."""
     outputs: tuple[str, ...] = field(default=REGRESSION_OUTPUTS)
 
     def __post_init__(self) -> None:
@@ -242,7 +246,9 @@ class SkyRegressor(nn.Module):
             cin = co
         self.features = nn.Sequential(*layers)
         side = HEIGHT // 2 ** len(c.channels)
-        self.head = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(cin * side * side + 2, c.hidden),
+        self.linear = nn.Linear(HEIGHT * WIDTH, c.linear_features) if c.linear_features else None
+        self.head = nn.Sequential(nn.Dropout(c.dropout),
+                                  nn.Linear(cin * side * side + 2 + c.linear_features, c.hidden),
                                   nn.LeakyReLU(c.slope), nn.Linear(c.hidden, len(c.outputs)))
         self.register_buffer("feature_mean", torch.tensor(c.feature_mean, dtype=torch.float32))
         self.register_buffer("feature_std", torch.tensor(c.feature_std, dtype=torch.float32))
@@ -259,10 +265,14 @@ class SkyRegressor(nn.Module):
     def standardised(self, image: torch.Tensor) -> torch.Tensor:
         """Raw images [B, 64, 64] -> standardised (transformed) targets [B, n_outputs]: what the loss sees."""
         x, s = normalise_max(image)
-        bright = torch.cat([torch.log(s.flatten(1)), torch.log(self.total_counts(image))], dim=1)
+        total = self.total_counts(image)
+        bright = torch.cat([torch.log(s.flatten(1)), torch.log(total)], dim=1)
         bright = (bright - self.feature_mean) / self.feature_std
-        h = self.features(input_channels(x, True)).flatten(1)
-        return self.head(torch.cat([h, bright], dim=1))
+        parts = [self.features(input_channels(x, True)).flatten(1), bright]
+        if self.linear is not None:
+            # x / sum(x) is ~1/4096 per pixel: rescaled so the branch starts at the usual activation scale.
+            parts.append(self.linear(image.flatten(1) * (HEIGHT * WIDTH / total)))
+        return self.head(torch.cat(parts, dim=1))
 
     def transform_targets(self, y: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Physical targets [B, n] of raw ``image`` -> the standardised values the network is trained to predict."""

@@ -155,7 +155,15 @@ def test_onnx_matches_torch_with_a_dynamic_batch(quick, task):
         with torch.no_grad():
             ref = model(torch.from_numpy(x[:n])).numpy()
         assert got.shape == ref.shape == ((n, 4) if task == "regress" else (n, 64, 64))
-        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+        # In each output's natural scale: probability; the image's maximum (the denoiser computes on x / max
+        # and multiplies back); the value itself for the regressor's physical units (up to ~1e5).
+        if task == "segment":
+            np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+        elif task == "denoise":
+            peak = x[:n].max(axis=(1, 2), keepdims=True)
+            np.testing.assert_allclose(got / peak, ref / peak, atol=1e-4, rtol=0)
+        else:
+            np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
     assert metrics["onnx"]["max_scaled_diff"] <= 1e-4
 
 
