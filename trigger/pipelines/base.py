@@ -51,12 +51,24 @@ class Pipeline(ABC):
         """Update the pipeline's own quality metrics from a batch's decisions (inference thread)."""
 
 
-def model_header(backend: Backend, model_sha256: str, calibration_path: str | Path) -> dict[str, str]:
+def model_header(backend: Backend, calibration: Any, calibration_path: str | Path | None = None) -> dict[str, str]:
     """The decision header's ``model`` map: the model file and the calibration, each by content hash
-    (the calibration's file name rides along for people)."""
-    cal_path = Path(calibration_path)
-    return {"name": backend.model_path.name, "sha256": model_sha256, "calibration": sha256_file(cal_path),
+    (the calibration's file name rides along for people). The calibration must come from a file
+    (``calibration_path``, or the one it was loaded from), whose sha256 names it in every decision."""
+    path = calibration_path or calibration.source_file
+    if path is None:
+        raise ValueError("the calibration was not loaded from a file: pass calibration_path, whose sha256 names "
+                         "the calibration in every decision")
+    cal_path = Path(path)
+    return {"name": backend.model_path.name, "sha256": calibration.model_sha256, "calibration": sha256_file(cal_path),
             "calibration_name": cal_path.name}
+
+
+def model_description(backend: Backend, header: dict[str, Any], **extra: str) -> dict[str, str]:
+    """What ``describe()`` reports for a pipeline built on one model file and its calibration."""
+    model = header["model"]
+    return {"pipeline": header["pipeline"], "model": model["name"], "model_sha256": model["sha256"][:16],
+            "calibration_sha256": model["calibration"][:16], **extra, **backend.describe()}
 
 
 def open_model(config: Config, calibration_kind: type) -> tuple[Backend, Any]:

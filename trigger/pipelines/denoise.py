@@ -16,7 +16,7 @@ import numpy as np
 from ..backends import Backend
 from ..calibration import DenoiseCalibration
 from ..config import Config
-from .base import Pipeline, check_io, model_header, open_model
+from .base import Pipeline, check_io, model_description, model_header, open_model
 
 
 class DenoisePipeline(Pipeline):
@@ -30,11 +30,9 @@ class DenoisePipeline(Pipeline):
         self.input_kind = "waveform" if len(calibration.event_shape) == 1 else "image"
         self._output = calibration.output_name
         check_io(backend, calibration.event_shape, self._output)
-        if calibration_path is None and calibration.source_file is None:
-            raise ValueError("the calibration was not loaded from a file: pass calibration_path")
         self._header = {
             "pipeline": self.name,
-            "model": model_header(backend, calibration.model_sha256, calibration_path or calibration.source_file),
+            "model": model_header(backend, calibration, calibration_path),
         }
 
     @classmethod
@@ -53,7 +51,4 @@ class DenoisePipeline(Pipeline):
         return self._header
 
     def describe(self) -> dict[str, str]:
-        return {"pipeline": self.name, "model": self.backend.model_path.name,
-                "model_sha256": self.calibration.model_sha256[:16],
-                "calibration_sha256": self._header["model"]["calibration"][:16],
-                "noise_model": self.calibration.noise_model, **self.backend.describe()}
+        return model_description(self.backend, self._header, noise_model=self.calibration.noise_model)

@@ -10,7 +10,7 @@ import numpy as np
 from ..backends import Backend
 from ..calibration import PulseCalibration, distances
 from ..config import Config
-from .base import Pipeline, check_io, model_header, open_model
+from .base import Pipeline, check_io, model_description, model_header, open_model
 
 
 class PulsePipeline(Pipeline):
@@ -28,12 +28,9 @@ class PulsePipeline(Pipeline):
         self._drift_mean: np.ndarray | None = None
         self._output = calibration.output_name
         check_io(backend, (calibration.n_samples,), self._output)
-        if calibration_path is None and calibration.source_file is None:
-            raise ValueError("the calibration was not loaded from a file: pass calibration_path, whose "
-                             "sha256 names the calibration in every decision")
         self._header = {
             "pipeline": self.name,
-            "model": model_header(backend, calibration.model_sha256, calibration_path or calibration.source_file),
+            "model": model_header(backend, calibration, calibration_path),
             "threshold": float(self.threshold),
             "working_point": self.working_point,
         }
@@ -77,8 +74,5 @@ class PulsePipeline(Pipeline):
         return {"accept": n_acc, "reject": len(result["accept"]) - n_acc}
 
     def describe(self) -> dict[str, str]:
-        return {"pipeline": self.name, "model": self.backend.model_path.name,
-                "model_sha256": self.calibration.model_sha256[:16],
-                "calibration_sha256": self._header["model"]["calibration"][:16],
-                "working_point": self.working_point, "threshold": f"{self.threshold:.6g}",
-                **self.backend.describe()}
+        return model_description(self.backend, self._header, working_point=self.working_point,
+                                 threshold=f"{self.threshold:.6g}")
