@@ -395,7 +395,8 @@ def test_sighup_reloads_calibration_between_batches_under_load(ctx, procs, pulse
 # --- 5. scale-out -----------------------------------------------------------------------------
 
 
-def test_four_daemons_behind_one_push_and_one_proxy_decide_every_event_once(ctx, procs, pulse_model):
+def proxy_and_readout(ctx: zmq.Context, procs: list, hwm: int):
+    """A `trigger proxy` subprocess (ready) and a bound readout PUSH socket: (proxy, front, back, push, in_ep)."""
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     proxy = subprocess.Popen([sys.executable, "-m", "trigger", "proxy", "--frontend", front, "--backend", back],
                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -403,9 +404,13 @@ def test_four_daemons_behind_one_push_and_one_proxy_decide_every_event_once(ctx,
     assert "ready:" in proxy.stderr.readline()
     push = ctx.socket(zmq.PUSH)
     procs.append(push)
-    push.setsockopt(zmq.SNDHWM, 1000)
+    push.setsockopt(zmq.SNDHWM, hwm)
     push.bind("tcp://127.0.0.1:*")
-    in_ep = push.getsockopt(zmq.LAST_ENDPOINT).decode()
+    return proxy, front, back, push, push.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+
+def test_four_daemons_behind_one_push_and_one_proxy_decide_every_event_once(ctx, procs, pulse_model):
+    proxy, front, back, push, in_ep = proxy_and_readout(ctx, procs, hwm=1000)
     sink = Sink(ctx, back)
     procs.append(sink)
     sink.start()
@@ -458,16 +463,7 @@ def test_kill_9_of_pull_workers_under_load_every_message_decided_or_reported_los
     from trigger.audit import AuditSubscriber
 
     rng = np.random.default_rng(20261122)
-    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    proxy = subprocess.Popen([sys.executable, "-m", "trigger", "proxy", "--frontend", front, "--backend", back],
-                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    procs.append(proxy)
-    assert "ready:" in proxy.stderr.readline()
-    push = ctx.socket(zmq.PUSH)
-    procs.append(push)
-    push.setsockopt(zmq.SNDHWM, 200)
-    push.bind("tcp://127.0.0.1:*")
-    in_ep = push.getsockopt(zmq.LAST_ENDPOINT).decode()
+    proxy, front, back, push, in_ep = proxy_and_readout(ctx, procs, hwm=200)
     audit = AuditSubscriber(ctx, [back])
     audit.start()
     sink = Sink(ctx, back)  # only for the probes that prove the chain linked
