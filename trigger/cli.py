@@ -176,6 +176,27 @@ def cmd_keygen(a: argparse.Namespace) -> int:
     return 0
 
 
+def parse_sim_options(items: list[str]) -> dict[str, Any]:
+    """``["particle=gamma", "gamma_fraction=0.3"]`` -> keyword arguments of the simulation; values are
+    read as YAML scalars (numbers, booleans, strings), never as objects."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--sim {item!r}: expected KEY=VALUE with KEY a Python identifier")
+        try:
+            parsed = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--sim {item!r}: {exc}") from exc
+        if not isinstance(parsed, str | int | float | bool):
+            raise ValueError(f"--sim {item!r}: the value must be a number, a boolean or a string")
+        options[key] = parsed
+    return options
+
+
 def cmd_replay(a: argparse.Namespace) -> int:
     import zmq
     from tqdm import tqdm
@@ -186,8 +207,10 @@ def cmd_replay(a: argparse.Namespace) -> int:
     if a.file:
         source = FileSource(a.file)
     else:
-        options = {} if a.signal_fraction is None else {"signal_fraction": a.signal_fraction}
         try:
+            options = parse_sim_options(a.sim or [])
+            if a.signal_fraction is not None:
+                options["signal_fraction"] = a.signal_fraction
             source = make_simulation(a.simulate, seed=a.seed, **options)
         except (ValueError, TypeError) as exc:
             logger.error("cannot simulate %r: %s", a.simulate, exc)
@@ -382,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--signal-fraction", type=float,
                    help="share of events with a signal pulse (waveform simulation; its default 0.5)")
+    r.add_argument("--sim", action="append", metavar="KEY=VALUE",
+                   help="an option of the simulation, e.g. --sim particle=gamma (repeatable)")
     r.add_argument("--pool", type=int, default=0, help="simulate this many events once and cycle them")
     r.add_argument("--no-truth", action="store_true", help="leave meta.truth out")
     r.add_argument("--curve-secret-key", type=Path, metavar="FILE",
