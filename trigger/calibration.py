@@ -265,6 +265,10 @@ class SegmentCalibration:
     output_name: str = "prob"
     target: str = "all"
     """What the model marks: ``all`` point-source pixels or only the ``bright`` sources'."""
+    camera: dict[str, Any] | None = None
+    """For camera images: ``{"pixel_deg": s}``, a square grid of pixels ``s`` degrees apart centred
+    on the optical axis (x along the columns, y along the rows). With it every decision also
+    carries the Hillas parameters of the marked pixels."""
     validation: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     created: str | None = None
@@ -283,10 +287,23 @@ class SegmentCalibration:
         if self.default_working_point not in self.working_points:
             raise CalibrationError(
                 f"default working point {self.default_working_point!r} not in {sorted(self.working_points)}")
+        if self.camera is not None:
+            deg = self.camera.get("pixel_deg") if isinstance(self.camera, dict) else None
+            if set(self.camera) != {"pixel_deg"} or type(deg) not in (int, float) or not 0 < deg < 90:
+                raise CalibrationError(f"camera must be {{'pixel_deg': s}} with 0 < s < 90, got {self.camera!r}")
 
     @property
     def event_shape(self) -> tuple[int, int]:
         return (self.height, self.width)
+
+    def pixel_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(pix_x, pix_y)`` in degrees, float64 [height, width], of a camera calibration."""
+        if self.camera is None:
+            raise CalibrationError("this segment calibration has no camera geometry")
+        deg = float(self.camera["pixel_deg"])
+        x = (np.arange(self.width) - (self.width - 1) / 2) * deg
+        y = (np.arange(self.height) - (self.height - 1) / 2) * deg
+        return tuple(np.meshgrid(x, y))
 
     def threshold(self, working_point: str | None = None) -> float:
         wp = working_point or self.default_working_point

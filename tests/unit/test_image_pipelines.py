@@ -172,3 +172,50 @@ def test_a_changed_model_file_is_refused_by_its_calibration(tiny_segment_model):
     tiny_segment_model.write_bytes(tiny_segment_model.read_bytes() + b"\0")
     with pytest.raises(CalibrationError, match="sha256"):
         segment(tiny_segment_model)
+
+
+def _with_camera(model, pixel_deg: float = 0.3):
+    path = calibration_path_for(model)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "camera": {"pixel_deg": pixel_deg}}))
+    return model
+
+
+def test_camera_segment_decisions_carry_hillas_of_the_marked_pixels(tiny_segment_model):
+    from trigger.hillas import HILLAS_KEYS, hillas_parameters
+
+    p = segment(_with_camera(tiny_segment_model))
+    assert p.header()["hillas_columns"] == list(HILLAS_KEYS)
+    frames = np.zeros((3, H, W), np.float32)
+    frames[0, 2, 1:6] = [6, 8, 12, 8, 6]  # a horizontal bar: psi 0, x from the columns
+    frames[0, 6, 6] = 4  # below the cut (5): not in the mask, must not pull the centroid
+    frames[1, 1:5, 3] = 9  # a vertical bar: psi pi/2
+    out = p.decide(frames)  # frame 2 is empty: NaN parameters, intensity 0
+    hil = out["hillas"]
+    assert hil.dtype == np.float32 and hil.shape == (3, len(HILLAS_KEYS))
+    col = {k: hil[:, i] for i, k in enumerate(HILLAS_KEYS)}
+    deg = 0.3
+    assert col["intensity"][0] == 40 and col["intensity"][2] == 0
+    assert col["x"][0] == pytest.approx((3 - (W - 1) / 2) * deg) and col["y"][0] == pytest.approx((2 - 3.5) * deg)
+    assert col["psi"][0] == pytest.approx(0, abs=1e-6) and col["width"][0] == pytest.approx(0, abs=1e-6)
+    assert col["psi"][1] == pytest.approx(np.pi / 2, abs=1e-6)
+    assert np.isnan(hil[2, 1:]).all()
+    pix_x, pix_y = p.calibration.pixel_positions()
+    ref = hillas_parameters(frames, pix_x, pix_y, mask=out["mask"].astype(bool))
+    np.testing.assert_allclose(hil, np.column_stack([ref[k] for k in HILLAS_KEYS]), rtol=1e-6, atol=1e-7)
+    # Split and merge keep each row with its frame.
+    merged = p.merge([p.split(out, 0, 2), p.split(out, 2, 3)], [2, 1])
+    np.testing.assert_array_equal(merged["hillas"], hil)
+
+
+def test_frames_without_camera_geometry_carry_no_hillas(tiny_segment_model):
+    p = segment(tiny_segment_model)
+    assert "hillas_columns" not in p.header()
+    assert "hillas" not in p.decide(np.zeros((1, H, W), np.float32))
+
+
+@pytest.mark.parametrize("camera", [{"pixel_deg": 0}, {"pixel_deg": "0.3"}, {"pixel_deg": 0.3, "hex": True}, {}])
+def test_camera_geometry_is_checked(tiny_segment_model, camera):
+    path = calibration_path_for(tiny_segment_model)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "camera": camera}))
+    with pytest.raises(CalibrationError, match="camera"):
+        SegmentCalibration.load(path)

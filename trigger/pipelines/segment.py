@@ -7,6 +7,13 @@ cut) and ``sources`` (``<f4`` [m, 5]: event index, x, y, flux, probability). Sou
 with no connection between frames); x is the column and y the row of the flux-weighted centroid
 (pixel centres at integers; the probability-weighted one where the frame's counts there sum to
 zero or less), flux the summed input over the component, probability its highest pixel.
+
+Camera images (a calibration with ``camera`` geometry, e.g. a Cherenkov telescope's learned image
+cleaning): the decision also carries ``hillas`` (``<f4`` [n, 10]) with the Hillas parameters of
+each frame's marked pixels, columns named by the header key ``hillas_columns`` (:data:`HILLAS_KEYS`:
+intensity, x, y, r, phi, length, width, psi, skewness, kurtosis; lengths in degrees, angles in
+radians, ctapipe's conventions; NaN where no marked pixel has positive signal). This array and
+header key are an extension of protocol v1.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from scipy import ndimage
 from ..backends import Backend
 from ..calibration import SegmentCalibration
 from ..config import Config
+from ..hillas import HILLAS_KEYS, hillas_parameters
 from .base import Pipeline, check_io, model_description, model_header, open_model
 
 # 8-connectivity inside a frame, none across frames of the batch.
@@ -75,6 +83,9 @@ class SegmentPipeline(Pipeline):
             "threshold": self.threshold,
             "working_point": self.working_point,
         }
+        self._pixels = calibration.pixel_positions() if calibration.camera is not None else None
+        if self._pixels is not None:
+            self._header["hillas_columns"] = list(HILLAS_KEYS)
 
     @classmethod
     def from_config(cls, config: Config) -> SegmentPipeline:
@@ -88,20 +99,30 @@ class SegmentPipeline(Pipeline):
     def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         prob = self.backend.infer(batch)[self._output]
         mask = prob > self.threshold
-        return {"mask": mask.view(np.uint8), "sources": find_sources(mask, prob, batch)}
+        result = {"mask": mask.view(np.uint8), "sources": find_sources(mask, prob, batch)}
+        if self._pixels is not None:
+            h = hillas_parameters(batch, *self._pixels, mask=mask)
+            result["hillas"] = np.column_stack([h[k] for k in HILLAS_KEYS]).astype(np.float32)
+        return result
 
     def split(self, result: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
         src = result["sources"]
         lo, hi = np.searchsorted(src[:, 0], [start, stop])  # sources are ordered by event index
         part = src[lo:hi].copy()
         part[:, 0] -= start
-        return {"mask": result["mask"][start:stop], "sources": part}
+        out = {"mask": result["mask"][start:stop], "sources": part}
+        if "hillas" in result:
+            out["hillas"] = result["hillas"][start:stop]
+        return out
 
     def merge(self, parts: list[dict[str, np.ndarray]], sizes: list[int]) -> dict[str, np.ndarray]:
         offsets = np.cumsum([0, *sizes[:-1]])
         sources = [p["sources"] + np.array([off, 0, 0, 0, 0], np.float32) for p, off in zip(parts, offsets,
                                                                                              strict=True)]
-        return {"mask": np.concatenate([p["mask"] for p in parts]), "sources": np.concatenate(sources)}
+        out = {"mask": np.concatenate([p["mask"] for p in parts]), "sources": np.concatenate(sources)}
+        if "hillas" in parts[0]:
+            out["hillas"] = np.concatenate([p["hillas"] for p in parts])
+        return out
 
     def outcomes(self, result: dict[str, np.ndarray]) -> dict[str, int]:
         n = len(result["mask"])
