@@ -27,20 +27,26 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import zmq
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_result  # noqa: E402
 
 from trigger.backends import create_backend  # noqa: E402
 from trigger.config import PACKAGE_MODELS  # noqa: E402
-from trigger.demo import DecisionCollector, free_port, handshake  # noqa: E402
+from trigger.demo import PROBE_SOURCE, DecisionCollector, free_port, handshake  # noqa: E402
 from trigger.replay import PoolSource, make_simulation, open_socket, replay, wait_for_subscriber  # noqa: E402
 
 log = logging.getLogger("benchmarks.throughput")
+
+SOURCE = "adc00"
+IDLE_LIMIT_S = 30.0  # no decision arriving for this long while some are missing: stop waiting
+WAIT_LIMIT_S = 900.0  # and never wait longer than this for one run's decisions
 
 
 def bare_backend(model: Path, pool: np.ndarray, batch_sizes: list[int], seconds: float) -> dict[int, float]:
@@ -68,23 +74,54 @@ PIPELINE = "pulse"  # set by main()
 class Daemon:
     def __init__(self, model: Path, in_ep: str, pattern: str, max_batch: int, max_delay_ms: float):
         self.out_ep = f"tcp://127.0.0.1:{free_port()}"
+        self.metrics_port = free_port()
         cmd = [sys.executable, "-m", "trigger", "serve", "--pipeline", PIPELINE, "--model", str(model),
-               "--input", in_ep, "--output", self.out_ep, "--input-pattern", pattern, "--metrics-port", "0",
+               "--input", in_ep, "--output", self.out_ep, "--input-pattern", pattern,
+               "--metrics-port", str(self.metrics_port),
                "--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--log-level", "WARNING"]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
                                      env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def peak_rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        """VmHWM of the daemon; 0 when it has already exited."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return 0
+        for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         return 0
+
+    def counts(self) -> dict[str, int] | None:
+        """The daemon's own account of this run's source (the handshake probes taken out), from its
+        metrics: events and messages received, events decided and decision messages published.
+        None when the endpoint does not answer (the daemon died)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        v: dict[tuple[str, str], float] = {}
+        for fam in text_string_to_metric_families(text):
+            for x in fam.samples:
+                key = (x.name, x.labels.get("source", ""))
+                v[key] = v.get(key, 0.0) + x.value  # decisions are summed over outcomes
+        probe_events = v.get(("trigger_events_received_total", PROBE_SOURCE), 0.0)
+        probe_messages = v.get(("trigger_messages_received_total", PROBE_SOURCE), 0.0)
+        return {"events_received": int(v.get(("trigger_events_received_total", SOURCE), 0)),
+                "messages_received": int(v.get(("trigger_messages_received_total", SOURCE), 0)),
+                "events_decided": int(v.get(("trigger_decisions_total", ""), 0) - probe_events),
+                "decision_messages": int(v.get(("trigger_decision_messages_total", ""), 0) - probe_messages),
+                "events_shed": int(v.get(("trigger_events_shed_total", SOURCE), 0))}
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         _, err = self.proc.communicate(timeout=30)
         if self.proc.returncode != 0:
             log.error("daemon failed:\n%s", err)
+        elif err.strip():  # warnings (e.g. an input connection dropped) explain missing events
+            log.warning("daemon said:\n%s", err.rstrip())
         return self.proc.returncode
 
 
@@ -100,49 +137,84 @@ def chain(ctx: zmq.Context, model: Path, pattern: str, max_batch: int, max_delay
     return sock, daemon, collector
 
 
+def wait_for_decisions(collector: DecisionCollector, daemon: Daemon, sent: int, what: str,
+                       poll_s: float = 0.002) -> tuple[dict, float]:
+    """Wait until every event sent has come back decided; bounded: stop waiting when no decision
+    has arrived for IDLE_LIMIT_S, when the daemon has died, or after WAIT_LIMIT_S. Returns the
+    daemon's own counts and the monotonic time the last decision arrived; when something is
+    missing, logs where it went missing."""
+    t0 = last = time.monotonic()
+    seen = collector.events()
+    while seen < sent:
+        time.sleep(poll_s)
+        now = time.monotonic()
+        got = collector.events()
+        if got != seen:
+            seen, last = got, now
+        if daemon.proc.poll() is not None or now - last > IDLE_LIMIT_S or now - t0 > WAIT_LIMIT_S:
+            break
+    counts = daemon.counts() or {}
+    if seen < sent:
+        why = [f"daemon exited with status {daemon.proc.returncode}"] if daemon.proc.poll() is not None else []
+        if counts:
+            if counts["events_received"] < sent:
+                why.append(f"{sent - counts['events_received']} events sent never reached the daemon (transport)")
+            if counts["events_shed"]:
+                why.append(f"{counts['events_shed']} events shed by the daemon")
+            if counts["events_decided"] < counts["events_received"] - counts["events_shed"]:
+                why.append(f"{counts['events_received'] - counts['events_shed'] - counts['events_decided']} events "
+                           "received but not decided (still inside the daemon)")
+            if seen < counts["events_decided"]:
+                why.append(f"{counts['events_decided'] - seen} events decided and published but not collected "
+                           "(PUB dropped them, or the subscriber)")
+        log.error("%s: %d of %d events came back decided, the last %.0f s ago; daemon's own counts %s: %s", what,
+                  seen, sent, time.monotonic() - last, counts or "unavailable", "; ".join(why) or "no explanation")
+    return counts, last
+
+
 def end_to_end(ctx, model, source, events: int, max_batch: int, per_message: int, shape) -> dict:
     """Sustained rate with backpressure and no loss: everything sent must come back decided."""
     sock, daemon, collector = chain(ctx, model, "push", max_batch, 0.5, shape)
     try:
         t0 = time.monotonic()
-        stats = replay(sock, source, sources=["adc00"], events=events, rate=0, events_per_message=per_message,
+        stats = replay(sock, source, sources=[SOURCE], events=events, rate=0, events_per_message=per_message,
                        truth=False)
-        while collector.events() < stats.total_events and time.monotonic() - t0 < 300:
-            time.sleep(0.002)
-        elapsed = time.monotonic() - t0
+        counts, t_last = wait_for_decisions(collector, daemon, stats.total_events,
+                                            f"end to end, max_batch {max_batch}")
         decided = collector.events()
+        elapsed = t_last - t0
         rss = daemon.peak_rss_bytes()
     finally:
         collector.stop()
+        code = daemon.stop()  # before the readout closes, so a dropped input in its log means a real drop
         sock.close(linger=0)
-        code = daemon.stop()
     rate = decided / elapsed
     log.info("end to end, max_batch %4d: %8.0f events/s (%d of %d decided), daemon peak RSS %.0f MB",
              max_batch, rate, decided, stats.total_events, rss / 2**20)
     return {"max_batch": max_batch, "events_per_message": per_message, "events_sent": stats.total_events,
             "events_decided": decided, "lost": stats.total_events - decided, "seconds": elapsed,
-            "events_per_second": rate, "daemon_peak_rss_bytes": rss, "daemon_exit": code}
+            "events_per_second": rate, "daemon_counts": counts, "daemon_peak_rss_bytes": rss, "daemon_exit": code}
 
 
 def latency_at(ctx, model, source, rate: float, seconds: float, max_batch: int, per_message: int, shape) -> dict:
     sock, daemon, collector = chain(ctx, model, "pub", max_batch, 0.5, shape)
     try:
         events = int(rate * seconds)
-        stats = replay(sock, source, sources=["adc00"], events=events, rate=rate, events_per_message=per_message,
+        stats = replay(sock, source, sources=[SOURCE], events=events, rate=rate, events_per_message=per_message,
                        truth=False)
-        deadline = time.monotonic() + 30
-        while collector.events() < stats.total_events and time.monotonic() < deadline:
-            time.sleep(0.01)
+        counts, _ = wait_for_decisions(collector, daemon, stats.total_events, f"latency at {rate:.0f} events/s",
+                                       poll_s=0.01)
         rss = daemon.peak_rss_bytes()
     finally:
         got = collector.stop()
-        sock.close(linger=0)
         daemon.stop()
+        sock.close(linger=0)
     lat = np.asarray(got.daemon_latency)
     e2e = np.asarray(got.e2e_latency)
     q = [50, 90, 99, 99.9]
     res = {"rate": rate, "events_sent": stats.total_events, "events_decided": got.events,
-           "events_per_message": per_message, "max_batch": max_batch, "daemon_peak_rss_bytes": rss,
+           "events_per_message": per_message, "max_batch": max_batch, "daemon_counts": counts,
+           "daemon_peak_rss_bytes": rss,
            "latency_seconds": dict(zip([f"p{x:g}" for x in q], np.percentile(lat, q).tolist(), strict=True)),
            "end_to_end_latency_seconds": dict(zip([f"p{x:g}" for x in q], np.percentile(e2e, q).tolist(),
                                                   strict=True)),

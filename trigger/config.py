@@ -36,8 +36,10 @@ class InputConfig(_Model):
     """Count gaps and restarts per source; default on for SUB, off for PULL (where each worker
     sees only its share of every source)."""
     heartbeat_ms: int = Field(1000, ge=0)
-    """ZMTP heartbeat interval on the input connections: a readout that stops answering for three
-    intervals (host down, cable pulled, half-open TCP) is dropped and ZeroMQ reconnects. 0 = off."""
+    """TCP keepalive interval on the input connections (whole seconds, at least 1): a readout host
+    that stops answering for about four intervals (host down, cable pulled, half-open TCP) is
+    dropped and ZeroMQ reconnects. Not ZMTP heartbeats: those time out a healthy connection that
+    the daemon is backpressuring. 0 = off."""
     silence_timeout_s: float | None = Field(None, gt=0)
     """When no message has arrived for this long, disconnect and reconnect the input endpoints
     (SUB subscriptions are sent again). null: only report trigger_input_silent_seconds."""

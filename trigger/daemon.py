@@ -21,13 +21,15 @@ reload keeps the running pipeline.
 
 Readiness (``/readyz``, ``trigger_ready``): the model is loaded, every input endpoint is
 connected (its ZeroMQ handshake done, CURVE included, seen through a socket monitor owned by the
-receiver) and no stop was asked. Liveness of the readout: ZMTP heartbeats drop dead peers;
+receiver) and no stop was asked. Liveness of the readout: TCP keepalive (``input.heartbeat_ms``)
+drops dead peers (not ZMTP heartbeats, which time out a connection the daemon is backpressuring);
 ``trigger_input_silent_seconds`` says how long nothing arrived, and ``input.silence_timeout_s``
 makes the receiver reconnect after that long.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -155,8 +157,7 @@ class Daemon:
                 for topic in cfg.input.topics:
                     inp.setsockopt(zmq.SUBSCRIBE, topic.encode())
             if cfg.input.heartbeat_ms:
-                inp.setsockopt(zmq.HEARTBEAT_IVL, cfg.input.heartbeat_ms)
-                inp.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * cfg.input.heartbeat_ms)
+                _keepalive(inp, cfg.input.heartbeat_ms)
             if cfg.input.curve_server_key is not None:
                 curve.make_client(inp, cfg.input.curve_server_key, cfg.input.curve_secret_key_file)
             self._monitor = inp.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
@@ -541,6 +542,23 @@ class Daemon:
         d = new.describe()
         logger.info("reloaded: model %s (sha256 %s), calibration %s, %s %s", d.get("model"),
                     d.get("model_sha256"), d.get("calibration_sha256"), d.get("working_point"), d.get("threshold"))
+
+
+def _keepalive(sock: zmq.Socket, interval_ms: int) -> None:
+    """Drop a dead readout (host down, cable pulled, half-open TCP) after about four intervals.
+
+    TCP keepalive, not ZMTP heartbeats: the peer's kernel answers keepalive probes even while this
+    daemon holds its input back (queue full with overload ``block``: that is how PUSH readouts get
+    backpressure). A ZMTP PONG instead waits behind the data libzmq has stopped reading, so one
+    batch slower than the heartbeat timeout (a U-net batch of 512 frames on a busy machine) timed
+    the healthy connection out: every message in flight on it was lost, and the reconnect could
+    abort the whole daemon (``Assertion failed: _input_stopped``, libzmq 4.3.5, zeromq/libzmq#3937).
+    """
+    seconds = max(1, math.ceil(interval_ms / 1000))  # the kernel counts keepalive in whole seconds
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, seconds)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, seconds)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
 
 
 def _handshake_reason(event: int, value: int) -> str:

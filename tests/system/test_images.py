@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -11,7 +13,9 @@ import pytest
 import zmq
 
 from trigger.config import PACKAGE_MODELS
+from trigger.demo import DecisionCollector, free_port, handshake
 from trigger.protocol import encode_input
+from trigger.replay import open_socket
 
 from ..conftest import TINY_FRAME
 from .conftest import wait_until
@@ -104,3 +108,74 @@ def test_replayed_sky_through_the_shipped_image_model(chain_factory, pipeline):
     truth = out.headers[-1]["meta"]["truth"]
     assert len(truth["n_total"]) == 8 and "amp_dm" in truth
     assert chain.daemon.stop() == 0
+
+
+# The daemon with inference slowed by a sleep: a batch takes longer than the input's heartbeat
+# timeout, as a U-net batch of 512 frames does on a busy machine.
+SLOW_SERVE = """
+import sys, time
+import trigger.daemon
+from trigger.cli import main
+
+seconds = float(sys.argv.pop(1))
+load = trigger.daemon.load_pipeline
+
+def slow_pipeline(cfg):
+    pipeline = load(cfg)
+    decide = pipeline.decide
+    pipeline.decide = lambda batch: (time.sleep(seconds), decide(batch))[1]
+    return pipeline
+
+trigger.daemon.load_pipeline = slow_pipeline
+sys.exit(main())
+"""
+
+
+def test_backpressure_longer_than_a_heartbeat_loses_nothing(tmp_path, tiny_denoise_model):
+    """PUSH -> PULL with overload block: while a slow batch runs the daemon holds its input back
+    (queue full, ZeroMQ receive pipe full), for longer than the input heartbeat timeout. Every
+    message must still be decided once, on the one connection it arrived on. (ZMTP heartbeats time
+    such a connection out: libzmq cannot read the PONG behind the data it holds back, drops the
+    connection and every message in flight on it, or aborts on reconnect, libzmq#3937.)"""
+    ctx = zmq.Context()
+    push = open_socket(ctx, "tcp://127.0.0.1:*", "push")
+    in_ep = push.getsockopt(zmq.LAST_ENDPOINT).decode()
+    out_ep = f"tcp://127.0.0.1:{free_port()}"
+    config = tmp_path / "trigger.yaml"
+    config.write_text("input:\n  heartbeat_ms: 100\n")  # a heartbeat timeout of 0.3 s, below one batch
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SERVE, "0.5", "serve", "--config", str(config), "--pipeline", "denoise",
+         "--model", str(tiny_denoise_model), "--input", in_ep, "--input-pattern", "pull", "--output", out_ep,
+         "--metrics-port", "0", "--max-batch", "64", "--queue-events", "64", "--overload", "block"],
+        stderr=subprocess.PIPE, text=True)
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
+    reader.start()
+    collector = DecisionCollector(ctx, out_ep, keep_headers=0)
+    collector.start()
+    try:
+        handshake(push, collector, TINY_FRAME, "image", timeout=60)
+        # 40 messages of 8 frames: 8 fill the queue, 20 the receive pipe, the rest wait in TCP and
+        # the sender while 5 batches of 0.5 s each hold the input back.
+        rng = np.random.default_rng(7)
+        msgs = [rng.normal(0, 1, (8, *TINY_FRAME)).astype(np.float32) for _ in range(40)]
+        send_frames(push, msgs)
+        wait_until(lambda: collector.events() >= 320 or proc.poll() is not None, timeout=15)
+        time.sleep(0.2)
+        out = collector.out
+        assert proc.poll() is None, f"the daemon died (exit {proc.returncode}):\n{''.join(log)[-2000:]}"
+        missing = sorted({("cam1", q) for q in range(40)} - set(out.keys))
+        assert not missing, f"{len(missing)} of 40 messages never decided:\n{''.join(log)}"
+        assert out.events == 320 and max(out.keys.values()) == 1
+        assert not any("disconnected" in line for line in log), "".join(log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        collector.stop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        reader.join(timeout=5)
+        proc.stderr.close()
+        push.close(linger=0)
+        ctx.term()
