@@ -21,11 +21,13 @@ pipelines on simulated sky frames (``simulators.sky``) and write ``results/throu
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -51,7 +53,7 @@ WAIT_LIMIT_S = 900.0  # and never wait longer than this for one run's decisions
 
 def bare_backend(model: Path, pool: np.ndarray, batch_sizes: list[int], seconds: float) -> dict[int, float]:
     """Events/s of the backend alone per batch size (best of 3 timed windows, after warm-up)."""
-    backend = create_backend("onnxruntime", model)
+    backend = create_backend("onnxruntime", model, **BACKEND_OPTIONS)
     out = {}
     for bs in batch_sizes:
         batch = np.ascontiguousarray(pool[:bs])
@@ -69,6 +71,7 @@ def bare_backend(model: Path, pool: np.ndarray, batch_sizes: list[int], seconds:
 
 
 PIPELINE = "pulse"  # set by main()
+BACKEND_OPTIONS: dict = {}  # set by main(): the same for the bare backend and the daemon
 
 
 class Daemon:
@@ -79,6 +82,11 @@ class Daemon:
                "--input", in_ep, "--output", self.out_ep, "--input-pattern", pattern,
                "--metrics-port", str(self.metrics_port),
                "--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--log-level", "WARNING"]
+        if BACKEND_OPTIONS:
+            self._config = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="throughput-")
+            json.dump({"backend": {"options": BACKEND_OPTIONS}}, self._config)  # JSON is YAML
+            self._config.flush()
+            cmd += ["--config", self._config.name]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
                                      env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
@@ -268,10 +276,14 @@ def main() -> int:
     p.add_argument("--model", type=Path, help="default: the pipeline's shipped model")
     p.add_argument("--quick", action="store_true", help="short runs (smoke test of the benchmark itself)")
     p.add_argument("--per-message", type=int, default=64, help="events per message")
+    p.add_argument("--max-run-batch", type=int, default=0,
+                   help="ONNX Runtime runs batches in slices of at most this many events (0 = whole batch)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     global PIPELINE
     PIPELINE = a.pipeline
+    if a.max_run_batch:
+        BACKEND_OPTIONS["max_run_batch"] = a.max_run_batch
     a.model = a.model or PACKAGE_MODELS / f"{a.pipeline}_default.onnx"
     scale = 0.2 if a.quick else 1.0
     if a.pipeline == "pulse":
@@ -304,6 +316,7 @@ def main() -> int:
     result = {
         "pipeline": a.pipeline,
         "model": str(a.model.name),
+        "backend_options": BACKEND_OPTIONS,
         "bare_backend": bare,
         "end_to_end": e2e,
         "latency_half_load": lat,

@@ -162,6 +162,21 @@ def test_onnxruntime_takes_read_only_arrays(ort_backend, tiny_pulse_model):
     np.testing.assert_allclose(ort_backend.infer(x)["z_mean"], x @ tiny_weight(tiny_pulse_model[0]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("n", [1, 4, 5, 13])
+def test_onnxruntime_max_run_batch_slices_give_the_same_result(tiny_pulse_model, n):
+    sliced = create_backend("onnxruntime", tiny_pulse_model[0], threads=1, max_run_batch=4)
+    x = np.random.default_rng(n).normal(size=(n, 16)).astype(np.float32)
+    out = sliced.infer(x)["z_mean"]
+    assert out.shape == (n, 2) and out.dtype == np.float32
+    np.testing.assert_allclose(out, x.astype(np.float64) @ tiny_weight(tiny_pulse_model[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "8", True])
+def test_onnxruntime_max_run_batch_is_checked(tiny_pulse_model, bad):
+    with pytest.raises(BackendUnavailable, match="max_run_batch"):
+        create_backend("onnxruntime", tiny_pulse_model[0], threads=1, max_run_batch=bad)
+
+
 def test_onnxruntime_warmup(ort_backend):
     ort_backend.warmup((1, 8))
 
