@@ -101,7 +101,8 @@ class MetricsConfig(_Model):
 class PipelineConfig(_Model):
     name: Literal["pulse", "segment", "denoise"] = "pulse"
     model: Path | None = None
-    """ONNX model file; default: the shipped model of the pipeline."""
+    """ONNX model file; default: the shipped model of the pipeline. A bare name that is not a file
+    here (``iact_clean``, ``radio_denoise.onnx``) names a shipped model (``trigger/models/``)."""
     calibration: Path | None = None
     """Calibration file; default: beside the model (model.calib.json)."""
     working_point: str | None = None
@@ -148,8 +149,13 @@ class Config(_Model):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def model_path(self) -> Path:
-        if self.pipeline.model is not None:
-            return self.pipeline.model
+        model = self.pipeline.model
+        if model is not None:
+            if len(model.parts) == 1 and not model.exists():
+                shipped = PACKAGE_MODELS / (model.name if model.suffix == ".onnx" else f"{model.name}.onnx")
+                if shipped.is_file():
+                    return shipped
+            return model
         return PACKAGE_MODELS / f"{self.pipeline.name}_default.onnx"  # the shipped model of each pipeline
 
     def sequence_tracking(self) -> bool:

@@ -54,6 +54,17 @@ def test_each_pipeline_defaults_to_its_shipped_model(name):
     assert cfg.model_path() == config.PACKAGE_MODELS / f"{name}_default.onnx"
 
 
+@pytest.mark.parametrize("name", ["segment_default", "segment_default.onnx"])
+def test_a_bare_name_names_a_shipped_model_unless_a_local_file_has_it(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(overrides={"pipeline": {"name": "segment", "model": name}})
+    assert cfg.model_path() == config.PACKAGE_MODELS / "segment_default.onnx"
+    (tmp_path / name).write_bytes(b"local")
+    assert cfg.model_path() == Path(name)
+    missing = config.load(overrides={"pipeline": {"model": "no_such_model"}})
+    assert missing.model_path() == Path("no_such_model")  # its loader will say it is missing
+
+
 def test_segment_with_model_is_fine(tmp_path):
     cfg = config.load(overrides={"pipeline": {"name": "segment", "model": str(tmp_path / "seg.onnx")}})
     assert cfg.model_path() == tmp_path / "seg.onnx"
