@@ -1,0 +1,249 @@
+"""Radio traces: the simulator, the shipped 1-D denoiser and its calibration, the classical baseline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simulators.radio import (
+    NOISE_MODELS,
+    TRUTH_KEYS,
+    RadioConfig,
+    RadioSimulator,
+    load_dataset,
+    peak_summary,
+    save_dataset,
+    simulate,
+)
+from trigger.calibration import DenoiseCalibration, calibration_path_for, load_for_model, sha256_file
+from trigger.config import PACKAGE_MODELS
+
+MODEL = PACKAGE_MODELS / "radio_denoise.onnx"
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = RadioConfig()
+F = CONFIG.frequencies_mhz
+IN_BAND = (F >= CONFIG.band_low_mhz) & (F <= CONFIG.band_high_mhz)
+
+
+def power(x: np.ndarray) -> np.ndarray:
+    """Mean power spectrum of traces [n, samples]."""
+    return (np.abs(np.fft.rfft(x.astype(np.float64), axis=1)) ** 2).mean(axis=0)
+
+
+def normalised_mse(rec: np.ndarray, clean: np.ndarray, noisy: np.ndarray) -> float:
+    return float(np.mean(((rec - clean) / np.abs(noisy).max(axis=1, keepdims=True)) ** 2))
+
+
+# ------------------------------------------------------------------------------------ simulator
+
+def test_same_seed_same_stream_and_calls_continue_it():
+    a, b = RadioSimulator(seed=7), RadioSimulator(seed=7)
+    first_a, first_b = a.generate_full(16), b.generate_full(16)
+    np.testing.assert_array_equal(first_a.traces, first_b.traces)
+    np.testing.assert_array_equal(first_a.clean, first_b.clean)
+    second_a, second_b = a.generate_full(16), b.generate_full(16)
+    np.testing.assert_array_equal(second_a.traces, second_b.traces)
+    assert not np.allclose(first_a.traces, second_a.traces)  # the second call continues, it does not repeat
+    assert not np.allclose(RadioSimulator(seed=8).generate_full(16).traces, first_a.traces)
+    # The replay interface is the same stream.
+    traces, truth = RadioSimulator(seed=7).next(16)
+    np.testing.assert_array_equal(traces, first_a.traces)
+    assert set(truth) == set(TRUTH_KEYS)
+
+
+def test_shapes_dtypes_and_truth():
+    b = RadioSimulator(seed=1).generate_full(300)
+    assert b.traces.shape == b.clean.shape == (300, 500)
+    assert b.traces.dtype == b.clean.dtype == np.float32
+    assert set(b.truth) == set(TRUTH_KEYS) and all(v.shape == (300,) for v in b.truth.values())
+    t = b.truth
+    assert t["noise_model"].dtype == np.int32 and set(np.unique(t["noise_model"])) == {0, 1, 2}  # the mix
+    np.testing.assert_array_equal(t["peak_amplitude"], np.abs(b.clean).max(axis=1))
+    np.testing.assert_array_equal(t["peak_position"], np.abs(b.clean).argmax(axis=1))
+    np.testing.assert_allclose(t["snr"], t["peak_amplitude"] / CONFIG.noise_rms, rtol=1e-5)
+    assert CONFIG.snr_min <= t["snr"].min() and t["snr"].max() <= CONFIG.snr_max
+    np.testing.assert_allclose(np.sqrt(np.mean(b.noise.astype(np.float64) ** 2, axis=1)), CONFIG.noise_rms,
+                               rtol=1e-4)
+    assert np.all(np.abs(t["peak_position"] - t["pulse_time"]) < 15)  # the peak sits at the pulse
+    assert np.all(t["n_rfi"][t["noise_model"] != 0] == 0)
+    assert np.all(t["n_rfi"][t["noise_model"] == 0] >= len(CONFIG.rfi_fixed_mhz))
+    empty, truth = RadioSimulator(seed=1).generate(0)  # the replay's warm-up call
+    assert empty.shape == (0, 500) and all(len(v) == 0 for v in truth.values())
+
+
+def test_pulse_lies_in_the_band_with_both_polarities():
+    b = simulate(400, seed=2, noise="uniform")
+    p = power(b.clean)
+    assert p[IN_BAND].sum() / p.sum() > 0.9
+    peak_sign = np.sign(b.clean[np.arange(len(b)), b.truth["peak_position"]])
+    assert 0.3 < np.mean(peak_sign > 0) < 0.7  # random phase: positive and negative peaks
+
+
+def test_realistic_noise_is_band_limited_with_rfi_lines():
+    b = simulate(400, seed=3, noise="realistic")
+    assert np.all(b.truth["noise_model"] == 0)
+    p = power(b.noise)
+    assert p[IN_BAND].sum() / p.sum() > 0.7  # coloured: most of the power in the detector band
+    assert p[(F > 150)].sum() / p.sum() < 0.05
+    for line in CONFIG.rfi_fixed_mhz:  # every trace carries the fixed lines: they tower over the continuum
+        k = int(np.argmin(np.abs(F - line)))
+        neighbours = np.r_[p[k - 8:k - 3], p[k + 4:k + 9]]
+        assert p[k] > 3 * np.median(neighbours), line
+
+
+def test_uniform_noise_is_white_and_bounded():
+    b = simulate(400, seed=4, noise="uniform")
+    noise = b.noise
+    # U(-a, a) has RMS a / sqrt(3); each trace is rescaled to RMS 1 exactly, which moves a by a few percent.
+    assert np.abs(noise).max() <= np.sqrt(3) * CONFIG.noise_rms * 1.1
+    p = power(noise)[1:-1]
+    assert 0.7 < p[: len(p) // 2].sum() / p[len(p) // 2:].sum() < 1.4  # flat up to Nyquist
+
+
+def test_cosine_noise_is_one_line():
+    b = simulate(200, seed=5, noise="cosine")
+    spec = np.abs(np.fft.rfft(b.noise.astype(np.float64), axis=1)) ** 2
+    k = spec.argmax(axis=1)
+    near = np.array([spec[i, max(0, j - 3):j + 4].sum() for i, j in enumerate(k)])
+    assert np.all(near / spec.sum(axis=1) > 0.9)
+    f_peak = F[k]
+    assert CONFIG.cosine_min_mhz - 2 <= f_peak.min() and f_peak.max() <= CONFIG.cosine_max_mhz + 2
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="unknown noise model"):
+        RadioSimulator(noise="pink")
+    with pytest.raises(ValueError, match="snr"):
+        RadioConfig(snr_min=10, snr_max=5)
+
+
+def test_replay_finds_the_simulation_with_its_options():
+    from trigger.replay import make_simulation
+
+    src = make_simulation("radio", seed=3, noise="realistic")
+    assert src.kind == "waveform"
+    data, truth = src.next(5)
+    assert data.shape == (5, 500) and data.dtype == np.float32
+    assert list(truth["noise_model"]) == [0] * 5
+    json.dumps({k: v.tolist() for k, v in truth.items()})  # fits a message header
+
+
+def test_dataset_round_trip_and_replay_file(tmp_path):
+    from trigger.replay import FileSource
+
+    b = simulate(20, seed=6)
+    path = save_dataset(tmp_path / "radio.npz", b, CONFIG, seed=6, noise="mix")
+    back, meta = load_dataset(path)
+    np.testing.assert_array_equal(back.traces, b.traces)
+    np.testing.assert_array_equal(back.clean, b.clean)
+    assert all(np.array_equal(back.truth[k], b.truth[k]) for k in TRUTH_KEYS)
+    assert meta["kind"] == "radio" and meta["seed"] == 6 and meta["noise_models"] == list(NOISE_MODELS)
+    src = FileSource(path)
+    assert src.kind == "waveform" and src.next(4)[0].shape == (4, 500)
+
+
+def test_peak_summary_counts_the_two_percent_window():
+    b = simulate(4, seed=9)
+    rec = b.clean * np.array([1.0, 1.019, 0.97, 1.0], np.float32)[:, None]
+    s = peak_summary(rec, b.truth)
+    assert s["n"] == 4 and s["within_tolerance"] == 0.75 and s["position_within_tolerance"] == 1.0
+
+
+# ---------------------------------------------------------------------------------- shipped model
+
+def test_shipped_model_and_calibration_belong_together():
+    cal = load_for_model(MODEL, kind=DenoiseCalibration)  # raises unless the sha256 matches
+    assert cal.model_sha256 == sha256_file(MODEL)
+    assert cal.event_shape == (500,) and cal.noise_model == "mix"
+    assert cal.input_name == "waveform" and cal.output_name == "denoised"
+    assert set(cal.validation_mse) == set(NOISE_MODELS)
+    assert "train_radio" in cal.training["command"]
+    assert MODEL.stat().st_size < 1_000_000
+    raw = json.loads(calibration_path_for(MODEL).read_text())
+    assert raw["format"] == "trigger.denoise-calibration/1"
+
+
+def test_shipped_model_denoises_a_batch_in_the_input_units():
+    from trigger.backends import create_backend
+    from trigger.pipelines.denoise import DenoisePipeline
+
+    backend = create_backend("onnxruntime", MODEL, threads=1)
+    pipe = DenoisePipeline(backend, load_for_model(MODEL, kind=DenoiseCalibration))
+    assert pipe.input_kind == "waveform" and pipe.event_shape == (500,)
+    b = simulate(64, seed=11, noise="realistic")
+    out = pipe.decide(b.traces)["data"]
+    assert out.shape == (64, 500) and out.dtype == np.float32 and np.isfinite(out).all()
+    mse, noisy = normalised_mse(out, b.clean, b.traces), normalised_mse(b.traces, b.clean, b.traces)
+    assert mse < 0.5 * noisy, (mse, noisy)
+    # Normalised inside the graph: scaling the input scales the output.
+    np.testing.assert_allclose(pipe.decide(b.traces * 1000)["data"], out * 1000, rtol=1e-3,
+                               atol=1e-3 * np.abs(out).max())
+
+
+# ------------------------------------------------------------------------------------- baseline
+
+@pytest.fixture
+def bench(monkeypatch):
+    """benchmarks/radio.py as a module (it imports its sibling _common the way the scripts do)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_radio", REPO / "benchmarks" / "radio.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_radio", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("mode", ["notch", "subtract"])
+def test_classical_filter_finds_and_removes_an_injected_line(bench, mode):
+    fs = 1e3 / CONFIG.sampling_ns
+    t = CONFIG.times_ns * 1e-3
+    line = 3.0 * np.cos(2 * np.pi * 47.3 * t + 0.4)
+    band = (20.0, 100.0)
+    k = int(np.argmin(np.abs(F - 47.3)))
+
+    def spec(y):
+        return np.abs(np.fft.rfft(np.asarray(y, np.float64)[0]))
+
+    # Noise only: the line must go.
+    noise = RadioSimulator(seed=12, noise="uniform", signal_fraction=0.0).generate(1)[0]
+    x = (noise + line).astype(np.float32)
+    lines = bench.find_lines(bench.bandpass(x, fs, band, 4)[0], fs, threshold=4.0, band=band)
+    assert len(lines) >= 1 and np.min(np.abs(lines - 47.3)) < 0.5
+    rec, found = bench.bandpass_notch(x, fs, band, 4, threshold=4.0, q=10.0, mode=mode)
+    assert np.min(np.abs(found[0] - 47.3)) < 0.5
+    assert spec(rec)[k] < 0.1 * spec(x)[k]
+    # With a pulse: the line goes, the pulse stays.
+    b = simulate(1, seed=13, noise="uniform")
+    x = (b.traces + line).astype(np.float32)
+    rec, found = bench.bandpass_notch(x, fs, band, 4, threshold=4.0, q=10.0, mode=mode)
+    assert np.min(np.abs(found[0] - 47.3)) < 0.5
+    peak = b.truth["peak_amplitude"][0]
+    assert abs(np.abs(rec).max() - peak) / peak < 0.3
+
+
+# -------------------------------------------------------------------------------------- training
+
+@pytest.mark.train
+def test_quick_training_exports_a_model_the_denoise_pipeline_serves(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from training.train_radio import PROFILES, run
+    from trigger.backends import create_backend
+    from trigger.pipelines.denoise import DenoisePipeline
+
+    model = tmp_path / "radio.onnx"
+    metrics = run(PROFILES["quick"], tmp_path / "run", export=model, threads=1, progress=False, plots=False,
+                  command="tests/unit/test_radio.py")
+    assert metrics["onnx"]["max_scaled_diff"] < 1e-4
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"config.json", "history.json", "model.pt", "metrics.json"}
+    cal = load_for_model(model, kind=DenoiseCalibration)
+    assert cal.event_shape == (500,) and set(cal.validation_mse) == set(NOISE_MODELS)
+    assert cal.training["command"] == "tests/unit/test_radio.py"
+    pipe = DenoisePipeline(create_backend("onnxruntime", model, threads=1), cal)
+    out = pipe.decide(simulate(5, seed=14).traces)["data"]
+    assert out.shape == (5, 500) and out.dtype == np.float32
