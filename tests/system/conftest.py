@@ -18,7 +18,7 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from trigger.config import DEFAULT_PULSE_MODEL
-from trigger.demo import DecisionCollector, free_port, handshake
+from trigger.demo import PROBE_SOURCE, DecisionCollector, free_port, handshake
 from trigger.replay import open_socket, wait_for_subscriber
 
 
@@ -102,6 +102,11 @@ class Chain:
     pub: zmq.Socket
     daemon: DaemonProcess
     collector: DecisionCollector
+
+    def probes(self) -> int:
+        """Probe events the daemon took in: the handshake resends a probe every 0.2 s until one comes
+        back, so on a loaded machine two or more may have been decided."""
+        return int(self.daemon.value("trigger_events_received_total", source=PROBE_SOURCE))
 
 
 @pytest.fixture

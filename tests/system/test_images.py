@@ -57,7 +57,7 @@ def test_segment_stream_decides_every_frame_with_masks_and_sources(chain_factory
     d = chain.daemon
     assert d.value("trigger_sources_found_total") == n_sources
     assert d.value("trigger_decisions_total", pipeline="segment", outcome="sources") \
-        + d.value("trigger_decisions_total", pipeline="segment", outcome="empty") == 500 + 1  # + the probe frame
+        + d.value("trigger_decisions_total", pipeline="segment", outcome="empty") == 500 + chain.probes()
     print(f"segment: 500 frames in {len(msgs)} messages decided once each, {n_sources} sources listed")
     assert d.stop() == 0
 
