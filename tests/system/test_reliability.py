@@ -305,7 +305,9 @@ def test_sigterm_under_load_publishes_every_accepted_event_then_end_of_run(ctx, 
             assert c["shed_messages"] == c["shed_events"] == c["lost_messages"] == 0
             assert sorted(published) == list(range(len(published)))  # PULL: in order, no gap
         assert max(sink.keys.values()) == 1
-        assert eor["sources"]["_probe"]["received_messages"] == len(sink.probes)
+        # Probes decided before the sink's subscription took effect are published to nobody (PUB's
+        # slow joiner): the exact identities above are over the real sources.
+        assert eor["sources"]["_probe"]["received_messages"] >= len(sink.probes) >= 1
         total = sum(eor["sources"][s]["received_events"] for s in ("adc00", "adc01"))
         assert total < sum(sent)  # stopped mid-flood: the readout sent more
         print(f"run {run}: stopped after {total} of {sum(sent)} events sent, "
