@@ -221,6 +221,18 @@ def pixel_positions(config: IACTConfig | None = None) -> tuple[np.ndarray, np.nd
     return np.ascontiguousarray(pix_x), np.ascontiguousarray(pix_y)
 
 
+def readout(light: np.ndarray, config: IACTConfig, rng: np.random.Generator) -> np.ndarray:
+    """The camera's readout of expected light [n, h, w] (p.e., negative values taken as 0): Poisson
+    photo-electrons on top of the NSB, Gaussian charge resolution and electronic noise, the NSB
+    pedestal subtracted; float32. Shared by the simulator and generators of expected light."""
+    images = poisson_counts(np.maximum(light, np.float32(0)) + np.float32(config.nsb_pe), rng)
+    if config.spe_sigma > 0 or config.electronic_noise_pe > 0:
+        sigma = np.sqrt(np.float32(config.spe_sigma**2) * images + np.float32(config.electronic_noise_pe**2))
+        images += sigma * rng.standard_normal(images.size, dtype=np.float32).reshape(images.shape)
+    images -= np.float32(config.nsb_pe)
+    return images
+
+
 @dataclass(frozen=True)
 class IACTBatch:
     """Everything about ``n`` camera images."""
@@ -490,12 +502,7 @@ class IACTSimulator:
         clean = np.empty((n, c.size, c.size), np.float32)
         _render(clean, comps, first, c.pixel_deg, c.supersample)
         mask = clean >= np.float32(c.mask_threshold_pe)
-        images = poisson_counts(clean + np.float32(c.nsb_pe), self.rng)
-        if c.spe_sigma > 0 or c.electronic_noise_pe > 0:
-            sigma = np.sqrt(np.float32(c.spe_sigma**2) * images + np.float32(c.electronic_noise_pe**2))
-            noise = self.rng.standard_normal(images.size, dtype=np.float32).reshape(images.shape)
-            images += sigma * noise
-        images -= np.float32(c.nsb_pe)
+        images = readout(clean, c, self.rng)
         size_true = clean.sum(axis=(1, 2), dtype=np.float64)
         truth["size_true"] = size_true
         with np.errstate(divide="ignore", invalid="ignore"):
