@@ -222,11 +222,13 @@ def _array_specs(header: Mapping[str, Any]) -> list[tuple[str, str, tuple[int, .
 
 
 def decode(frames: Sequence[Any], *, max_bytes: int = 256 << 20,
-           kinds: Mapping[str, int] = INPUT_KINDS, check_finite: bool = True) -> Message:
+           kinds: Mapping[str, int] = INPUT_KINDS, check_finite: bool | None = None) -> Message:
     """Validate and decode one multipart message of one of ``kinds`` (kind -> ndim of ``data``).
 
     ``kinds`` defaults to the input kinds; pass ``{"decision": 0}`` (0 = any arrays) to read
-    decisions. Raises :class:`ProtocolError` for anything the protocol does not allow.
+    decisions. ``check_finite`` (default: for input kinds only) refuses NaN and Inf in float
+    arrays; a decision may hold NaN where a quantity is undefined (the Hillas parameters of a frame
+    whose cleaning kept nothing). Raises :class:`ProtocolError` for anything the protocol does not allow.
     """
     if len(frames) < 2:
         raise ProtocolError(Reason.FRAME_COUNT, f"{len(frames)} frames, need at least 2")
@@ -246,6 +248,8 @@ def decode(frames: Sequence[Any], *, max_bytes: int = 256 << 20,
     kind = _str(header, "kind")
     if kind not in kinds:
         raise ProtocolError(Reason.KIND, f"kind {kind[:32]!r}, expected one of {sorted(kinds)}")
+    if check_finite is None:
+        check_finite = kind in INPUT_KINDS
     source = _str(header, "source")
     if not SOURCE_RE.fullmatch(source):
         raise ProtocolError(Reason.SOURCE, f"source {source[:80]!r} is not 1-64 chars of [A-Za-z0-9_.:-]")

@@ -518,3 +518,13 @@ def test_as_float32_converts_float16_without_calibration():
     out = as_float32(data, pedestal=5.0, gain=3.0)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, data.astype(np.float32))
+
+
+def test_decisions_may_carry_nan_where_a_quantity_is_undefined_inputs_may_not():
+    hil = np.array([[0.0] + [np.nan] * 9], np.float32)  # Hillas of a frame whose cleaning kept nothing
+    frames = encode("dec.cam1", {"v": 1, "kind": "decision", "source": "cam1", "seq": 0, "t_ns": 1}, {"hillas": hil})
+    got = decode(frames, kinds={"decision": 0})
+    np.testing.assert_array_equal(got.arrays["hillas"], hil)
+    with pytest.raises(ProtocolError) as exc:
+        decode(frames, kinds={"decision": 0}, check_finite=True)
+    assert exc.value.reason is Reason.NON_FINITE
