@@ -10,11 +10,13 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from trigger import config
 from trigger.metrics import OUTCOMES, Metrics
+from trigger.pipelines import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -318,6 +320,17 @@ def test_dockerfiles_copy_existing_files_and_install_the_right_extras(name):
 def test_gpu_configuration_loads():
     cfg = config.load(DEPLOY / "trigger.gpu.yaml")
     assert cfg.backend.name == "tensorrt" and cfg.backend.options["precision"] == "fp16"
+
+
+@pytest.mark.parametrize(("name", "pipeline", "kind", "shape"), [
+    ("trigger.camera.yaml", "segment", "image", (32, 32)), ("trigger.radio.yaml", "denoise", "waveform", (500,))])
+def test_detector_configurations_load_their_shipped_models(name, pipeline, kind, shape, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the bare model name must find the shipped model from anywhere
+    cfg = config.load(DEPLOY / name)
+    p = load_pipeline(cfg)
+    assert p.name == pipeline and p.input_kind == kind and tuple(p.event_shape) == shape
+    out = p.decide(np.zeros((3, *shape), np.float32))
+    assert all(len(v) in (3, 0) for v in out.values())
 
 
 def test_systemd_unit():
