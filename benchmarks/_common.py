@@ -6,6 +6,7 @@ number in the README table can always be traced to the machine, versions and com
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import logging
@@ -94,3 +95,17 @@ def setup_logging() -> logging.Logger:
     """The ``benchmarks`` logger, printing to stderr with timestamps (tqdm bars stay intact)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return logging.getLogger("benchmarks")
+
+
+def pin_to_one_core(parser: argparse.ArgumentParser, core: int | None) -> int:
+    """Pin this process to ``core`` (default: the last CPU it may use) and return it; a CPU it may
+    not use is a usage error of ``parser``. Single-core benchmarks compare like with like this way."""
+    allowed = sorted(os.sched_getaffinity(0))
+    core = allowed[-1] if core is None else core
+    if core not in allowed:
+        parser.error(f"--core {core} is not among the CPUs this process may use: {allowed}")
+    os.sched_setaffinity(0, {core})
+    logging.getLogger("benchmarks").info("pinned to CPU %d (of %s), NUMBA_NUM_THREADS=%s", core, allowed,
+                                         os.environ.get("NUMBA_NUM_THREADS"))
+    return core
+

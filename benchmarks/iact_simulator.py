@@ -30,7 +30,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import RESULTS, setup_logging, write_result  # noqa: E402
+from _common import RESULTS, pin_to_one_core, setup_logging, write_result  # noqa: E402
 from sky_simulator import small_batch_rate, timed_pair  # noqa: E402
 
 from simulators.iact import IACTConfig, IACTSimulator, pixel_positions  # noqa: E402
@@ -154,12 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="iact_simulator", help="result file name (results/<name>.json and .png)")
     a = p.parse_args(argv)
 
-    allowed = sorted(os.sched_getaffinity(0))
-    core = allowed[-1] if a.core is None else a.core
-    if core not in allowed:
-        p.error(f"--core {core} is not among the CPUs this process may use: {allowed}")
-    os.sched_setaffinity(0, {core})
-    log.info("pinned to CPU %d (of %s), NUMBA_NUM_THREADS=%s", core, allowed, os.environ["NUMBA_NUM_THREADS"])
+    core = pin_to_one_core(p, a.core)
 
     config = IACTConfig()
     sim = IACTSimulator(config, seed=a.seed)

@@ -37,7 +37,7 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import RESULTS, setup_logging, write_result  # noqa: E402
+from _common import RESULTS, pin_to_one_core, setup_logging, write_result  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from simulators.sky import (  # noqa: E402
@@ -184,12 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="sky_simulator", help="result file name (results/<name>.json and .png)")
     a = p.parse_args(argv)
 
-    allowed = sorted(os.sched_getaffinity(0))
-    core = allowed[-1] if a.core is None else a.core
-    if core not in allowed:
-        p.error(f"--core {core} is not among the CPUs this process may use: {allowed}")
-    os.sched_setaffinity(0, {core})
-    log.info("pinned to CPU %d (of %s), NUMBA_NUM_THREADS=%s", core, allowed, os.environ["NUMBA_NUM_THREADS"])
+    core = pin_to_one_core(p, a.core)
 
     config = SkyConfig()
     t = time.perf_counter()
