@@ -59,7 +59,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from training import train_image as image_training
 from training.iact_models import (
     SIZE,
     CameraUNet,
@@ -104,23 +105,10 @@ LIGHT_FLOOR = 1e-5
 
 
 @dataclass(frozen=True)
-class Profile:
-    """Sizes and optimiser settings of one run; ``model`` overrides the task's model config."""
+class Profile(image_training.Profile):
+    """Sizes and optimiser settings of one run (train_image's, with camera defaults and the cVAE's)."""
 
-    name: str
-    n_train: int
-    n_val: int
-    n_test: int
-    epochs: int
     batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    n_calib: int = 0
-    """clean only: images on which the working points are computed (with ONNX Runtime)."""
-    count_weight: float = 1.0
-    """clean only: weight of the predicted-pixel-count penalty (image_models.segmentation_loss)."""
-    augment: bool = True
-    """A random symmetry of the square per batch (clean, classify)."""
     beta: float = 1.0
     """cvae only: weight of the KL term."""
     photons: float = 1000.0
@@ -134,11 +122,6 @@ class Profile:
     """cvae only: train on :func:`canonical` images (no augmentation) instead of randomly symmetrised ones.
     Tried (16 epochs): the generated-minus-simulated mean classifier score on the selection gammas came
     out at -0.004 against -0.0001 for the default, so the default stays off."""
-    model: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if min(self.n_train, self.n_val, self.n_test, self.epochs, self.batch_size) < 1:
-            raise ValueError(f"sizes must be >= 1: {self}")
 
 
 PROFILES: dict[str, dict[str, Profile]] = {
