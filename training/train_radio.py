@@ -11,11 +11,13 @@ time a pulse is seen, so the network cannot memorise a corruption.
 Loss and MSE: the model divides each trace by ``s = max |noisy|`` inside the graph
 (:mod:`training.trace_models`); the loss is the mean over samples and traces of
 ``(denoised / s - clean / s)^2``, i.e. the MSE on max-normalised traces, so every trace weighs the
-same whatever its SNR (in raw units the loudest pulses would dominate). ``validation_mse`` in the
-calibration file is that MSE on the test traces, measured with the exported file.
+same whatever its SNR (in raw units the loudest pulses would dominate), plus :data:`PEAK_WEIGHT` times
+the mean relative error of the recovered peak height. ``validation_mse`` in the calibration file is
+that MSE on the test traces, measured with the exported file.
 
-AdamW with a one-cycle schedule (``training.train_image.train_loop``); the epoch with the best
-validation MSE (mean over the three noise models) is kept. Every run writes ``runs/<name>/``:
+AdamW with a one-cycle schedule (``training.train_image.train_loop``); the epoch with the best validation
+share of peaks within 2% (mean over the three noise models: the benchmark's figure of merit) is kept.
+Every run writes ``runs/<name>/``:
 ``config.json``, ``history.json`` + ``history.csv``, ``model.pt``, ``metrics.json``, ``loss.png`` and
 ``traces.png`` (a row per noise model: noisy, clean and denoised test traces). With ``--export`` the
 model is written to ONNX (input ``waveform`` float32 [batch, 500], output ``denoised``, dynamic
@@ -56,18 +58,21 @@ SEEDS = {"train": 401, "validation": 402, "test": 403, "noise_train": 411, "nois
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "denoised"
 DENOISE_FORMAT = "trigger.denoise-calibration/1"
-PEAK_WEIGHT = 0.3
-"""Weight of the peak term in the loss: ``mean((max|pred| - max|clean|)^2)`` on normalised traces, beside
-the MSE; it pulls the recovered peak height (the benchmark's figure of merit) towards the truth."""
+PEAK_WEIGHT = 0.05
+"""Weight of the peak term in the loss: the mean relative peak-height error ``|max|pred| - max|clean|| /
+max|clean|`` (L1, so it aims at the median, not the mean, and does not forgive small errors the way a square
+does), beside the MSE. The MSE alone shrinks peaks (the MSE-optimal estimate of an uncertain peak is lower
+than the peak), which the benchmark's figure of merit (peak within 2%) punishes."""
 
 PROFILES: dict[str, Profile] = {
     # "quick": seconds, for the tests: the pipeline end to end, not a useful model.
     "quick": Profile("quick", n_train=256, n_val=32, n_test=32, epochs=2, batch_size=32, lr=5e-3,
                      model={"channels": (4, 8, 8)}),
-    # The shipped model: ~550 traces/s for a training step on one idle core, so 16 epochs of 20,000
-    # traces take about 10 minutes (n_val and n_test are per noise model); the shipped run shared its
-    # core with other jobs (see train_seconds in the calibration file).
-    "default": Profile("default", n_train=20_000, n_val=500, n_test=1000, epochs=16, batch_size=64, lr=3e-3),
+    # The shipped model: ~350 traces/s for a training step on one core (the in-graph line removal and the
+    # second input channel cost ~1/3 over the plain U-net), so 10 epochs of 20,000 traces take about
+    # 10 minutes (n_val and n_test are per noise model); the shipped run shared its core with other jobs
+    # (see train_seconds in the calibration file).
+    "default": Profile("default", n_train=20_000, n_val=500, n_test=1000, epochs=10, batch_size=64, lr=3e-3),
 }
 
 
@@ -114,7 +119,8 @@ def train_denoiser(profile: Profile, seed: int, progress: bool, config: RadioCon
         mse = torch.mean((pred - target) ** 2)
         if not peak_weight:
             return mse, {}
-        peak = torch.mean((torch.amax(torch.abs(pred), dim=1) - torch.amax(torch.abs(target), dim=1)) ** 2)
+        true_peak = torch.amax(torch.abs(target), dim=1)
+        peak = torch.mean(torch.abs(torch.amax(torch.abs(pred), dim=1) - true_peak) / true_peak)
         return mse + peak_weight * peak, {"mse": mse.item(), "peak": peak.item()}
 
     def validate(model: nn.Module) -> dict:
@@ -123,7 +129,7 @@ def train_denoiser(profile: Profile, seed: int, progress: bool, config: RadioCon
         peak = {name: peak_summary(out[name], b.truth)["within_tolerance"] for name, b in val.items()}
         return {**{f"mse_{k}": v for k, v in mse.items()}, **{f"peak2pct_{k}": v for k, v in peak.items()},
                 "mse": float(np.mean(list(mse.values()))), "peak2pct": float(np.mean(list(peak.values()))),
-                "score": float(np.mean(list(mse.values())))}
+                "score": 1.0 - float(np.mean(list(peak.values())))}
 
     history, best = train_loop(model, step, validate, profile.n_train, profile, seed=SEEDS["shuffle"] * 1000 + seed,
                                progress=progress, desc="radio denoise (mix)")
