@@ -8,7 +8,8 @@ module that is trained is the module that is exported and served:
   point source (``logits`` gives the pre-sigmoid values the loss is computed from). Invariant to
   scaling the input (it only sees ``x / max(x)``).
 * :class:`DenoisingAE`: ``denoised`` [batch, 64, 64] in the units of the input,
-  ``net(x / s) * s``: equivariant to scaling the input.
+  ``net(x / s) * s``: equivariant to scaling the input. It also sees where ``x / s`` is exactly 0 or 1
+  (the values masking and salt-and-pepper write) and blends its estimate with the input per pixel.
 * :class:`SkyRegressor`: ``params`` [batch, 4] = (amp_dm, n_disk, n_gc, n_total) in physical units;
   the network predicts standardised targets (amp_dm as a fraction of the image's counts, the source
   numbers as ``log1p``, see :class:`RegressorConfig`) and the graph undoes the scaling. It sees
@@ -137,7 +138,12 @@ def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, count_weight: fl
 
 @dataclass(frozen=True)
 class DenoiseConfig:
-    """Architecture of :class:`DenoisingAE`."""
+    """Architecture of :class:`DenoisingAE`.
+
+    The defaults are the shipped model: a small U-net (skip connections) fed the corruption indicators,
+    whose output is a learned per-pixel blend of its estimate and the input. With ``skips``,
+    ``indicator_channels`` and ``gate`` all off it is the plain bottleneck autoencoder of the reference.
+    """
 
     channels: tuple[int, ...] = (16, 32, 32)
     """Encoder channels; each level halves the resolution (64 -> 8 pixels with three)."""
@@ -148,6 +154,24 @@ class DenoiseConfig:
     """Batch norm after every hidden convolution (eval mode: an affine map, so the scaling behaviour holds)."""
     sqrt_channel: bool = True
     """Feed ``sqrt(x / s)`` beside ``x / s`` (see UNetConfig.sqrt_channel)."""
+    indicator_channels: bool = True
+    """Also feed ``x == 0`` and ``x / s == 1`` as 0/1 channels: where masking and salt-and-pepper put
+    their corrupted pixels. They are computed from the input alone (no truth) and are invariant to scaling
+    it; a convolution cannot tell "exactly 0" from "nearly 0" on its own, and filling exactly the
+    corrupted pixels is what the classical switching filter gains its edge from."""
+    fill_sigmas: tuple[float, ...] = (0.8, 1.6)
+    """Per sigma (pixels), two more channels: the image interpolated across its flagged pixels by normalised
+    Gaussian convolution (``G * (x w) / G * w``, ``w`` = 0 at flagged pixels), once with the zeros flagged
+    and once with the zeros and the ones: the classical switching fill, computed in the graph from the
+    input alone, as a starting point the network only has to correct. Needs ``indicator_channels``."""
+    skips: bool = True
+    """U-net skip connections: each decoder level also sees the encoder's features at its resolution, so
+    pixel-level detail (point sources one PSF wide) need not squeeze through the latent map."""
+    gate: bool = True
+    """Output a per-pixel blend (softmax weights predicted by the network) of the candidates: the input
+    ``x``, the fills of ``fill_sigmas`` and the network's own estimate. Pixels the network judges
+    uncorrupted can be passed through exactly, flagged ones taken from the right fill, instead of being
+    re-synthesised; without fills it is ``m * estimate + (1 - m) * x``. Off: the estimate alone."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,30 +183,93 @@ def _conv_act(cin: int, cout: int, slope: float, bn: bool, stride: int = 1, tran
     return [conv, *([nn.BatchNorm2d(cout)] if bn else []), nn.LeakyReLU(slope)]
 
 
+def gaussian_kernels(sigmas: tuple[float, ...]) -> torch.Tensor:
+    """Normalised 2-D Gaussian kernels [len(sigmas), 1, k, k], k = 2 * ceil(3 * max(sigma)) + 1."""
+    r = math.ceil(3 * max(sigmas, default=0.0))
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    out = []
+    for sig in sigmas:
+        g = torch.exp(-0.5 * (t / sig) ** 2)
+        k = g[:, None] * g[None, :]
+        out.append(k / k.sum())
+    return torch.stack(out).unsqueeze(1).to(torch.float32)
+
+
+def denoise_channels(x: torch.Tensor, sqrt_channel: bool, indicators: bool,
+                     kernels: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised images [B, 1, H, W] -> the denoiser's input channels: ``x``, optionally ``sqrt(x)``,
+    optionally the indicators ``x == 0`` and ``x == 1`` (``x`` is ``image / max``, so the second marks the
+    pixels at the frame's maximum: salt, and the brightest true pixel), and per kernel of ``kernels``
+    [K, 1, k, k] the normalised-convolution fills with the zeros, and with the zeros and ones, left out."""
+    h = input_channels(x, sqrt_channel)
+    if not indicators:
+        return h
+    zero, one = (x == 0).to(x.dtype), (x == 1).to(x.dtype)
+    parts = [h, zero, one]
+    if kernels is not None and len(kernels):
+        pad = kernels.shape[-1] // 2
+        for keep in (1 - zero, (1 - zero) * (1 - one)):
+            # Zero padding: outside the frame counts as missing, so the border is filled from inside it.
+            num = F.conv2d(x * keep, kernels, padding=pad)
+            den = F.conv2d(keep, kernels, padding=pad)
+            parts.append(num / torch.clamp(den, min=1e-6))
+    return torch.cat(parts, dim=1)
+
+
 class DenoisingAE(nn.Module):
-    """Convolutional encoder to a small latent map and decoder back; ``net(x / s) * s`` on raw images."""
+    """Convolutional encoder to a small latent map and decoder back (U-net skips and an output gate
+    optional, see :class:`DenoiseConfig`); ``net(x / s) * s`` on raw images."""
 
     def __init__(self, config: DenoiseConfig | None = None):
         super().__init__()
         self.config = c = config or DenoiseConfig()
-        enc: list[nn.Module] = []
-        cin = 2 if c.sqrt_channel else 1
+        if c.fill_sigmas and not c.indicator_channels:
+            raise ValueError(f"fill_sigmas {c.fill_sigmas} need indicator_channels")
+        if min(c.fill_sigmas, default=1.0) <= 0:
+            raise ValueError(f"fill_sigmas must be > 0, got {c.fill_sigmas}")
+        self.register_buffer("fill_kernels", gaussian_kernels(c.fill_sigmas) if c.fill_sigmas else None)
+        cin = 1 + int(c.sqrt_channel) + 2 * int(c.indicator_channels) + 2 * len(c.fill_sigmas)
+        self.enc = nn.ModuleList()
+        self.down = nn.ModuleList()
         for co in c.channels:
-            enc += _conv_act(cin, co, c.slope, c.batch_norm) + _conv_act(co, co, c.slope, c.batch_norm, stride=2)
+            self.enc.append(nn.Sequential(*_conv_act(cin, co, c.slope, c.batch_norm)))
+            self.down.append(nn.Sequential(*_conv_act(co, co, c.slope, c.batch_norm, stride=2)))
             cin = co
-        enc.append(nn.Conv2d(cin, c.latent_channels, 1))
-        self.encoder = nn.Sequential(*enc)
-        dec: list[nn.Module] = _conv_act(c.latent_channels, cin, c.slope, c.batch_norm)
-        for co in reversed((*c.channels[:-1], c.channels[0])):
-            dec += (_conv_act(cin, co, c.slope, c.batch_norm, transpose=True)
-                    + _conv_act(co, co, c.slope, c.batch_norm))
+        self.latent = nn.Conv2d(cin, c.latent_channels, 1)
+        self.expand = nn.Sequential(*_conv_act(c.latent_channels, cin, c.slope, c.batch_norm))
+        # Decoder widths: the reference's (c0, ..., c_{n-2}, c0) reversed; the U-net mirrors the encoder.
+        widths = tuple(reversed(c.channels)) if c.skips else tuple(reversed((*c.channels[:-1], c.channels[0])))
+        skip_widths = tuple(reversed(c.channels)) if c.skips else (0,) * len(widths)
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for co, sk in zip(widths, skip_widths, strict=True):
+            self.up.append(nn.Sequential(*_conv_act(cin, co, c.slope, c.batch_norm, transpose=True)))
+            self.dec.append(nn.Sequential(*_conv_act(co + sk, co, c.slope, c.batch_norm)))
             cin = co
-        dec.append(nn.Conv2d(cin, 1, 3, padding=1))
-        self.decoder = nn.Sequential(*dec)
+        n_candidates = 2 + 2 * len(c.fill_sigmas)  # x, the fills, the estimate
+        self.head = nn.Conv2d(cin, 1 + n_candidates if c.gate else 1, 3, padding=1)
 
     def normalised(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised noisy images [B, 1, H, W] -> denoised normalised images [B, 1, H, W]."""
-        return self.decoder(self.encoder(input_channels(x, self.config.sqrt_channel)))
+        c = self.config
+        h = inp = denoise_channels(x, c.sqrt_channel, c.indicator_channels, self.fill_kernels)
+        skips = []
+        for enc, down in zip(self.enc, self.down, strict=True):
+            h = enc(h)
+            skips.append(h)
+            h = down(h)
+        h = self.expand(self.latent(h))
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
+            h = up(h)
+            h = dec(torch.cat([h, skip], dim=1) if c.skips else h)
+        out = self.head(h)
+        if not c.gate:
+            return out
+        n_fill = 2 * len(c.fill_sigmas)
+        fills = inp[:, inp.shape[1] - n_fill:] if n_fill else inp[:, :0]
+        candidates = torch.cat([x, fills, out[:, :1]], dim=1)
+        weights = torch.softmax(out[:, 1:], dim=1)
+        return torch.sum(weights * candidates, dim=1, keepdim=True)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Raw images [B, 64, 64] -> denoised images [B, 64, 64] in the same units."""

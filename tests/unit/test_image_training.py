@@ -21,6 +21,8 @@ from training.image_models import (  # noqa: E402
     SegmentUNet,
     SkyRegressor,
     UNetConfig,
+    denoise_channels,
+    normalise_max,
     segmentation_loss,
 )
 from trigger.calibration import calibration_path_for, sha256_file  # noqa: E402
@@ -78,6 +80,40 @@ def test_denoiser_output_scales_with_the_input():
         # An all-zero image: x / s = 0 and s is the tiny floor, so the output is zero to ~1e-12.
         assert float(model(torch.zeros(2, 64, 64)).abs().max()) < 1e-9
 
+
+
+def test_denoiser_indicators_mark_exact_zeros_and_the_frame_maximum_whatever_the_scale():
+    x = torch.tensor([[0.0, 0.25], [1.0, 0.5]]).reshape(1, 1, 2, 2)
+    h = denoise_channels(x, sqrt_channel=True, indicators=True)
+    assert h.shape == (1, 4, 2, 2)
+    torch.testing.assert_close(h[0, 2], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))  # x == 0: masked, pepper
+    torch.testing.assert_close(h[0, 3], torch.tensor([[0.0, 0.0], [1.0, 0.0]]))  # x == max: salt
+    assert denoise_channels(x, sqrt_channel=False, indicators=False).shape == (1, 1, 2, 2)
+    # The model sees image / max: salt at any raw scale is flagged the same way.
+    rng = np.random.default_rng(0)
+    clean = ti.normalize_max(raw_images(2))
+    noisy = ti.add_noise(clean, "salt_pepper", 0.5, rng)
+    for k in (1e-3, 1.0, 3e3):
+        xs, _ = normalise_max(torch.from_numpy(noisy * np.float32(k)))
+        h = denoise_channels(xs, sqrt_channel=True, indicators=True)
+        flagged = (noisy == 0) | (noisy == 1)
+        assert torch.equal((h[:, 2] + h[:, 3]).bool(), torch.from_numpy(flagged))
+
+
+def test_denoiser_gate_passes_pixels_through_when_closed_and_plain_autoencoder_still_builds():
+    torch.manual_seed(0)
+    model = DenoisingAE(DenoiseConfig(channels=(4, 4, 4))).eval()
+    with torch.no_grad():
+        model.head.weight[1:].zero_()
+        model.head.bias[1:] = -50.0
+        model.head.bias[1] = 50.0  # all the blend's weight on the first candidate, the input itself
+        x = torch.from_numpy(raw_images(2))
+        torch.testing.assert_close(model(x), x, atol=1e-4 * float(x.max()), rtol=0)
+    plain = DenoisingAE(DenoiseConfig(channels=(4, 4, 4), indicator_channels=False, fill_sigmas=(), skips=False,
+                                     gate=False)).eval()
+    assert plain.head.out_channels == 1 and plain.enc[0][0].in_channels == 2
+    with torch.no_grad():
+        assert plain(x).shape == (2, 64, 64)
 
 def test_regressor_undoes_its_target_scaling():
     cfg = RegressorConfig(channels=(4, 4, 4, 4), hidden=8, target_mean=(0.05, 7.5, 6.0, 8.0),
