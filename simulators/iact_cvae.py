@@ -167,6 +167,10 @@ class CVAEGenerator:
             asked = np.asarray(log10_size, np.float32).reshape(-1)
             if len(asked) != n or not np.isfinite(asked).all():
                 raise ValueError(f"log10_size must hold {n} finite values, got shape {asked.shape}")
+            lo_t, hi_t = (float(v) for v in self.card["log10_size_range"])
+            if n and not (lo_t - 1e-6 <= asked.min() and asked.max() <= hi_t + 1e-6):
+                raise ValueError(f"log10_size [{asked.min():.4g}, {asked.max():.4g}] is outside the range the "
+                                 f"generator was trained on, [{lo_t:.4g}, {hi_t:.4g}]")
         z = self.rng.standard_normal((n, self.latent), dtype=np.float32)
         light = self.decode(z, asked)
         images = readout(light, self.config, self.rng) if self.noise else light

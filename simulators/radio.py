@@ -352,6 +352,10 @@ def peak_summary(recovered: np.ndarray, truth: dict[str, np.ndarray], tolerance:
     sig = truth["is_signal"].astype(bool)
     rel, pos = e["relative_error"][sig], np.abs(e["position_error"][sig])
     n_samples = np.asarray(recovered).shape[1]
+    if not sig.any():  # no pulse to recover: nothing to summarise
+        return {"n": 0, **{k: float("nan") for k in (
+            "within_tolerance", "median_abs_relative_error", "q68_abs_relative_error", "mean_relative_error",
+            "position_within_tolerance", "median_abs_position_error", "q68_abs_position_error")}}
     return {"n": int(sig.sum()), "within_tolerance": float(np.mean(np.abs(rel) <= tolerance)),
             "median_abs_relative_error": float(np.median(np.abs(rel))),
             "q68_abs_relative_error": float(np.quantile(np.abs(rel), 0.68)),

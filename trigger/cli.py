@@ -177,24 +177,25 @@ def cmd_keygen(a: argparse.Namespace) -> int:
 
 
 def parse_sim_options(items: list[str]) -> dict[str, Any]:
-    """``["particle=gamma", "gamma_fraction=0.3"]`` -> keyword arguments of the simulation; values are
-    read as YAML scalars (numbers, booleans, strings), never as objects."""
-    import yaml
-
+    """``["particle=gamma", "gamma_fraction=0.3"]`` -> keyword arguments of the simulation. A value
+    is an int if it reads as one, else a float (``1e3`` too), else ``true``/``false``, else a string."""
     options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key.isidentifier():
             raise ValueError(f"--sim {item!r}: expected KEY=VALUE with KEY a Python identifier")
-        try:
-            parsed = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError as exc:
-            raise ValueError(f"--sim {item!r}: {exc}") from exc
-        if not isinstance(parsed, str | int | float | bool):
-            raise ValueError(f"--sim {item!r}: the value must be a number, a boolean or a string")
-        options[key] = parsed
+        options[key] = _scalar(value.strip())
     return options
+
+
+def _scalar(text: str) -> int | float | bool | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
@@ -212,7 +213,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
             if a.signal_fraction is not None:
                 options["signal_fraction"] = a.signal_fraction
             source = make_simulation(a.simulate, seed=a.seed, **options)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:  # AttributeError: an option of the wrong kind
             logger.error("cannot simulate %r: %s", a.simulate, exc)
             return 2
         if a.pool:

@@ -63,7 +63,7 @@ def test_replayed_camera_through_the_shipped_cleaning_unet(chain_factory, simula
     if simulation[0] == "iact":  # the same stream again, here, in the replay's chunks
         sim = IACTSimulator(seed=3)
         frames = np.concatenate([sim.next(BATCH)[0] for _ in range(n_msg)])
-        ref = hillas_parameters(frames, *pixel_positions(), mask=masks.astype(bool))
+        ref = hillas_parameters(np.maximum(frames, 0), *pixel_positions(), mask=masks.astype(bool))
         np.testing.assert_allclose(hil, np.column_stack([ref[k] for k in HILLAS_KEYS]), rtol=1e-4, atol=1e-5)
     print(f"{simulation[0]}: {EVENTS} frames decided once each, {with_pixels} with cleaned pixels")
     assert d.stop() == 0

@@ -249,8 +249,8 @@ def test_hillas_agrees_with_ctapipe(ctapipe_setup):
                   "length": c.length.value, "width": c.width.value, "psi": c.psi.value, "skewness": c.skewness,
                   "kurtosis": c.kurtosis}
         for k in HILLAS_KEYS:
+            assert np.isnan(ours[k][i]) == np.isnan(theirs[k]), (i, k, ours[k][i], theirs[k])
             if np.isnan(theirs[k]):
-                assert np.isnan(ours[k][i]), (i, k)
                 continue
             scale = max(abs(theirs[k]), 1e-3 if k in ("x", "y", "phi", "psi", "skewness") else 1e-12)
             worst[k] = max(worst[k], abs(ours[k][i] - theirs[k]) / scale)
@@ -258,3 +258,21 @@ def test_hillas_agrees_with_ctapipe(ctapipe_setup):
     assert compared > 450
     for k, err in worst.items():
         assert err < 1e-5, (k, err)
+
+
+def test_straight_lines_of_pixels_have_zero_width_not_nan():
+    """det / big can round below 0 for a thin line off the axes; ctapipe gives width 0 there."""
+    pix_x, pix_y = np.meshgrid((np.arange(32) - 15.5) * 0.3, (np.arange(32) - 15.5) * 0.3)
+    img = np.zeros((1, 32, 32))
+    for r, c in [(7, 7), (10, 9), (13, 11), (16, 13), (19, 15), (22, 17)]:
+        img[0, r, c] = 10.0
+    h = hillas_parameters(img, pix_x, pix_y)
+    assert h["width"][0] == pytest.approx(0.0, abs=1e-6) and h["length"][0] > 0
+    rng = np.random.default_rng(7)
+    lines = np.zeros((3000, 32, 32))
+    for i in range(3000):  # random straight lines of 2-6 positive pixels, as in the review that found this
+        n, (r0, c0), (dr, dc) = rng.integers(2, 7), rng.integers(0, 12, 2), rng.integers(0, 4, 2)
+        for j in range(n):
+            lines[i, r0 + j * dr, c0 + j * dc] += rng.uniform(1, 50)
+    assert not np.isnan(hillas_parameters(lines, pix_x, pix_y)["width"]).any()
+

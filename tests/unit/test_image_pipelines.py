@@ -202,6 +202,14 @@ def test_camera_segment_decisions_carry_hillas_of_the_marked_pixels(tiny_segment
     pix_x, pix_y = p.calibration.pixel_positions()
     ref = hillas_parameters(frames, pix_x, pix_y, mask=out["mask"].astype(bool))
     np.testing.assert_allclose(hil, np.column_stack([ref[k] for k in HILLAS_KEYS]), rtol=1e-6, atol=1e-7)
+    # A negative pixel inside the mask counts as 0 (ctapipe takes no negative weights): with a cut
+    # of 0 every pixel is marked, the negative one too.
+    p.threshold = 0.0
+    neg = frames[:1].copy()
+    neg[0, 6, 6] = -30
+    got = p.decide(neg)["hillas"]
+    assert got[0, 0] == 40 and got[0, 1] == pytest.approx(col["x"][0])  # not 10, and not pulled towards (6, 6)
+    p.threshold = 0.5
     # Split and merge keep each row with its frame.
     merged = p.merge([p.split(out, 0, 2), p.split(out, 2, 3)], [2, 1])
     np.testing.assert_array_equal(merged["hillas"], hil)

@@ -12,8 +12,10 @@ Camera images (a calibration with ``camera`` geometry, e.g. a Cherenkov telescop
 cleaning): the decision also carries ``hillas`` (``<f4`` [n, 10]) with the Hillas parameters of
 each frame's marked pixels, columns named by the header key ``hillas_columns`` (:data:`HILLAS_KEYS`:
 intensity, x, y, r, phi, length, width, psi, skewness, kurtosis; lengths in degrees, angles in
-radians, ctapipe's conventions; NaN where no marked pixel has positive signal). This array and
-header key are an extension of protocol v1.
+radians, ctapipe's conventions). Marked pixels below 0 (pedestal-subtracted noise) count as 0, as
+ctapipe takes no negative weights. NaN marks what is undefined: every column but intensity when
+the marked pixels sum to 0 (nothing kept), psi, skewness and kurtosis when all light is in one
+pixel (length 0). This array and header key are an extension of protocol v1.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ class SegmentPipeline(Pipeline):
         mask = prob > self.threshold
         result = {"mask": mask.view(np.uint8), "sources": find_sources(mask, prob, batch)}
         if self._pixels is not None:
-            h = hillas_parameters(batch, *self._pixels, mask=mask)
+            h = hillas_parameters(np.maximum(batch, 0), *self._pixels, mask=mask)
             result["hillas"] = np.column_stack([h[k] for k in HILLAS_KEYS]).astype(np.float32)
         return result
 
