@@ -102,11 +102,20 @@ class PipelineConfig(_Model):
     name: Literal["pulse", "segment", "denoise"] = "pulse"
     model: Path | None = None
     """ONNX model file; default: the shipped model of the pipeline. A bare name that is not a file
-    here (``iact_clean``, ``radio_denoise.onnx``) names a shipped model (``trigger/models/``)."""
+    here (``iact_clean``, ``radio_denoise.onnx``) names a shipped model (``trigger/models/``);
+    ``./name`` always means the file here."""
     calibration: Path | None = None
     """Calibration file; default: beside the model (model.calib.json)."""
     working_point: str | None = None
     """Calibrated working point, e.g. fpr_0.01; default: the calibration's default."""
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _explicitly_local(cls, value: Any) -> Any:
+        # Path("./x") is Path("x"): keep an explicit ./ from falling back to a shipped model of that name.
+        if isinstance(value, str) and value.startswith(("./", ".\\")):
+            return Path.cwd() / value[2:]
+        return value
     pedestal: float = 0.0
     """Subtracted from integer ADC data before the gain is applied."""
     gain: float = 1.0

@@ -61,6 +61,9 @@ def test_a_bare_name_names_a_shipped_model_unless_a_local_file_has_it(tmp_path, 
     assert cfg.model_path() == config.PACKAGE_MODELS / "segment_default.onnx"
     (tmp_path / name).write_bytes(b"local")
     assert cfg.model_path() == Path(name)
+    (tmp_path / name).unlink()
+    explicit = config.load(overrides={"pipeline": {"name": "segment", "model": f"./{name}"}})
+    assert explicit.model_path() == tmp_path / name  # ./ means here, even when the file is missing
     missing = config.load(overrides={"pipeline": {"model": "no_such_model"}})
     assert missing.model_path() == Path("no_such_model")  # its loader will say it is missing
 
