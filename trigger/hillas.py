@@ -38,12 +38,13 @@ _CHUNK_VALUES = 1 << 20  # pixel values per pass: bounds the [chunk, pixels] flo
 
 
 def hillas_parameters(images: np.ndarray, pix_x: np.ndarray, pix_y: np.ndarray,
-                      mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                      mask: np.ndarray | None = None, clip_negative: bool = False) -> dict[str, np.ndarray]:
     """Hillas parameters of each image: a dict of :data:`HILLAS_KEYS`, each float64 [n].
 
     ``images`` [n, H, W] (any pixel layout works: [n, *shape] with ``pix_x``, ``pix_y`` of ``shape``);
     ``pix_x``, ``pix_y`` the pixel positions (their unit is that of x, y, r, length and width);
-    ``mask`` bool [n, *shape] (or broadcastable to it), the pixels to use (all where ``None``).
+    ``mask`` bool [n, *shape] (or broadcastable to it), the pixels to use (all where ``None``);
+    ``clip_negative``: pixel values below 0 count as 0 (ctapipe takes no negative weights).
     Conventions in the module docstring.
     """
     images = np.asarray(images)
@@ -63,6 +64,8 @@ def hillas_parameters(images: np.ndarray, pix_x: np.ndarray, pix_y: np.ndarray,
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
         w = images[lo:hi].reshape(hi - lo, -1).astype(np.float64)
+        if clip_negative:
+            np.maximum(w, 0.0, out=w)
         if mask is not None:
             w *= mask[lo:hi].reshape(hi - lo, -1)
         _moments(w, x, y, {k: v[lo:hi] for k, v in out.items()})

@@ -101,29 +101,28 @@ class SegmentPipeline(Pipeline):
     def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         prob = self.backend.infer(batch)[self._output]
         mask = prob > self.threshold
-        result = {"mask": mask.view(np.uint8), "sources": find_sources(mask, prob, batch)}
+        result = {"mask": mask.view(np.uint8)}
         if self._pixels is not None:
-            h = hillas_parameters(np.maximum(batch, 0), *self._pixels, mask=mask)
+            h = hillas_parameters(batch, *self._pixels, mask=mask, clip_negative=True)
             result["hillas"] = np.column_stack([h[k] for k in HILLAS_KEYS]).astype(np.float32)
+        result["sources"] = find_sources(mask, prob, batch)
         return result
 
+    # Every array but ``sources`` has one row per event (the base class's split and merge); sources
+    # carry their event index in column 0.
     def split(self, result: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+        out = super().split({k: v for k, v in result.items() if k != "sources"}, start, stop)
         src = result["sources"]
         lo, hi = np.searchsorted(src[:, 0], [start, stop])  # sources are ordered by event index
-        part = src[lo:hi].copy()
-        part[:, 0] -= start
-        out = {"mask": result["mask"][start:stop], "sources": part}
-        if "hillas" in result:
-            out["hillas"] = result["hillas"][start:stop]
+        out["sources"] = src[lo:hi].copy()
+        out["sources"][:, 0] -= start
         return out
 
     def merge(self, parts: list[dict[str, np.ndarray]], sizes: list[int]) -> dict[str, np.ndarray]:
+        out = super().merge([{k: v for k, v in p.items() if k != "sources"} for p in parts], sizes)
         offsets = np.cumsum([0, *sizes[:-1]])
-        sources = [p["sources"] + np.array([off, 0, 0, 0, 0], np.float32) for p, off in zip(parts, offsets,
-                                                                                             strict=True)]
-        out = {"mask": np.concatenate([p["mask"] for p in parts]), "sources": np.concatenate(sources)}
-        if "hillas" in parts[0]:
-            out["hillas"] = np.concatenate([p["hillas"] for p in parts])
+        out["sources"] = np.concatenate([p["sources"] + np.array([off, 0, 0, 0, 0], np.float32)
+                                         for p, off in zip(parts, offsets, strict=True)])
         return out
 
     def outcomes(self, result: dict[str, np.ndarray]) -> dict[str, int]:
