@@ -120,9 +120,9 @@ def diff_summary(info: Mapping[str, Any]) -> dict[str, float]:
     return {k: info[k] for k in ("max_abs_diff", "max_abs_diff_normalised", "max_scaled_diff")}
 
 
-def ort_runner(path: str | Path, output_name: str, threads: int = 2, batch_size: int = 256
-               ) -> Callable[[np.ndarray], np.ndarray]:
-    """A function raw images [n, 64, 64] -> the model's output, backed by an ONNX Runtime session (batched)."""
+def ort_session_runner(path: str | Path, output: str, threads: int = 1, batch_size: int = 512
+                       ) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    """A function {input name: array} -> the model's ``output``, batched over the first axis (ONNX Runtime)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -130,15 +130,23 @@ def ort_runner(path: str | Path, output_name: str, threads: int = 2, batch_size:
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
-    def run(x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return np.concatenate([session.run([output_name], {INPUT_NAME: x[i:i + batch_size]})[0]
-                               for i in range(0, len(x), batch_size)])
+    def run(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        n = len(next(iter(feeds.values())))
+        outs = [session.run([output], {k: np.ascontiguousarray(v[i:i + batch_size], dtype=np.float32)
+                                       for k, v in feeds.items()})[0] for i in range(0, n, batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
     return run
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> Path:
+def ort_runner(path: str | Path, output_name: str, threads: int = 2, batch_size: int = 256
+               ) -> Callable[[np.ndarray], np.ndarray]:
+    """A function raw images [n, 64, 64] -> the model's output (:func:`ort_session_runner` on the one input)."""
+    run = ort_session_runner(path, output_name, threads, batch_size)
+    return lambda x: run({INPUT_NAME: x})
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)  # atomic: a reader never sees half a file
@@ -180,8 +188,8 @@ def calibrate_segment(path: str | Path, calib: Any, test: Any, *, target: str = 
            "output_name": OUTPUT_NAMES["segment"], "height": int(calib.counts.shape[1]),
            "width": int(calib.counts.shape[2]), "target": target, "working_points": wps,
            "default_working_point": DEFAULT_WORKING_POINT, "validation": validation,
-           "training": _training(provenance)}
-    out = _write_json(calibration_path_for(path), cal)
+           "training": training_provenance(provenance)}
+    out = write_json(calibration_path_for(path), cal)
     logger.info("calibration %s: working points %s; test AUC all %.4f, bright %.4f", out,
                 {k: round(v, 5) for k, v in wps.items()}, metrics["auc_all"], metrics["auc_bright"])
     return cal
@@ -201,13 +209,13 @@ def calibrate_denoise(path: str | Path, test_sets: Mapping[str, tuple[np.ndarray
     cal = {"format": FORMATS["denoise"], "model_sha256": sha256_file(path), "input_name": INPUT_NAME,
            "output_name": OUTPUT_NAMES["denoise"], "event_shape": [int(s) for s in clean0.shape[1:]],
            "noise_model": noise, "validation_mse": mse,
-           "training": {**_training(provenance), "noise_levels": dict(NOISE_LEVELS),
+           "training": {**training_provenance(provenance), "noise_levels": dict(NOISE_LEVELS),
                         "validation_images": len(clean0), "validation_seed": SEEDS["test"],
                         "validation_noise_seeds": {n: SEEDS["noise_test"] * 10 + k for k, n in enumerate(test_sets)},
                         "validation_mse_noisy_input": identity, "evaluated_with": "onnxruntime",
                         "mse_definition": "mean over pixels and images of (denoised - clean)^2, clean = counts / "
                                           "max(counts), noisy = simulators.sky.add_noise(clean, model, level)"}}
-    out = _write_json(calibration_path_for(path), cal)
+    out = write_json(calibration_path_for(path), cal)
     logger.info("denoise calibration %s: MSE %s", out, {k: f"{v:.3g}" for k, v in mse.items()})
     return cal
 
@@ -223,16 +231,17 @@ def write_regression_card(path: str | Path, test: Any, outputs: tuple[str, ...],
     card = {"format": FORMATS["regress"], "model_sha256": sha256_file(path), "input_name": INPUT_NAME,
             "output_name": OUTPUT_NAMES["regress"], "outputs": list(outputs),
             "test_mean_relative_error": {k: v["mean_relative_error"] for k, v in errors.items()},
-            "training": {**_training(provenance), "test_images": len(test), "test_seed": SEEDS["test"],
+            "training": {**training_provenance(provenance), "test_images": len(test), "test_seed": SEEDS["test"],
                          "test_errors": errors, "evaluated_with": "onnxruntime",
                          "relative_error_definition": "mean of |pred - true| / true over test images with true > 0"}}
-    out = _write_json(card_path_for(path), card)
+    out = write_json(card_path_for(path), card)
     logger.info("regression card %s: mean relative errors %s", out,
                 {k: round(v, 4) for k, v in card["test_mean_relative_error"].items()})
     return card
 
 
-def _training(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+def training_provenance(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``training`` block of a calibration file or card: when it was exported, plus ``provenance``."""
     return {"exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **dict(provenance or {})}
 
 

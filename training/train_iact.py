@@ -70,6 +70,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from training import train_image as image_training
+from training.export_image import card_path_for, ort_session_runner, training_provenance, write_json
 from training.iact_models import (
     SIZE,
     CameraUNet,
@@ -297,38 +298,6 @@ def export_onnx(module: nn.Module, inputs: Mapping[str, torch.Tensor], output: s
     logger.info("exported %s (%d bytes, opset %d); ORT vs torch max |diff| %.3g", path, info["bytes"], OPSET,
                 info["max_abs_diff"])
     return info
-
-
-def ort_session_runner(path: str | Path, output: str, threads: int = 1, batch_size: int = 512
-                       ) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
-    """A function {input name: array} -> the model's ``output``, batched over the first axis (ONNX Runtime)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def run(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        n = len(next(iter(feeds.values())))
-        outs = [session.run([output], {k: np.ascontiguousarray(v[i:i + batch_size], dtype=np.float32)
-                                       for k, v in feeds.items()})[0] for i in range(0, n, batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
-
-    return run
-
-
-def card_path_for(model_path: str | Path) -> Path:
-    """``iact_classifier.onnx`` -> ``iact_classifier.card.json``."""
-    p = Path(model_path)
-    return p.with_name(p.stem + ".card.json")
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a file
-    return path
 
 
 # ------------------------------------------------------------------------------------- training
@@ -752,15 +721,11 @@ def calibrate_clean(path: Path, calib: IACTData, test: IACTData, provenance: Map
     cal = {"format": CLEAN_FORMAT, "model_sha256": sha256_file(path), "input_name": "image", "output_name": "prob",
            "height": SIZE, "width": SIZE, "target": "shower", "camera": {"pixel_deg": IACTConfig().pixel_deg},
            "working_points": wps, "default_working_point": "f1_max",
-           "validation": validation, "training": _training(provenance)}
+           "validation": validation, "training": training_provenance(provenance)}
     out = write_json(calibration_path_for(path), cal)
     logger.info("calibration %s: working points %s; test AUC %.4f, F1 at f1_max %.4f", out,
                 {k: round(v, 5) for k, v in wps.items()}, validation["auc"], at_wp["f1_max"]["test"]["f1"])
     return cal
-
-
-def _training(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {"exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **dict(provenance or {})}
 
 
 def run(task: str, profile: Profile, run_dir: Path, *, seed: int = 0, export: Path | None = None, threads: int = 1,
@@ -914,7 +879,7 @@ def write_classifier_card(path: Path, test: IACTData, provenance: Mapping[str, A
                      "evaluated_with": "onnxruntime",
                      "gamma_efficiency_at_proton_acceptance": {
                          f"{a:g}": float(np.mean(score[y] > np.quantile(score[~y], 1 - a))) for a in (0.01, 0.1)}},
-            "training": _training(provenance)}
+            "training": training_provenance(provenance)}
     write_json(card_path_for(path), card)
     logger.info("classifier card %s: AUC %.4f", card_path_for(path), card["test_auc"])
     return card
@@ -942,7 +907,7 @@ def write_cvae_card(path: Path, generator: CVAEGenerator, train_log_size: np.nda
             "output": "expected light in p.e. per pixel, noise-free; its sum equals 10**log10_size (size * softmax)",
             "validation": {"size_mismatch_on_test_sizes": size_mismatch(asked, fake), "n_images": len(test),
                            "seed": SEEDS["test"], "evaluated_with": "onnxruntime"},
-            "training": _training(provenance)}
+            "training": training_provenance(provenance)}
     write_json(card_path_for(path), card)
     logger.info("cVAE card %s: size mismatch %s", card_path_for(path),
                 card["validation"]["size_mismatch_on_test_sizes"])

@@ -45,7 +45,7 @@ from torch import nn
 
 from simulators.radio import NOISE_CHOICES, NOISE_MODELS, RadioBatch, RadioConfig, RadioSimulator, peak_summary
 from simulators.radio import simulate as simulate_radio
-from training.export_image import OPSET, TOLERANCE, _write_json
+from training.export_image import OPSET, TOLERANCE, write_json
 from training.trace_models import SCALE_FLOOR, TraceDAE, TraceDAEConfig, count_parameters
 from training.train_image import Profile, plot_history, predict, save_checkpoint, train_loop, write_history
 from trigger.calibration import calibration_path_for, sha256_file
@@ -199,7 +199,7 @@ def write_calibration(path: str | Path, test: dict[str, RadioBatch], provenance:
                         "evaluated_with": "onnxruntime",
                         "mse_definition": "mean over samples and traces of ((denoised - clean) / max|noisy|)^2, "
                                           "traces from simulators.radio (default RadioConfig)"}}
-    _write_json(calibration_path_for(path), cal)
+    write_json(calibration_path_for(path), cal)
     logger.info("calibration %s: MSE %s", calibration_path_for(path), {k: f"{v:.3g}" for k, v in mse.items()})
     return cal
 
