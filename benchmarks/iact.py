@@ -265,10 +265,15 @@ def cvae(n_gamma: int, score, tail: dict, pix, ablation: Path | None, model: Pat
                                                                     h["simulated"]["intensity"])
     abl = None
     if ablation is not None:
-        a = CVAEGenerator(seed=SEEDS["generate"], model=ablation).generate_full(len(asked), log10_size=asked)
-        ra = a.light.astype(np.float64).sum(axis=(1, 2)) / asked_size - 1
+        gen = CVAEGenerator(seed=SEEDS["generate"], model=ablation)
+        # The generator refuses sizes outside its own training range (a little narrower than the shipped one's).
+        lo, hi = (float(v) for v in gen.card["log10_size_range"])
+        asked_a = np.clip(asked, lo, hi)
+        a = gen.generate_full(len(asked_a), log10_size=asked_a)
+        ra = a.light.astype(np.float64).sum(axis=(1, 2)) / 10.0 ** asked_a.astype(np.float64) - 1
         abl = {"model": str(ablation), "sha256": sha256_file(ablation), "median_abs_rel": float(np.median(np.abs(ra))),
-               "mean_abs_rel": float(np.mean(np.abs(ra))), "mean_score_generated": float(score(a.images).mean())}
+               "mean_abs_rel": float(np.mean(np.abs(ra))), "mean_score_generated": float(score(a.images).mean()),
+               "sizes_clipped_to_its_training_range": int(np.count_nonzero(asked_a != asked))}
         size["ablation_free_output"] = abl
     plot_size(asked, got, h, sim_size, abl and a.light)
     # Speed, one thread.
