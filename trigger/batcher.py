@@ -183,3 +183,47 @@ class BatchBuffer:
             self._buf[n:n + it.n] = it.data
             n += it.n
         return self._buf[:n]
+
+
+class Turns:
+    """Tickets in batch order, so batches inferred by several workers are published in the order
+    they were formed, one at a time.
+
+    ``take`` hands out the next ticket (call it where batches are formed, under the same lock);
+    ``wait`` blocks until every earlier ticket is ``done``; ``abort`` wakes every waiter with
+    :class:`TurnsAborted` (a worker failed: the tickets behind it would wait forever).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._issued = 0
+        self._next = 0
+        self._aborted = False
+
+    def take(self) -> int:
+        with self._cond:
+            ticket = self._issued
+            self._issued += 1
+            return ticket
+
+    def wait(self, ticket: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._next == ticket or self._aborted)
+            if self._aborted:
+                raise TurnsAborted
+
+    def done(self, ticket: int) -> None:
+        with self._cond:
+            if ticket != self._next:
+                raise RuntimeError(f"ticket {ticket} done out of turn (turn of {self._next})")
+            self._next += 1
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+
+
+class TurnsAborted(Exception):
+    """Another worker failed, so an earlier ticket will never be done."""

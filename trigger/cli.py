@@ -57,6 +57,7 @@ def _serve_overrides(a: argparse.Namespace) -> dict[str, Any]:
     put("backend.threads", a.threads)
     put("batching.max_batch", a.max_batch)
     put("batching.max_delay_ms", a.max_delay_ms)
+    put("batching.workers", a.workers)
     put("batching.queue_events", a.queue_events)
     put("batching.overload", a.overload)
     put("log_level", a.log_level)
@@ -381,7 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calibration", type=Path, help="calibration file (default: beside the model)")
     s.add_argument("--working-point", help="e.g. fpr_0.01")
     s.add_argument("--backend", help="inference backend (default onnxruntime)")
-    s.add_argument("--threads", type=int, help="backend threads (0 = all cores)")
+    s.add_argument("--threads", type=int, help="intra-op threads per inference call (0 = the cores shared out "
+                                                "among the workers)")
+    s.add_argument("--workers", type=int, help="batches inferred at the same time, each by its own thread "
+                                                "(default 1; ONNX Runtime only)")
     s.add_argument("--max-batch", type=int)
     s.add_argument("--max-delay-ms", type=float)
     s.add_argument("--queue-events", type=int, help="bound of the receive queue, in events")

@@ -1,10 +1,13 @@
 """The trigger daemon: receive, validate, batch, decide, publish.
 
-Two threads. The receiver owns the input socket (and the dead-letter socket): it decodes and
-validates each message, counts it, tracks per-source sequence numbers, converts the data to
-float32 and queues it. The inference thread (the caller of :meth:`Daemon.run`) owns the decision
-socket: it forms batches, runs the pipeline and publishes one decision message per input
-message. ZeroMQ's own I/O thread keeps reading the network while both are busy.
+The receiver thread owns the input socket (and the dead-letter socket): it decodes and validates
+each message, counts it, tracks per-source sequence numbers, converts the data to float32 and
+queues it. The inference workers (``batching.workers`` threads, the caller of :meth:`Daemon.run`
+the first) each form a batch, run the pipeline on it, and publish one decision message per input
+message. Batches are published in the order they were formed, one worker at a time (a ticket
+per batch, :class:`~trigger.batcher.Turns`): the decision socket passes between workers only
+under that lock, the full memory barrier ZeroMQ asks for when a socket changes threads. ZeroMQ's
+own I/O thread keeps reading the network while all of them are busy.
 
 Overload (``batching.overload``): with ``block`` the receiver waits while the queue is full, so
 ZeroMQ's high-water mark pushes back on the readout; with ``shed_oldest``/``shed_newest`` it never
@@ -32,7 +35,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,10 +46,11 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import curve
 from ._log import logger
-from .batcher import BatchBuffer, Batcher, EventQueue, Item
+from .batcher import BatchBuffer, Batcher, EventQueue, Item, Turns, TurnsAborted
 from .config import Config
 from .metrics import Metrics
 from .pipelines import Pipeline, load_pipeline
+from .pipelines.base import inference_workers
 from .protocol import INPUT_KINDS, VERSION, ProtocolError, Reason, as_float32, decode, encode
 
 MAX_TRACKED_SOURCES = 4096
@@ -98,6 +102,7 @@ class Daemon:
         self.config = config
         self._reload_config = reload_config
         self.pipeline = pipeline if pipeline is not None else load_pipeline(config)
+        self.workers = inference_workers(config)
         self.metrics = Metrics(self.pipeline.name)
         self.counts = RunCounts()
         self._ctx = context or zmq.Context()
@@ -184,8 +189,9 @@ class Daemon:
         self._reloader.start()
         d = self.pipeline.describe()
         logger.info(
-            "ready: %s pipeline, model %s (sha256 %s, %s %s), input %s %s, decisions on %s, metrics %s",
-            d["pipeline"], d.get("model"), d.get("model_sha256"), d.get("working_point"), d.get("threshold"),
+            "ready: %s pipeline, model %s (sha256 %s, %s %s), %d inference worker%s, input %s %s, decisions on %s, "
+            "metrics %s", d["pipeline"], d.get("model"), d.get("model_sha256"), d.get("working_point"),
+            d.get("threshold"), self.workers, "" if self.workers == 1 else "s",
             cfg.input.pattern, ",".join(cfg.input.endpoints), cfg.output.endpoint,
             f"http://{cfg.metrics.host}:{self.metrics_port}/metrics" if self.metrics_port else "off")
 
@@ -437,34 +443,73 @@ class Daemon:
     # -- inference thread ---------------------------------------------------------------------
 
     def _inference_loop(self) -> None:
+        """Run ``workers`` inference workers (this thread is the first) until the queue is drained.
+
+        Each worker forms a batch under a shared lock (the batcher hands out whole batches in
+        queue order, each with a ticket), infers it outside the lock, then publishes it when its
+        ticket's turn comes: decisions leave in the order the batches were formed, from one thread
+        at a time. A failure in any worker stops the daemon and is raised here.
+        """
         cfg = self.config.batching
-        batcher = Batcher(self.queue, cfg.max_batch, cfg.max_delay_ms / 1000.0)
-        buffer = BatchBuffer(cfg.max_batch, self.pipeline.event_shape)
+        batches = Batcher(self.queue, cfg.max_batch, cfg.max_delay_ms / 1000.0).batches()
+        lock, turns, errors = threading.Lock(), Turns(), []
+        others = [threading.Thread(target=self._work, args=(batches, lock, turns, errors), name=f"inference-{i}",
+                                   daemon=True) for i in range(1, self.workers)]
+        for t in others:
+            t.start()
+        self._work(batches, lock, turns, errors)
+        for t in others:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def _work(self, batches: Iterator[list[Item]], lock: threading.Lock, turns: Turns,
+              errors: list[BaseException]) -> None:
+        cfg = self.config.batching
+        buffer = BatchBuffer(cfg.max_batch, self.pipeline.event_shape)  # this worker's own
         m = self.metrics
-        for batch in batcher.batches():
-            m.queue_events.set(self.queue.events)
-            if self._pending is not None:
-                self._swap_pipeline()
-            if not batch:
-                continue
-            pipeline = self.pipeline  # one pipeline per batch, so a swap never splits a batch
-            t_start = time.monotonic()
-            for it in batch:
-                m.stage_latency.labels("queue").observe(t_start - it.t_queued_mono)
-            n = sum(it.n for it in batch)
-            if n <= cfg.max_batch:
-                result = pipeline.decide(buffer.assemble(batch))
-            else:  # one message larger than a batch: infer it in max_batch slices
-                data = batch[0].data
-                starts = range(0, n, cfg.max_batch)
-                parts = [pipeline.decide(data[i:i + cfg.max_batch]) for i in starts]
-                result = pipeline.merge(parts, [min(cfg.max_batch, n - i) for i in starts])
-            t_inf = time.monotonic()
-            m.stage_latency.labels("inference").observe(t_inf - t_start)
-            m.batch_size.observe(n)
-            pipeline.monitor(result, m)
-            self._publish(pipeline, batch, result)
-            m.stage_latency.labels("publish").observe(time.monotonic() - t_inf)
+        try:
+            while True:
+                with lock:
+                    batch = next(batches, None)
+                    if batch is None:
+                        return
+                    m.queue_events.set(self.queue.events)
+                    if self._pending is not None:
+                        self._swap_pipeline()
+                    if not batch:
+                        continue
+                    pipeline = self.pipeline  # one pipeline per batch, so a swap never splits a batch
+                    ticket = turns.take()
+                t_start = time.monotonic()
+                for it in batch:
+                    m.stage_latency.labels("queue").observe(t_start - it.t_queued_mono)
+                n = sum(it.n for it in batch)
+                if n <= cfg.max_batch:
+                    result = pipeline.decide(buffer.assemble(batch))
+                else:  # one message larger than a batch: infer it in max_batch slices
+                    data = batch[0].data
+                    starts = range(0, n, cfg.max_batch)
+                    parts = [pipeline.decide(data[i:i + cfg.max_batch]) for i in starts]
+                    result = pipeline.merge(parts, [min(cfg.max_batch, n - i) for i in starts])
+                t_inf = time.monotonic()
+                m.stage_latency.labels("inference").observe(t_inf - t_start)
+                m.batch_size.observe(n)
+                turns.wait(ticket)
+                t_pub = time.monotonic()
+                try:
+                    pipeline.monitor(result, m)
+                    self._publish(pipeline, batch, result)
+                finally:
+                    turns.done(ticket)
+                m.stage_latency.labels("publish").observe(time.monotonic() - t_pub)
+        except TurnsAborted:
+            return  # another worker failed first; its error is the one raised
+        except BaseException as exc:
+            errors.append(exc)
+            self._failed.set()
+            self._stop.set()
+            turns.abort()
 
     def _publish(self, pipeline: Pipeline, batch: list[Item], result: dict[str, np.ndarray]) -> None:
         m = self.metrics
@@ -527,6 +572,9 @@ class Daemon:
         if new.name != old.name or new.event_shape != old.event_shape:
             raise ValueError(f"the new {new.name} pipeline takes events of shape {list(new.event_shape)}, the "
                              f"running {old.name} pipeline {list(old.event_shape)}: that needs a restart")
+        if self.workers > 1 and not getattr(getattr(new, "backend", None), "concurrent", False):
+            raise ValueError(f"the new {cfg.backend.name} backend takes one batch at a time and this daemon runs "
+                             f"{self.workers} inference workers: that needs a restart")
         config = self.config.model_copy(update={"pipeline": cfg.pipeline, "backend": cfg.backend})
         with self._reload_lock:
             self._pending = (new, config)

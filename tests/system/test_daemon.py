@@ -58,6 +58,40 @@ def test_every_event_decided_once_with_provenance_and_fpr_at_working_point(chain
     assert chain.daemon.stop() == 0
 
 
+def test_two_inference_workers_decide_every_event_once_in_order_and_as_one_worker_does(chain_factory):
+    """``--workers 2``: batches inferred concurrently (PUSH backpressure keeps both workers busy;
+    message sizes from 1 to 300 events make batches finish out of order), yet every message is
+    decided once, each source's decisions arrive in sequence order, and the decisions are those
+    of a single worker on the same stream."""
+    sim = WaveformSimulator(seed=11, signal_fraction=0.5)
+    data, truth = sim.next(3000)
+    sizes = np.random.default_rng(3).choice([1, 7, 40, 300], size=60)
+    got = {}
+    for workers in ("2", "1"):
+        chain = chain_factory("--workers", workers, "--threads", "1", "--max-batch", "128", pattern="push")
+        start, seq = 0, {"adc00": 0, "adc01": 0}
+        for k, n in enumerate(sizes):
+            source = ("adc00", "adc01")[k % 2]
+            rows = np.arange(start, start + n) % len(data)
+            start += int(n)
+            chain.pub.send_multipart(encode_input("waveform", source, seq[source], time.time_ns(), data[rows]))
+            seq[source] += 1
+        assert wait_until(lambda c=chain: c.collector.events() >= int(sizes.sum()), timeout=120)
+        time.sleep(0.3)
+        out = chain.collector.stop()
+        assert chain.daemon.stop() == 0
+        assert out.events == int(sizes.sum()) and all(v == 1 for v in out.keys.values())
+        for source in ("adc00", "adc01"):
+            arrived = [q for (s, q) in out.keys if s == source]  # in arrival order
+            assert arrived == list(range(seq[source])), f"{source} decisions out of order with {workers} workers"
+        got[workers] = out.arrays
+        assert f"{workers} inference worker" in chain.daemon.text()  # the ready line says how many
+    assert got["2"].keys() == got["1"].keys()
+    for key, arrays in got["1"].items():
+        np.testing.assert_array_equal(got["2"][key]["accept"], arrays["accept"])
+        np.testing.assert_allclose(got["2"][key]["score"], arrays["score"], rtol=1e-5)
+
+
 def test_metrics_count_what_happened(chain_factory):
     chain = chain_factory()
     sim = WaveformSimulator(seed=3, signal_fraction=0.5)
@@ -230,6 +264,11 @@ def test_unusable_configuration_or_model_exits_nonzero_with_one_line(tmp_path, p
     (tmp_path / "other.calib.json").write_text(pulse_model.with_name(pulse_model.stem + ".calib.json").read_text())
     r = run("--model", str(foreign))
     assert r.returncode != 0 and "sha256" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+    # TensorRT takes one batch at a time (it overlaps batches on its own streams): refused before
+    # anything loads, whether or not TensorRT is installed here.
+    r = run("--backend", "tensorrt", "--workers", "2")
+    assert r.returncode != 0 and "batching.workers 2" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_calibrate_from_a_live_noise_stream(tmp_path, pulse_model):

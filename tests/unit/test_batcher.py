@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trigger.batcher import BatchBuffer, Batcher, EventQueue, Item
+from trigger.batcher import BatchBuffer, Batcher, EventQueue, Item, Turns, TurnsAborted
 
 pytestmark = pytest.mark.timeout(30)  # a hang here is a bug: fail fast instead of at the global limit
 
@@ -347,3 +347,53 @@ def test_assemble_images_and_integer_dtypes():
     b = -np.arange(6, dtype=np.float32).reshape(1, 2, 3)
     items = [Item("cam", 0, 0, 0, 0.0, a), Item("cam", 1, 0, 0, 0.0, b)]
     np.testing.assert_array_equal(buf.assemble(items), np.concatenate([a, b]))
+
+
+def test_turns_publish_in_ticket_order_whatever_order_the_work_finishes():
+    """Workers finishing in reverse order still publish in the order their batches were formed."""
+    turns = Turns()
+    tickets = [turns.take() for _ in range(6)]
+    published: list[int] = []
+
+    def work(ticket: int) -> None:
+        time.sleep(0.02 * (len(tickets) - ticket))  # the last ticket finishes first
+        turns.wait(ticket)
+        published.append(ticket)
+        turns.done(ticket)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in tickets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert published == tickets == list(range(6))
+
+
+def test_turns_abort_wakes_the_waiters_behind_a_failed_worker():
+    turns = Turns()
+    first, second = turns.take(), turns.take()
+    woke: list[str] = []
+
+    def behind() -> None:
+        try:
+            turns.wait(second)
+        except TurnsAborted:
+            woke.append("aborted")
+
+    t = threading.Thread(target=behind)
+    t.start()
+    time.sleep(0.05)
+    assert not woke  # still waiting for the first ticket
+    turns.abort()  # the first ticket's worker failed: it will never be done
+    t.join(timeout=5)
+    assert woke == ["aborted"]
+    with pytest.raises(TurnsAborted):
+        turns.wait(first)
+
+
+def test_turns_refuse_a_ticket_done_out_of_turn():
+    turns = Turns()
+    turns.take()
+    second = turns.take()
+    with pytest.raises(RuntimeError, match="out of turn"):
+        turns.done(second)

@@ -8,6 +8,7 @@ raises :class:`BackendUnavailable` with what to install or change.
 from __future__ import annotations
 
 import importlib
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +32,10 @@ class Backend(ABC):
     """Runs one model with one float32 input of shape ``[batch, *input_shape]``."""
 
     name: ClassVar[str]
+    concurrent: ClassVar[bool] = False
+    """True when several threads may call :meth:`infer` at once (``batching.workers`` > 1 then
+    infers that many batches in parallel). Backends that pipeline batches on device streams
+    themselves (TensorRT, CUDA) leave it False."""
 
     def __init__(self, model_path: str | Path, *, threads: int = 0, **options: Any):
         self.model_path = Path(model_path)
@@ -80,8 +85,8 @@ def available_backends() -> list[str]:
     return sorted(set(_REGISTRY) | set(_MODULES))
 
 
-def create_backend(name: str, model_path: str | Path, **options: Any) -> Backend:
-    """Instantiate backend ``name`` for ``model_path``; raises BackendUnavailable with a reason."""
+def backend_class(name: str) -> type[Backend]:
+    """The class registered as ``name`` (its module imported on first use); raises BackendUnavailable."""
     if name not in _REGISTRY and name in _MODULES:
         try:
             importlib.import_module(_MODULES[name])
@@ -89,4 +94,17 @@ def create_backend(name: str, model_path: str | Path, **options: Any) -> Backend
             raise BackendUnavailable(f"backend {name!r} cannot be imported here: {exc}") from exc
     if name not in _REGISTRY:
         raise BackendUnavailable(f"unknown backend {name!r}; known: {', '.join(available_backends())}")
-    return _REGISTRY[name](model_path, **options)
+    return _REGISTRY[name]
+
+
+def create_backend(name: str, model_path: str | Path, **options: Any) -> Backend:
+    """Instantiate backend ``name`` for ``model_path``; raises BackendUnavailable with a reason."""
+    return backend_class(name)(model_path, **options)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

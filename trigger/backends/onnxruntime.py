@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from .base import Backend, BackendUnavailable, register_backend
+from .base import Backend, BackendUnavailable, register_backend, usable_cores
 
 
 @register_backend
@@ -20,12 +19,13 @@ class OnnxRuntimeBackend(Backend):
     slice of 64 frames runs as fast per frame)."""
 
     name = "onnxruntime"
+    concurrent = True  # InferenceSession.run is thread-safe; each call runs on its caller's thread
 
     def __init__(self, model_path: str | Path, *, threads: int = 0, **options: Any):
         super().__init__(model_path)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        so.intra_op_num_threads = threads or usable_cores()
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3  # errors only: ORT's info lines would bypass our logger

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..backends import Backend, BackendUnavailable, create_backend
+from ..backends import Backend, BackendUnavailable, backend_class, create_backend, usable_cores
 from ..calibration import load_for_model, sha256_file
 from ..config import Config
 
@@ -77,8 +77,24 @@ def open_model(config: Config, calibration_kind: type) -> tuple[Backend, Any]:
     if not Path(model).is_file():
         raise BackendUnavailable(f"model file {model} does not exist")
     calibration = load_for_model(model, config.pipeline.calibration, calibration_kind)
-    backend = create_backend(config.backend.name, model, threads=config.backend.threads, **config.backend.options)
+    backend = create_backend(config.backend.name, model, threads=backend_threads(config), **config.backend.options)
     return backend, calibration
+
+
+def inference_workers(config: Config) -> int:
+    """``batching.workers``, refused above 1 for a backend whose ``infer`` must not be called from
+    several threads at once."""
+    workers = config.batching.workers
+    if workers > 1 and not backend_class(config.backend.name).concurrent:
+        raise BackendUnavailable(f"batching.workers {workers}: the {config.backend.name} backend takes one batch "
+                                 "at a time (it overlaps batches on its own streams); set workers to 1")
+    return workers
+
+
+def backend_threads(config: Config) -> int:
+    """Intra-op threads per inference call: ``backend.threads``, or the usable cores shared out
+    among the inference workers."""
+    return config.backend.threads or max(1, usable_cores() // inference_workers(config))
 
 
 def check_io(backend: Backend, event_shape: tuple[int, ...], output: str) -> None:
