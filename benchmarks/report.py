@@ -55,7 +55,10 @@ def rows() -> list[tuple[str, str, str, str, str]]:
                     f"{sm['ratio_end_to_end_over_bare']:.2f} median of {len(t['end_to_end'])} pairs [{lo:.2f}, "
                     f"{hi:.2f}]; best end to end {sm['end_to_end_best_events_per_second']:,.0f} {unit}/s "
                     f"(max_batch {sm['end_to_end_best_max_batch']}), {sm['lost_events']} {unit} lost"
-                    + "".join(f"; {k} {v}" for k, v in t.get("backend_options", {}).items()), ">= 0.8",
+                    + "".join(f"; {k} {v}" for k, v in t.get("backend_options", {}).items())
+                    + (f"; cores busy (of {t['machine']['cores']}): daemon {c['daemon']:.2f} (ZeroMQ I/O "
+                       f"{c['daemon_zmq_io']:.2f}), readout + collector {c['readout_and_collector']:.2f}"
+                       if (c := sm.get("cores_busy_median")) else ""), ">= 0.8",
                     _mark(sm["ratio_end_to_end_over_bare"] >= 0.8), _machine(t)))
         lat = t["latency_half_load"]["latency_seconds"]
         pulse = what == "pulse"  # the 5 ms target is the waveform trigger's; image issues set none

@@ -204,6 +204,7 @@ def end_to_end(ctx, model, source, events: int, max_batch: int, per_message: int
     """Sustained rate with backpressure and no loss: everything sent must come back decided."""
     sock, daemon, collector = chain(ctx, model, "push", max_batch, shape)
     try:
+        cpu0 = cpu_seconds(daemon.proc.pid)
         t0 = time.monotonic()
         stats = replay(sock, source, sources=[SOURCE], events=events, rate=0, events_per_message=per_message,
                        truth=False)
@@ -211,17 +212,43 @@ def end_to_end(ctx, model, source, events: int, max_batch: int, per_message: int
                                             f"end to end, max_batch {max_batch}")
         decided = collector.events()
         elapsed = t_last - t0
+        cpu = {k: v - cpu0.get(k, 0.0) for k, v in cpu_seconds(daemon.proc.pid).items()}
         rss = daemon.peak_rss_bytes()
     finally:
         collector.stop()
         code = daemon.stop()  # before the readout closes, so a dropped input in its log means a real drop
         sock.close(linger=0)
     rate = decided / elapsed
-    log.info("end to end, max_batch %4d: %8.0f events/s (%d of %d decided), daemon peak RSS %.0f MB",
-             max_batch, rate, decided, stats.total_events, rss / 2**20)
+    log.info("end to end, max_batch %4d: %8.0f events/s (%d of %d decided), daemon peak RSS %.0f MB; cores busy: "
+             "daemon %.2f (ZeroMQ I/O %.2f), readout + collector %.2f", max_batch, rate, decided, stats.total_events,
+             rss / 2**20, cpu["daemon"] / elapsed, cpu["daemon_zmq_io"] / elapsed,
+             cpu["readout_and_collector"] / elapsed)
     return {"max_batch": max_batch, "events_per_message": per_message, "events_sent": stats.total_events,
             "events_decided": decided, "lost": stats.total_events - decided, "seconds": elapsed,
-            "events_per_second": rate, "daemon_counts": counts, "daemon_peak_rss_bytes": rss, "daemon_exit": code}
+            "events_per_second": rate, "daemon_counts": counts, "daemon_peak_rss_bytes": rss, "daemon_exit": code,
+            # Where the machine's CPU went (cores busy on average over the run): what the daemon spends
+            # beside inference, and what the readout and the collector (this process) take from it.
+            "cores_busy": {k: v / elapsed for k, v in cpu.items()}}
+
+
+def cpu_seconds(daemon_pid: int) -> dict[str, float]:
+    """CPU seconds so far: the daemon (all threads), its ZeroMQ I/O thread, and this process
+    (replay and collector)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"daemon": 0.0, "daemon_zmq_io": 0.0}
+    for task in Path(f"/proc/{daemon_pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # a thread that just ended
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        t = (int(fields[11]) + int(fields[12])) / tick
+        out["daemon"] += t
+        if name.startswith("ZMQbg/IO"):
+            out["daemon_zmq_io"] += t
+    own = os.times()
+    out["readout_and_collector"] = own.user + own.system
+    return out
 
 
 def latency_at(ctx, model, source, rate: float, seconds: float, max_batch: int, per_message: int, shape) -> dict:
@@ -366,6 +393,7 @@ def main() -> int:
             "end_to_end_best_max_batch": best["max_batch"],
             "ratio_end_to_end_over_bare": float(np.median(ratios)),
             "ratio_end_to_end_over_bare_range": [ratios[0], ratios[-1]],
+            "cores_busy_median": {k: float(np.median([r["cores_busy"][k] for r in e2e])) for k in e2e[0]["cores_busy"]},
             "best_bare_any_configuration_events_per_second": max(*bare.values(), *one_caller.values()),
             "ratio_best_end_to_end_over_best_bare_any_configuration":
                 best["events_per_second"] / max(*bare.values(), *one_caller.values()),
