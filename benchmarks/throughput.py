@@ -232,18 +232,20 @@ def end_to_end(ctx, model, source, events: int, max_batch: int, per_message: int
 
 
 def cpu_seconds(daemon_pid: int) -> dict[str, float]:
-    """CPU seconds so far: the daemon (all threads), its ZeroMQ I/O thread, and this process
-    (replay and collector)."""
+    """CPU seconds so far: the daemon (all its threads, ended ones included), its ZeroMQ I/O
+    thread, and this process (replay and collector)."""
     tick = os.sysconf("SC_CLK_TCK")
-    out = {"daemon": 0.0, "daemon_zmq_io": 0.0}
+
+    def ticks(stat: str) -> tuple[str, float]:
+        fields = stat[stat.rindex(")") + 2:].split()
+        return stat[stat.index("(") + 1:stat.rindex(")")], (int(fields[11]) + int(fields[12])) / tick
+
+    out = {"daemon": ticks(Path(f"/proc/{daemon_pid}/stat").read_text())[1], "daemon_zmq_io": 0.0}
     for task in Path(f"/proc/{daemon_pid}/task").iterdir():
         try:
-            stat = (task / "stat").read_text()
+            name, t = ticks((task / "stat").read_text())
         except OSError:
             continue  # a thread that just ended
-        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        t = (int(fields[11]) + int(fields[12])) / tick
-        out["daemon"] += t
         if name.startswith("ZMQbg/IO"):
             out["daemon_zmq_io"] += t
     own = os.times()

@@ -382,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calibration", type=Path, help="calibration file (default: beside the model)")
     s.add_argument("--working-point", help="e.g. fpr_0.01")
     s.add_argument("--backend", help="inference backend (default onnxruntime)")
-    s.add_argument("--threads", type=int, help="intra-op threads per inference call (0 = the cores shared out "
-                                                "among the workers)")
+    s.add_argument("--threads", type=int, help="intra-op threads (0 = cores - workers + 1: workers and the "
+                                                "backend's shared pool fill the cores)")
     s.add_argument("--workers", type=int, help="batches inferred at the same time, each by its own thread "
                                                 "(default 1; ONNX Runtime only)")
     s.add_argument("--max-batch", type=int)

@@ -126,8 +126,9 @@ class BackendConfig(_Model):
     name: str = "onnxruntime"
     """Inference backend (see trigger.backends)."""
     threads: int = Field(0, ge=0)
-    """Intra-op threads of each inference call; 0: the usable cores shared out among the
-    inference workers (``batching.workers``), at least 1 each."""
+    """Intra-op threads (ONNX Runtime: a pool of threads - 1, shared by the calls running at once,
+    plus each call's own thread); 0: usable cores - batching.workers + 1, so the inference
+    workers and the pool together fill the cores."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Backend-specific options."""
 

@@ -103,6 +103,8 @@ class Daemon:
         self._reload_config = reload_config
         self.pipeline = pipeline if pipeline is not None else load_pipeline(config)
         self.workers = inference_workers(config)
+        if self.workers > 1 and not getattr(getattr(self.pipeline, "backend", None), "concurrent", False):
+            raise StartupError(f"batching.workers {self.workers}: this pipeline's backend takes one batch at a time")
         self.metrics = Metrics(self.pipeline.name)
         self.counts = RunCounts()
         self._ctx = context or zmq.Context()
@@ -481,6 +483,8 @@ class Daemon:
                         continue
                     pipeline = self.pipeline  # one pipeline per batch, so a swap never splits a batch
                     ticket = turns.take()
+                if self._failed.is_set():
+                    return  # another worker failed: stop now rather than infer a batch nobody publishes
                 t_start = time.monotonic()
                 for it in batch:
                     m.stage_latency.labels("queue").observe(t_start - it.t_queued_mono)
@@ -495,14 +499,13 @@ class Daemon:
                 t_inf = time.monotonic()
                 m.stage_latency.labels("inference").observe(t_inf - t_start)
                 m.batch_size.observe(n)
-                turns.wait(ticket)
-                t_pub = time.monotonic()
+                turns.wait(ticket)  # with several workers, "publish" includes waiting for earlier batches
                 try:
                     pipeline.monitor(result, m)
                     self._publish(pipeline, batch, result)
                 finally:
                     turns.done(ticket)
-                m.stage_latency.labels("publish").observe(time.monotonic() - t_pub)
+                m.stage_latency.labels("publish").observe(time.monotonic() - t_inf)
         except TurnsAborted:
             return  # another worker failed first; its error is the one raised
         except BaseException as exc:
@@ -567,7 +570,10 @@ class Daemon:
         if restart_only:
             logger.warning("reload applies pipeline and backend only; changes to %s need a restart",
                            ", ".join(restart_only))
-        new = load_pipeline(cfg)
+        # The running daemon's batching (its worker count sizes the backend's threads), the new
+        # pipeline and backend sections.
+        config = self.config.model_copy(update={"pipeline": cfg.pipeline, "backend": cfg.backend})
+        new = load_pipeline(config)
         old = self.pipeline
         if new.name != old.name or new.event_shape != old.event_shape:
             raise ValueError(f"the new {new.name} pipeline takes events of shape {list(new.event_shape)}, the "
@@ -575,7 +581,6 @@ class Daemon:
         if self.workers > 1 and not getattr(getattr(new, "backend", None), "concurrent", False):
             raise ValueError(f"the new {cfg.backend.name} backend takes one batch at a time and this daemon runs "
                              f"{self.workers} inference workers: that needs a restart")
-        config = self.config.model_copy(update={"pipeline": cfg.pipeline, "backend": cfg.backend})
         with self._reload_lock:
             self._pending = (new, config)
 

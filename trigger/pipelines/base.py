@@ -92,9 +92,11 @@ def inference_workers(config: Config) -> int:
 
 
 def backend_threads(config: Config) -> int:
-    """Intra-op threads per inference call: ``backend.threads``, or the usable cores shared out
-    among the inference workers."""
-    return config.backend.threads or max(1, usable_cores() // inference_workers(config))
+    """Intra-op threads of the backend: ``backend.threads``, or ``cores - workers + 1``. ONNX
+    Runtime gives a session one pool of ``threads - 1`` threads, shared by the calls running at
+    once, each of which also computes on its caller's thread: the workers and the pool then fill
+    the cores, no more."""
+    return config.backend.threads or max(1, usable_cores() - inference_workers(config) + 1)
 
 
 def check_io(backend: Backend, event_shape: tuple[int, ...], output: str) -> None:

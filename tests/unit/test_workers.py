@@ -1,0 +1,53 @@
+"""Inference workers: how many, on which backends, and how many threads each backend gets."""
+
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from trigger.backends import BackendUnavailable, usable_cores
+from trigger.config import Config
+from trigger.daemon import Daemon
+from trigger.pipelines.base import backend_threads, inference_workers
+
+
+def config(**batching_and_backend) -> Config:
+    backend = {k: batching_and_backend.pop(k) for k in ("name", "threads") if k in batching_and_backend}
+    return Config.model_validate({"batching": batching_and_backend, "backend": backend,
+                                  "metrics": {"port": 0}})
+
+
+def test_one_worker_gets_every_core():
+    assert inference_workers(config()) == 1
+    assert backend_threads(config()) == usable_cores()
+
+
+def test_workers_and_the_shared_pool_fill_the_cores_no_more():
+    # ONNX Runtime: threads - 1 pool threads shared by the calls, plus one caller thread per worker.
+    cfg = config(workers=2)
+    assert inference_workers(cfg) == 2
+    assert backend_threads(cfg) == max(1, usable_cores() - 1)
+    assert backend_threads(config(workers=64)) == 1
+    assert backend_threads(config(workers=2, threads=3)) == 3  # an explicit setting wins
+
+
+@pytest.mark.parametrize("backend", ["tensorrt", "torch"])
+def test_backends_that_pipeline_on_their_own_streams_refuse_several_workers(backend):
+    assert inference_workers(config(name=backend)) == 1  # importable without the library
+    with pytest.raises(BackendUnavailable, match=f"batching.workers 2: the {backend} backend takes one batch"):
+        inference_workers(config(name=backend, workers=2))
+
+
+def test_a_reload_sizes_the_new_backend_for_the_workers_running_not_the_file():
+    """The worker count needs a restart, so a reload that edits it must not size threads by it."""
+    running = config(workers=1)
+    edited = config(workers=2)
+    ctx = zmq.Context()
+    try:
+        daemon = Daemon(running, context=ctx, reload_config=lambda: edited)  # not started: no sockets
+        daemon._prepare_reload()
+    finally:
+        ctx.term()
+    new, applied = daemon._pending
+    assert applied.batching.workers == 1
+    assert new.backend.describe()["threads"] == str(usable_cores())
