@@ -70,8 +70,8 @@ from simulators.waveform import WaveformSimulator
 from trigger.audit import AuditSubscriber
 from trigger.calibration import sha256_file
 from trigger.config import DEFAULT_PULSE_MODEL
-from trigger.demo import free_port
-from trigger.protocol import Reason, decode, encode_input
+from trigger.demo import DecisionCollector, free_port
+from trigger.protocol import Reason, encode_input
 from trigger.replay import PoolSource, replay
 
 log = setup_logging().getChild("reliability")
@@ -210,73 +210,6 @@ def cleanup() -> None:
 # --- the subscriber side ---------------------------------------------------------------------------
 
 
-class Collector(threading.Thread):
-    """Every decision and end-of-run message on ``endpoints``: per (source, seq) counts, one record per
-    decision (arrival order), probes apart; the accept/score arrays too with ``keep_arrays``."""
-
-    def __init__(self, ctx: zmq.Context, endpoints: list[str], keep_arrays: bool = False):
-        super().__init__(name="collector", daemon=True)
-        self.sock = ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"dec.")
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        for ep in endpoints:
-            self.sock.connect(ep)
-        self.keep_arrays = keep_arrays
-        self.keys: Counter[tuple[str, int]] = Counter()
-        self.events: Counter[str] = Counter()
-        # (source, seq, n, t_ns, t_recv_ns, t_sent_ns, arrival_ns, calibration sha, threshold, working point)
-        self.records: list[tuple] = []
-        self.arrays: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
-        self.probes: set[int] = set()
-        self.eor: list[dict] = []
-        self.bad = 0
-        self.last_arrival = time.monotonic()
-        self._n = 0
-        self._lock = threading.Lock()
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            if not self.sock.poll(50):
-                continue
-            frames = self.sock.recv_multipart(copy=False)
-            arrival = time.time_ns()
-            try:
-                msg = decode(frames, kinds={"decision": 0, "end_of_run": 0})
-            except Exception:  # noqa: BLE001 - counted: a decision we cannot read is a finding
-                self.bad += 1
-                continue
-            h = msg.header
-            with self._lock:
-                self.last_arrival = time.monotonic()
-                if h["kind"] == "end_of_run":
-                    self.eor.append(h)
-                elif h["source"] == "_probe":
-                    self.probes.add(h["seq"])
-                else:
-                    key = (h["source"], h["seq"])
-                    n = len(msg.arrays["accept"])
-                    self.keys[key] += 1
-                    self.events[h["source"]] += n
-                    self._n += 1
-                    self.records.append((h["source"], h["seq"], n, h["t_ns"], h["t_recv_ns"], h["t_sent_ns"], arrival,
-                                         h["model"]["calibration"], h.get("threshold"), h.get("working_point")))
-                    if self.keep_arrays:
-                        self.arrays[key] = (msg.arrays["accept"].copy(), msg.arrays["score"].copy())
-
-    def messages(self) -> int:
-        return self._n
-
-    def quiet_for(self) -> float:
-        return time.monotonic() - self.last_arrival
-
-    def close(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
-        self.sock.close(linger=0)
-
-
 def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -286,7 +219,7 @@ def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05) 
     return bool(cond())
 
 
-def probe_until_decided(sock: zmq.Socket, col: Collector, per_round: int = 1, rounds: int = 200,
+def probe_until_decided(sock: zmq.Socket, col: DecisionCollector, per_round: int = 1, rounds: int = 200,
                         ready: Callable[[], bool] = lambda: True) -> None:
     """Probes until a whole round comes back decided (and ``ready()``): the chain is linked end to end."""
     seq = 0
@@ -309,20 +242,20 @@ def push_socket(ctx: zmq.Context, hwm: int = 1000) -> tuple[zmq.Socket, str]:
     return push, push.getsockopt(zmq.LAST_ENDPOINT).decode()
 
 
-def chain(ctx: zmq.Context, model: Path, *args: str, keep_arrays: bool = False,
-          hwm: int = 1000) -> tuple[zmq.Socket, Daemon, Collector]:
-    """PUSH readout -> one daemon (PULL) -> Collector, proven linked by a probe."""
+def chain(ctx: zmq.Context, model: Path, *args: str, keep_arrays: bool = False, keep_headers: int = 0,
+          hwm: int = 1000) -> tuple[zmq.Socket, Daemon, DecisionCollector]:
+    """PUSH readout -> one daemon (PULL) -> DecisionCollector, proven linked by a probe."""
     push, in_ep = push_socket(ctx, hwm)
     out = f"tcp://127.0.0.1:{free_port()}"
     col = None
     try:
         d = Daemon(model, "--input", in_ep, "--input-pattern", "pull", "--output", out, *args)
-        col = Collector(ctx, [out], keep_arrays=keep_arrays)
+        col = DecisionCollector(ctx, out, keep_headers=keep_headers, keep_arrays=keep_arrays)
         col.start()
         probe_until_decided(push, col)
     except BaseException:
         if col is not None:
-            col.close()
+            col.stop()
         push.close(linger=0)
         raise
     return push, d, col
@@ -366,12 +299,12 @@ def run_capacity(ctx: zmq.Context, model: Path, sc: Scale) -> dict:
         sender.start()
         warm = 2.0
         time.sleep(warm)
-        e0, t0 = col.events["adc00"], time.monotonic()
+        e0, t0 = col.out.source_events["adc00"], time.monotonic()
         rss = []
         while time.monotonic() - t0 < sc.capacity_seconds:
             time.sleep(0.5)
             rss.append((time.monotonic() - t0 + warm, d.status_kib()))
-        e1, t1 = col.events["adc00"], time.monotonic()
+        e1, t1 = col.out.source_events["adc00"], time.monotonic()
         halt.set()
         sender.join(timeout=60)
         stats = out["stats"]
@@ -386,8 +319,8 @@ def run_capacity(ctx: zmq.Context, model: Path, sc: Scale) -> dict:
         wait_until(lambda: col.eor, timeout=10)
         eor = col.eor[-1]["sources"]["adc00"] if col.eor else {}
         check(checks, "all sent decided (PULL backpressure)", col.messages() == sent_msgs
-              and col.events["adc00"] == sent_events)
-        check(checks, "0 duplicates", max(col.keys.values()) == 1)
+              and col.out.source_events["adc00"] == sent_events)
+        check(checks, "0 duplicates", max(col.out.keys.values()) == 1)
         check(checks, "nothing shed", shed_m == 0 and shed_e == 0)
         check(checks, "queue peak == bound", peak == QUEUE)
         check(checks, "end-of-run agrees", eor.get("received_messages") == eor.get("decided_messages") == sent_msgs)
@@ -395,7 +328,7 @@ def run_capacity(ctx: zmq.Context, model: Path, sc: Scale) -> dict:
         res = {"policy": "block", "queue_events": QUEUE, "max_batch": MAX_BATCH,
                "events_per_message": EVENTS_PER_MESSAGE, "capacity_events_per_second": capacity,
                "measured_over_seconds": t1 - t0, "sent_messages": sent_msgs, "sent_events": sent_events,
-               "decided_messages": col.messages(), "decided_events": col.events["adc00"],
+               "decided_messages": col.messages(), "decided_events": col.out.source_events["adc00"],
                "shed_messages": shed_m, "queue_peak_events": peak, "exit_code": code,
                "rss_kib": rss, "checks": checks, "passed": all(checks.values())}
         log.info("capacity: %.0f events/s (block policy, queue %d, max_batch %d); %d/%d messages decided, "
@@ -403,7 +336,7 @@ def run_capacity(ctx: zmq.Context, model: Path, sc: Scale) -> dict:
                  shed_m)
         return res
     finally:
-        col.close()
+        col.stop()
         push.close(linger=0)
 
 
@@ -471,13 +404,13 @@ def run_storm(ctx: zmq.Context, model: Path, sc: Scale, capacity: float) -> dict
         wait_until(lambda: col.messages() >= n_valid, timeout=600)
         clean_seconds = time.monotonic() - t0
         time.sleep(0.5)
-        reference = dict(col.arrays)
+        reference = dict(col.out.arrays)
         code_clean, _ = d.stop()
     finally:
-        col.close()
+        col.stop()
         push.close(linger=0)
     check(checks, "clean run decided every valid message once",
-          set(reference) == {("adc00", q) for q in range(n_valid)} and max(col.keys.values()) == 1)
+          set(reference) == {("adc00", q) for q in range(n_valid)} and max(col.out.keys.values()) == 1)
 
     # The storm: after valid message i come the bad ones whose index j has floor(j * n_valid / n_bad) == i.
     cycle = [kinds[j % len(kinds)] for j in range(n_bad)]
@@ -516,20 +449,20 @@ def run_storm(ctx: zmq.Context, model: Path, sc: Scale, capacity: float) -> dict
         wait_until(lambda: col.eor, timeout=10)
         eor_rejected = col.eor[-1]["rejected"] if col.eor else None
     finally:
-        col.close()
+        col.stop()
         push.close(linger=0)
 
-    got = col.arrays
-    same_accept = sum(1 for k, (a, _) in reference.items() if k in got and np.array_equal(got[k][0], a))
-    rel = [float(np.max(np.abs(got[k][1] - s) / np.maximum(np.abs(s), 1e-12))) for k, (_, s) in reference.items()
-           if k in got]
+    got = col.out.arrays
+    same_accept = sum(1 for k, r in reference.items() if k in got and np.array_equal(got[k]["accept"], r["accept"]))
+    rel = [float(np.max(np.abs(got[k]["score"] - r["score"]) / np.maximum(np.abs(r["score"]), 1e-12)))
+           for k, r in reference.items() if k in got]
     expected = {k: (sc.storm_per_kind if k in bad else 0) for k in {r.value for r in Reason}}
     check(checks, "0 crashes (alive after the storm, exit 0)", alive and code == 0 and code_clean == 0)
     check(checks, "sent exactly per_kind of each kind", all(sent_kind[k] == sc.storm_per_kind for k in kinds))
     check(checks, "rejects counted exactly per reason (metrics)", rejected == expected)
     check(checks, "end-of-run rejected counts agree", eor_rejected == {k: sc.storm_per_kind for k in kinds})
     check(checks, "every valid message received and decided once",
-          received == n_valid and set(got) == set(reference) and max(col.keys.values()) == 1)
+          received == n_valid and set(got) == set(reference) and max(col.out.keys.values()) == 1)
     check(checks, "accept bits identical to the clean run", same_accept == n_valid)
     check(checks, "scores equal to the clean run (rtol 1e-5)", rel and max(rel) <= 1e-5)
     res = {"kinds": kinds, "per_kind": sc.storm_per_kind, "malformed_sent": n_bad, "valid_messages": n_valid,
@@ -558,7 +491,7 @@ def run_kill(ctx: zmq.Context, model: Path, sc: Scale, capacity: float, rng: ran
     push, in_ep = push_socket(ctx, hwm=200)
     audit = AuditSubscriber(ctx, [proxy.back])
     audit.start()
-    col = Collector(ctx, [proxy.back])
+    col = DecisionCollector(ctx, proxy.back)
     col.start()
     checks: dict[str, bool] = {}
     sources = ["adc00", "adc01"]
@@ -621,7 +554,7 @@ def run_kill(ctx: zmq.Context, model: Path, sc: Scale, capacity: float, rng: ran
         codes = [w.stop()[0] for w in workers]
         proxy_code = proxy.stop()
     finally:
-        col.close()
+        col.stop()
         if audit.is_alive():
             audit.stop()
         push.close(linger=0)
@@ -637,7 +570,7 @@ def run_kill(ctx: zmq.Context, model: Path, sc: Scale, capacity: float, rng: ran
               c.decided_events + EVENTS_PER_MESSAGE * c.lost_messages == stats.events[s])
         check(checks, f"{s}: 0 duplicates", c.duplicates == 0)
     # Which messages were lost (the collector saw the same stream), and the kill each belongs to.
-    lost_keys = [(s, q) for s in sources for q in range(sent[s]) if (s, q) not in col.keys]
+    lost_keys = [(s, q) for s in sources for q in range(sent[s]) if (s, q) not in col.out.keys]
     check(checks, "collector's lost set == audit's lost count", len(lost_keys) == sum(counts[s].lost_messages
                                                                                        for s in sources))
     check(checks, "workers stopped with exit 0, proxy too", all(c == 0 for c in codes) and proxy_code == 0)
@@ -727,19 +660,17 @@ def run_overload(ctx: zmq.Context, model: Path, sc: Scale, capacity: float, poli
         wait_until(lambda: col.eor, timeout=10)
         eor = col.eor[-1]["sources"].get("adc00", {}) if col.eor else {}
     finally:
-        col.close()
+        col.stop()
         push.close(linger=0)
-    dec_m, dec_e = col.messages(), col.events["adc00"]
-    recs = [r for r in col.records if r[0] == "adc00"]
-    lat = [(r[5] - r[4]) * 1e-9 for r in recs]
-    e2e = [(r[6] - r[3]) * 1e-9 for r in recs]
+    dec_m, dec_e = col.messages(), col.out.source_events["adc00"]
+    lat, e2e = col.out.daemon_latency, col.out.e2e_latency  # of adc00, the only real source
     check(checks, "sheds (2x capacity overloads)", shed_m > 0)
     check(checks, "received == sent (PULL loses nothing)", received_m == sent_m and received_e == sent_e)
     check(checks, "received = decided + shed, messages", dec_m + shed_m == received_m)
     check(checks, "received = decided + shed, events", dec_e + shed_e == received_e)
     check(checks, "decided events: metrics == subscriber", decided_metric == dec_e)
     check(checks, "whole messages shed", shed_e == EVENTS_PER_MESSAGE * shed_m)
-    check(checks, "0 duplicates", max(col.keys.values()) == 1)
+    check(checks, "0 duplicates", max(col.out.keys.values()) == 1)
     check(checks, "queue peak <= bound", peak <= QUEUE)
     check(checks, "end-of-run: received = decided + shed", eor.get("received_messages") == sent_m
           and eor.get("decided_messages", -1) + eor.get("shed_messages", -1) == sent_m
@@ -814,26 +745,26 @@ def run_sigterm(ctx: zmq.Context, model: Path, sc: Scale, rng: random.Random) ->
             push.close(linger=0)
         wait_until(lambda c=col: c.eor, timeout=10)
         time.sleep(0.3)
-        col.close()
+        col.stop()
         eor = col.eor[-1] if col.eor else {"sources": {}, "rejected": None}
         per = {}
         for s in sources:
             c = eor["sources"].get(s, {})
-            published = sorted(q for (src, q) in col.keys if src == s)
+            published = sorted(q for (src, q) in col.out.keys if src == s)
             per[s] = {"received_messages": c.get("received_messages"), "decided_messages": c.get("decided_messages"),
                       "published_messages": len(published), "received_events": c.get("received_events"),
-                      "decided_events": c.get("decided_events"), "published_events": col.events[s]}
+                      "decided_events": c.get("decided_events"), "published_events": col.out.source_events[s]}
             check(checks, f"{s}: received == decided == published (messages)",
                   c.get("received_messages") == c.get("decided_messages") == len(published) > 0)
             check(checks, f"{s}: received == decided == published (events)",
-                  c.get("received_events") == c.get("decided_events") == col.events[s]
+                  c.get("received_events") == c.get("decided_events") == col.out.source_events[s]
                   == EVENTS_PER_MESSAGE * len(published))
             check(checks, f"{s}: nothing shed or lost", c.get("shed_messages") == c.get("lost_messages") == 0)
             check(checks, f"{s}: no gap", published == list(range(len(published))))
         total = sum(eor["sources"].get(s, {}).get("received_events", 0) for s in sources)
         sent_events = EVENTS_PER_MESSAGE * sum(sent.values())
         check(checks, "one end-of-run message", len(col.eor) == 1 and eor.get("rejected") == {})
-        check(checks, "0 duplicates", max(col.keys.values()) == 1)
+        check(checks, "0 duplicates", max(col.out.keys.values()) == 1)
         check(checks, "stopped mid-flood (the readout had sent more and was still sending)",
               total < sent_events and sender_alive)
         check(checks, "exit 0", code == 0)
@@ -870,7 +801,8 @@ def run_sighup(ctx: zmq.Context, model: Path, sc: Scale, capacity: float, rng: r
 
     use("a")
     checks: dict[str, bool] = {}
-    push, d, col = chain(ctx, model, "--config", str(cfg), "--queue-events", str(QUEUE), "--max-batch", str(MAX_BATCH))
+    push, d, col = chain(ctx, model, "--config", str(cfg), "--queue-events", str(QUEUE), "--max-batch", str(MAX_BATCH),
+                         keep_headers=sys.maxsize)
     rate = 0.5 * capacity
     try:
         halt = threading.Event()
@@ -908,15 +840,15 @@ def run_sighup(ctx: zmq.Context, model: Path, sc: Scale, capacity: float, rng: r
         err_count = d.value("trigger_reloads_total", result="error")
         code, _ = d.stop()
     finally:
-        col.close()
+        col.stop()
         push.close(linger=0)
-    recs = [r for r in col.records if r[0] == "adc00"]  # arrival order = publish order (one connection)
-    order = [sha.get(r[7], "?") for r in recs]
+    recs = [h for h in col.out.headers if h["source"] == "adc00"]  # arrival order = publish order (one connection)
+    order = [sha.get(h["model"]["calibration"], "?") for h in recs]
     switches = [i for i in range(1, len(order)) if order[i] != order[i - 1]]
     expected = ["a"] + [r["to"] for r in reloads]
     segments = [order[0]] + [order[i] for i in switches] if order else []
-    check(checks, "every seq decided once, no gap", set(col.keys) == {("adc00", q) for q in range(n)}
-          and max(col.keys.values()) == 1)
+    check(checks, "every seq decided once, no gap", set(col.out.keys) == {("adc00", q) for q in range(n)}
+          and max(col.out.keys.values()) == 1)
     check(checks, f"{sc.reloads} reloads ok, 0 errors", ok_count == sc.reloads and err_count == 0
           and len(reloads) == sc.reloads)
     check(checks, "calibration switches exactly once per reload, in order", segments == expected)
@@ -925,19 +857,19 @@ def run_sighup(ctx: zmq.Context, model: Path, sc: Scale, capacity: float, rng: r
         for k, (r, s) in enumerate(zip(reloads, switches, strict=False)))
     check(checks, "each switch after its SIGHUP and before the next", bracketed)
     check(checks, "threshold and working point match the named calibration",
-          all(o in thresholds and r[8] is not None and math.isclose(r[8], thresholds[o], rel_tol=1e-9)
-              and r[9] == wp[o]
-              for r, o in zip(recs, order, strict=True)))
+          all(o in thresholds and h.get("threshold") is not None
+              and math.isclose(h["threshold"], thresholds[o], rel_tol=1e-9) and h.get("working_point") == wp[o]
+              for h, o in zip(recs, order, strict=True)))
     check(checks, "exit 0", code == 0)
     swap = [r["seconds_to_swap"] for r in reloads]
     res = {"reloads": len(reloads), "rate_events_per_second": rate, "sent_messages": n,
-           "decided_messages": col.messages(), "duplicates": sum(v - 1 for v in col.keys.values()),
+           "decided_messages": col.messages(), "duplicates": sum(v - 1 for v in col.out.keys.values()),
            "switch_positions": switches, "segments": segments, "reloads_ok": ok_count, "reloads_error": err_count,
            "signal_to_swap_seconds": {"min": min(swap), "median": float(np.median(swap)), "max": max(swap)} if swap
            else None, "detail": reloads, "thresholds": thresholds, "exit_code": code, "checks": checks,
            "passed": all(checks.values())}
     log.info("sighup: %d reloads, %d messages sent, %d decided once each, %d calibration switches in order %s; "
-             "signal->swap median %.2f s", len(reloads), n, len(col.keys), len(switches), "".join(segments),
+             "signal->swap median %.2f s", len(reloads), n, len(col.out.keys), len(switches), "".join(segments),
              res["signal_to_swap_seconds"]["median"] if swap else float("nan"))
     return res
 
@@ -951,7 +883,7 @@ def run_scaleout(ctx: zmq.Context, model: Path, sc: Scale) -> dict:
     push, in_ep = push_socket(ctx, hwm=1000)
     audit = AuditSubscriber(ctx, [proxy.back])
     audit.start()
-    col = Collector(ctx, [proxy.back])
+    col = DecisionCollector(ctx, proxy.back)
     col.start()
     checks: dict[str, bool] = {}
     sources = ["adc00", "adc01"]
@@ -993,7 +925,7 @@ def run_scaleout(ctx: zmq.Context, model: Path, sc: Scale) -> dict:
         eor_decided = [sum(e["sources"].get(s, {}).get("decided_messages", 0) for s in sources) for e in col.eor]
         proxy_code = proxy.stop()
     finally:
-        col.close()
+        col.stop()
         if audit.is_alive():
             audit.stop()
         push.close(linger=0)
@@ -1003,9 +935,9 @@ def run_scaleout(ctx: zmq.Context, model: Path, sc: Scale) -> dict:
         check(checks, f"{s}: decided == sent, 0 lost, 0 duplicates", c.decided_messages == sent[s]
               and c.lost_messages == 0 and c.duplicates == 0)
         check(checks, f"{s}: decided events == sent events", c.decided_events == stats.events[s])
-    check(checks, "collector: every (source, seq) once", set(col.keys) == {(s, q) for s in sources
+    check(checks, "collector: every (source, seq) once", set(col.out.keys) == {(s, q) for s in sources
                                                                              for q in range(sent[s])}
-          and max(col.keys.values()) == 1)
+          and max(col.out.keys.values()) == 1)
     check(checks, "shares sum to the total, every worker > 0", sum(shares) == total and min(shares) > 0)
     check(checks, "end-of-run decided sums to the total", len(col.eor) == 4 and sum(eor_decided) == total)
     check(checks, "workers and proxy exit 0", all(c == 0 for c in codes) and proxy_code == 0)

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import msgpack
 import numpy as np
 import zmq
 
@@ -46,6 +45,8 @@ class Collected:
     messages: int = 0
     events: int = 0
     keys: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
+    source_events: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Events decided per source."""
     accept: list[np.ndarray] = field(default_factory=list)
     score: list[np.ndarray] = field(default_factory=list)
     amplitude: list[np.ndarray] = field(default_factory=list)
@@ -58,7 +59,9 @@ class Collected:
 
 
 class DecisionCollector(threading.Thread):
-    """Subscribes to a daemon's decisions and keeps what the summary needs."""
+    """Subscribes to a daemon's decisions and keeps what the summary needs: the decisions of real
+    sources in :attr:`out` (the first ``keep_headers`` headers, in arrival order), the ``seq`` of every
+    probe decided in :attr:`probes`, and the daemons' end-of-run headers in :attr:`eor`."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, keep_headers: int = 3, keep_arrays: bool = False):
         super().__init__(name="collector", daemon=True)
@@ -70,6 +73,7 @@ class DecisionCollector(threading.Thread):
         self.sock.connect(endpoint)
         self.out = Collected()
         self.probe_seen = threading.Event()
+        self.probes: set[int] = set()
         self.eor: list[dict[str, Any]] = []
         self._halt = threading.Event()
         self._keep = keep_headers
@@ -81,23 +85,26 @@ class DecisionCollector(threading.Thread):
                 continue
             frames = self.sock.recv_multipart(copy=False)
             arrival = time.time_ns()
-            if frames[0].bytes == b"dec._eor":  # the daemon's end-of-run summary, not a decision
-                self.eor.append(msgpack.unpackb(frames[1].bytes))
-                continue
             try:
-                msg = decode(frames, kinds={"decision": 0})
+                msg = decode(frames, kinds={"decision": 0, "end_of_run": 0})
             except ProtocolError:
                 self.out.bad += 1
                 continue
             h = msg.header
+            if h["kind"] == "end_of_run":  # the daemon's end-of-run summary (topic dec._eor), not a decision
+                self.eor.append(h)
+                continue
             if h["source"] == PROBE_SOURCE:
+                self.probes.add(h["seq"])
                 self.probe_seen.set()
                 continue
             with self._lock:
                 o = self.out
+                n = len(next(iter(msg.arrays.values()), ()))  # every pipeline's first array is per event
                 o.messages += 1
                 o.keys[(h["source"], h["seq"])] += 1
-                o.events += len(next(iter(msg.arrays.values()), ()))  # every pipeline's first array is per event
+                o.events += n
+                o.source_events[h["source"]] += n
                 if self._keep_arrays:
                     o.arrays[(h["source"], h["seq"])] = {k: v.copy() for k, v in msg.arrays.items()}
                 if "accept" in msg.arrays:
@@ -115,9 +122,14 @@ class DecisionCollector(threading.Thread):
         with self._lock:
             return self.out.events
 
+    def messages(self) -> int:
+        with self._lock:
+            return self.out.messages
+
     def stop(self) -> Collected:
         self._halt.set()
-        self.join(timeout=2)
+        if self.is_alive():
+            self.join(timeout=2)
         self.sock.close()
         return self.out
 

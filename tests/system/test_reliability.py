@@ -16,7 +16,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,8 @@ import zmq
 
 from simulators.waveform import WaveformSimulator
 from trigger.calibration import sha256_file
-from trigger.demo import free_port, handshake
-from trigger.protocol import decode, encode_input
+from trigger.demo import DecisionCollector, free_port, handshake
+from trigger.protocol import encode_input
 from trigger.replay import PoolSource, replay
 
 from .conftest import DaemonProcess, start_daemon, wait_until
@@ -35,55 +34,7 @@ SHAPE = (9728,)
 QUEUE = 64  # events: a small bound, so overload shows in a second
 
 
-class Sink(threading.Thread):
-    """Every decision and end-of-run message on ``endpoint``, in arrival order, probes included."""
-
-    def __init__(self, ctx: zmq.Context, endpoint: str):
-        super().__init__(name="sink", daemon=True)
-        self.sock = ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"dec.")
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.keys: Counter[tuple[str, int]] = Counter()
-        self.headers: list[dict] = []  # decisions of real sources, arrival order
-        self.events = 0
-        self.probes: set[int] = set()
-        self.eor: list[dict] = []
-        self._halt = threading.Event()
-        self._lock = threading.Lock()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            if not self.sock.poll(50):
-                continue
-            frames = self.sock.recv_multipart(copy=False)
-            msg = decode(frames, kinds={"decision": 0, "end_of_run": 0})
-            h = msg.header
-            with self._lock:
-                if h["kind"] == "end_of_run":
-                    assert frames[0].bytes == b"dec._eor" and h["arrays"] == []
-                    self.eor.append(h)
-                elif h["source"] == "_probe":
-                    self.probes.add(h["seq"])
-                else:
-                    self.keys[(h["source"], h["seq"])] += 1
-                    self.events += len(msg.arrays["accept"])
-                    self.headers.append(h)
-
-    def messages(self) -> int:
-        with self._lock:
-            return sum(self.keys.values())
-
-    def close(self) -> None:
-        self._halt.set()
-        if self.is_alive():
-            self.join(timeout=2)
-        if not self.sock.closed:
-            self.sock.close()
-
-
-def probe_until_decided(sock: zmq.Socket, sink: Sink, rounds: int = 100, per_round: int = 1,
+def probe_until_decided(sock: zmq.Socket, sink: DecisionCollector, rounds: int = 100, per_round: int = 1,
                         ready=lambda: True) -> None:
     """Send probes until a whole round comes back decided (and ``ready()``): the chain is linked end to end."""
     seq = 0
@@ -124,9 +75,9 @@ def procs(ctx):
     made: list = []
     yield made
     for p in made:
-        if isinstance(p, Sink):
+        if isinstance(p, DecisionCollector):
             if p.is_alive() or not p.sock.closed:
-                p.close()
+                p.stop()
     for p in made:
         if isinstance(p, zmq.Socket):
             p.close(linger=0)
@@ -145,8 +96,9 @@ def serve(procs: list, *args: str, model: Path) -> DaemonProcess:
     return d
 
 
-def push_chain(ctx: zmq.Context, procs: list, model: Path, *args: str) -> tuple[zmq.Socket, DaemonProcess, Sink]:
-    """A PUSH readout -> one daemon (PULL) -> a Sink, linked end to end."""
+def push_chain(ctx: zmq.Context, procs: list, model: Path, *args: str
+               ) -> tuple[zmq.Socket, DaemonProcess, DecisionCollector]:
+    """A PUSH readout -> one daemon (PULL) -> a sink keeping every header, linked end to end."""
     push = ctx.socket(zmq.PUSH)
     procs.append(push)
     push.setsockopt(zmq.SNDHWM, 1000)
@@ -154,7 +106,7 @@ def push_chain(ctx: zmq.Context, procs: list, model: Path, *args: str) -> tuple[
     out = f"tcp://127.0.0.1:{free_port()}"
     d = serve(procs, "--input", push.getsockopt(zmq.LAST_ENDPOINT).decode(), "--input-pattern", "pull",
               "--output", out, *args, model=model)
-    sink = Sink(ctx, out)
+    sink = DecisionCollector(ctx, out, keep_headers=sys.maxsize)
     procs.append(sink)
     sink.start()
     probe_until_decided(push, sink)
@@ -188,9 +140,9 @@ def test_overload_sheds_whole_messages_and_accounts_for_every_event(ctx, procs, 
             sent_msgs += 1
             sent_events += 16
         assert wait_until(lambda n=sent_msgs: sink.messages() >= n, timeout=30, interval=0.001)
-    capacity = sink.events / (time.monotonic() - t0)
+    capacity = sink.events() / (time.monotonic() - t0)
     assert total("trigger_messages_shed_total") == 0
-    decided_before = sink.events
+    decided_before = sink.events()
     # Phase 2: twice the capacity, paced.
     rate = 2 * capacity
     stats = replay(push, pool(2), sources=["adc00"], events=max(640, int(rate * 1.5) // 16 * 16), rate=rate,
@@ -206,17 +158,17 @@ def test_overload_sheds_whole_messages_and_accounts_for_every_event(ctx, procs, 
     shed_2 = shed_events
     rss = d.value("process_resident_memory_bytes")
     print(f"{policy}: capacity {capacity:.0f} events/s; offered {stats.total_events / stats.seconds:.0f} events/s "
-          f"for {stats.seconds:.1f} s: {sink.events - decided_before} decided, {shed_2:.0f} shed "
+          f"for {stats.seconds:.1f} s: {sink.events() - decided_before} decided, {shed_2:.0f} shed "
           f"({shed_2 / stats.total_events:.0%}); in all {sent_msgs} messages = {sink.messages()} decided + "
           f"{shed_msgs:.0f} shed; queue peak {d.value('trigger_queue_peak_events'):.0f}/{QUEUE}; "
           f"RSS {rss / 2**20:.0f} MiB")
 
     assert shed_2 > 0, "twice the capacity did not overload the daemon"
     assert sink.messages() + shed_msgs == sent_msgs  # received = decided + shed, in messages
-    assert sink.events + shed_events == sent_events  # ... and in events
-    assert decided_events == sink.events
+    assert sink.events() + shed_events == sent_events  # ... and in events
+    assert decided_events == sink.events()
     assert shed_events == 16 * shed_msgs  # whole messages only
-    assert max(sink.keys.values()) == 1 and {s for s, _ in sink.keys} == {"cal00", "adc00"}
+    assert max(sink.out.keys.values()) == 1 and {s for s, _ in sink.out.keys} == {"cal00", "adc00"}
     assert d.value("trigger_queue_peak_events") <= QUEUE
     assert d.value("trigger_queue_capacity_events") == QUEUE
     assert rss < 1 << 30
@@ -225,7 +177,7 @@ def test_overload_sheds_whole_messages_and_accounts_for_every_event(ctx, procs, 
     assert eor["cal00"]["shed_messages"] == 0 and eor["adc00"]["shed_events"] == shed_events
     assert eor["adc00"]["received_messages"] == stats.total_messages
     assert eor["adc00"]["decided_messages"] + eor["adc00"]["shed_messages"] == stats.total_messages
-    assert sum(eor[s]["decided_events"] for s in ("cal00", "adc00")) == sink.events
+    assert sum(eor[s]["decided_events"] for s in ("cal00", "adc00")) == sink.events()
 
 
 def test_overload_with_block_policy_backpressures_and_sheds_nothing(ctx, procs, pulse_model):
@@ -235,16 +187,17 @@ def test_overload_with_block_policy_backpressures_and_sheds_nothing(ctx, procs, 
     stats = replay(push, pool(2), sources=["adc00"], events=3200, rate=0, events_per_message=16)
     assert wait_until(lambda: sink.messages() >= stats.total_messages, timeout=60), d.text()
     time.sleep(0.3)
-    assert sink.messages() == stats.total_messages == 200 and sink.events == 3200
-    assert max(sink.keys.values()) == 1
+    assert sink.messages() == stats.total_messages == 200 and sink.events() == 3200
+    assert max(sink.out.keys.values()) == 1
     assert d.value("trigger_messages_shed_total", source="adc00") == 0
     assert d.value("trigger_events_shed_total", source="adc00") == 0
     assert d.value("trigger_queue_peak_events") == QUEUE  # the bound was reached, never passed
     assert d.stop() == 0
 
 
-def wait_for_eor(sink: Sink, timeout: float = 5.0) -> dict:
+def wait_for_eor(sink: DecisionCollector, timeout: float = 5.0) -> dict:
     assert wait_until(lambda: sink.eor, timeout=timeout), "no end-of-run message"
+    assert all(e["source"] == "_eor" and e["arrays"] == [] for e in sink.eor)  # topic dec._eor, no arrays
     return sink.eor[-1]
 
 
@@ -298,13 +251,13 @@ def test_sigterm_under_load_publishes_every_accepted_event_then_end_of_run(ctx, 
         assert eor["rejected"] == {}
         for src in ("adc00", "adc01"):
             c = eor["sources"][src]
-            published = [q for (s, q) in sink.keys if s == src]
-            events = sum(len(h["meta"]["truth"]["amplitude"]) for h in sink.headers if h["source"] == src)
+            published = [q for (s, q) in sink.out.keys if s == src]
+            events = sum(len(h["meta"]["truth"]["amplitude"]) for h in sink.out.headers if h["source"] == src)
             assert c["received_messages"] == c["decided_messages"] == len(published) > 0
             assert c["received_events"] == c["decided_events"] == events == 16 * len(published)
             assert c["shed_messages"] == c["shed_events"] == c["lost_messages"] == 0
             assert sorted(published) == list(range(len(published)))  # PULL: in order, no gap
-        assert max(sink.keys.values()) == 1
+        assert max(sink.out.keys.values()) == 1
         # Probes decided before the sink's subscription took effect are published to nobody (PUB's
         # slow joiner): the exact identities above are over the real sources.
         assert eor["sources"]["_probe"]["received_messages"] >= len(sink.probes) >= 1
@@ -312,7 +265,7 @@ def test_sigterm_under_load_publishes_every_accepted_event_then_end_of_run(ctx, 
         assert total < sum(sent)  # stopped mid-flood: the readout sent more
         print(f"run {run}: stopped after {total} of {sum(sent)} events sent, "
               f"all {total} decided, exit in {took:.2f} s")
-        sink.close()
+        sink.stop()
 
 
 # --- 3. health --------------------------------------------------------------------------------
@@ -378,11 +331,11 @@ def test_sighup_reloads_calibration_between_batches_under_load(ctx, procs, pulse
     assert wait_until(lambda: sink.messages() >= n, timeout=30)
     time.sleep(0.3)
 
-    assert set(sink.keys) == {("adc00", q) for q in range(n)} and max(sink.keys.values()) == 1  # no gap, once
-    order = [sha[h["model"]["calibration"]] for h in sink.headers]  # arrival order = publish order
+    assert set(sink.out.keys) == {("adc00", q) for q in range(n)} and max(sink.out.keys.values()) == 1  # no gap, once
+    order = [sha[h["model"]["calibration"]] for h in sink.out.headers]  # arrival order = publish order
     switch = order.index("b")
     assert 60 <= switch <= at_reload + 20 and order == ["a"] * switch + ["b"] * (n - switch)
-    for h, name in zip(sink.headers, order, strict=True):
+    for h, name in zip(sink.out.headers, order, strict=True):
         assert h["threshold"] == pytest.approx(thresholds[name])
         assert h["working_point"] == {"a": "fpr_0.01", "b": "fpr_0.1"}[name]
         assert h["model"]["sha256"] == shipped["model_sha256"]
@@ -413,7 +366,7 @@ def proxy_and_readout(ctx: zmq.Context, procs: list, hwm: int):
 
 def test_four_daemons_behind_one_push_and_one_proxy_decide_every_event_once(ctx, procs, pulse_model):
     proxy, front, back, push, in_ep = proxy_and_readout(ctx, procs, hwm=1000)
-    sink = Sink(ctx, back)
+    sink = DecisionCollector(ctx, back)
     procs.append(sink)
     sink.start()
 
@@ -438,9 +391,9 @@ def test_four_daemons_behind_one_push_and_one_proxy_decide_every_event_once(ctx,
     sent = {(s, q) for s in ("adc00", "adc01") for q in range(stats.messages[s])}
     assert wait_until(lambda: sink.messages() >= len(sent), timeout=60)
     time.sleep(0.3)
-    assert set(sink.keys) == sent and len(sent) == 250
-    assert max(sink.keys.values()) == 1, "an event was decided twice"
-    assert sink.events == 4000
+    assert set(sink.out.keys) == sent and len(sent) == 250
+    assert max(sink.out.keys.values()) == 1, "an event was decided twice"
+    assert sink.events() == 4000
 
     share = [d.value("trigger_messages_received_total", source="adc00")
              + d.value("trigger_messages_received_total", source="adc01") for d in daemons]
@@ -453,7 +406,7 @@ def test_four_daemons_behind_one_push_and_one_proxy_decide_every_event_once(ctx,
     print(f"scale-out: 250 messages over 4 daemons {share}, each decided once through the proxy")
     proxy.send_signal(signal.SIGTERM)
     assert proxy.wait(timeout=10) == 0
-    sink.close()
+    sink.stop()
     push.close(linger=0)
 
 
@@ -468,7 +421,7 @@ def test_kill_9_of_pull_workers_under_load_every_message_decided_or_reported_los
     proxy, front, back, push, in_ep = proxy_and_readout(ctx, procs, hwm=200)
     audit = AuditSubscriber(ctx, [back])
     audit.start()
-    sink = Sink(ctx, back)  # only for the probes that prove the chain linked
+    sink = DecisionCollector(ctx, back)  # only for the probes that prove the chain linked
     procs.append(sink)
     sink.start()
 
@@ -570,13 +523,13 @@ def test_curve_input_only_authorised_daemons_receive(ctx, procs, pulse_model, tm
             assert wait_until(lambda d=d: d.value("trigger_input_handshake_failures_total") > 0, timeout=20), name
             assert http_get(d.metrics_port, "/readyz")[0] == 503
 
-        sink = Sink(ctx, good.output)
+        sink = DecisionCollector(ctx, good.output)
         procs.append(sink)
         sink.start()
         probe_until_decided(push, sink)
         stats = replay(push, pool(5), sources=["adc00"], events=640, rate=0, events_per_message=16)
         assert wait_until(lambda: sink.messages() >= stats.total_messages, timeout=30)
-        assert set(sink.keys) == {("adc00", q) for q in range(40)} and sink.events == 640
+        assert set(sink.out.keys) == {("adc00", q) for q in range(40)} and sink.events() == 640
         for name in ("rogue", "none"):
             d = daemons[name]
             assert d.value("trigger_decision_messages_total", pipeline="pulse") == 0, name
