@@ -95,6 +95,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from simulators._cli import add_config_arguments, config_from_args, generate_in_chunks
 from simulators.sky import poisson_counts
 
 logger = logging.getLogger("simulators.iact")
@@ -579,32 +580,22 @@ CHUNK = 1024
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tqdm import tqdm
-
     p = argparse.ArgumentParser(prog="python -m simulators.iact", description=__doc__.split("\n\n")[0])
     p.add_argument("-n", "--images", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--particle", choices=PARTICLE_OPTIONS, default="mix")
     p.add_argument("--gamma-fraction", type=float, default=0.5)
     p.add_argument("-o", "--output", type=Path, required=True, help=".npz file to write")
-    for f in dataclasses.fields(IACTConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_config_arguments(p, IACTConfig)
     args = p.parse_args(argv)
     if args.images < 1:
         p.error(f"--images must be >= 1, got {args.images}")
     try:
-        config = IACTConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(IACTConfig)})
+        config = config_from_args(args, IACTConfig)
         sim = IACTSimulator(config, args.seed, args.particle, args.gamma_fraction)
     except ValueError as exc:
         p.error(str(exc))
-    batches = []
-    with tqdm(total=args.images, unit="img", desc="simulating") as bar:
-        left = args.images
-        while left:
-            n = min(left, CHUNK)
-            batches.append(sim.generate_full(n))
-            left -= n
-            bar.update(n)
+    batches = generate_in_chunks(sim, args.images, CHUNK, "img")
     out = save_dataset(args.output, concatenate(batches), config, args.seed, args.particle, args.gamma_fraction)
     logging.getLogger("simulators").info("wrote %d images to %s", args.images, out)
     return 0

@@ -54,6 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simulators._cli import add_config_arguments, config_from_args, generate_in_chunks
+
 logger = logging.getLogger("simulators.radio")
 
 NOISE_MODELS = ("realistic", "uniform", "cosine")
@@ -397,36 +399,21 @@ CHUNK = 4096
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tqdm import tqdm
-
     p = argparse.ArgumentParser(prog="python -m simulators.radio", description=__doc__.split("\n\n")[0])
     p.add_argument("-n", "--traces", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise", choices=NOISE_CHOICES, default="mix")
     p.add_argument("-o", "--output", type=Path, required=True, help=".npz file to write")
-    for f in dataclasses.fields(RadioConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, tuple):
-            p.add_argument(flag, type=float, nargs="*", default=f.default)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default)
+    add_config_arguments(p, RadioConfig)
     args = p.parse_args(argv)
     if args.traces < 1:
         p.error(f"--traces must be >= 1, got {args.traces}")
     try:
-        config = RadioConfig(**{f.name: tuple(v) if isinstance(v := getattr(args, f.name), list) else v
-                                for f in dataclasses.fields(RadioConfig)})
+        config = config_from_args(args, RadioConfig)
     except ValueError as exc:
         p.error(str(exc))
     sim = RadioSimulator(config, args.seed, args.noise)
-    batches = []
-    with tqdm(total=args.traces, unit="trace", desc="simulating") as bar:
-        left = args.traces
-        while left:
-            n = min(left, CHUNK)
-            batches.append(sim.generate_full(n))
-            left -= n
-            bar.update(n)
+    batches = generate_in_chunks(sim, args.traces, CHUNK, "trace")
     out = save_dataset(args.output, concatenate(batches), config, args.seed, args.noise)
     logger.info("wrote %d traces to %s", args.traces, out)
     return 0

@@ -94,6 +94,8 @@ import numba
 import numpy as np
 from scipy import ndimage, special
 
+from simulators._cli import add_config_arguments, config_from_args, generate_in_chunks
+
 logger = logging.getLogger("simulators.sky")
 
 COMPONENTS = ("dm", "gas", "ic", "bubbles")
@@ -897,34 +899,20 @@ CHUNK = 1024
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tqdm import tqdm
-
     p = argparse.ArgumentParser(prog="python -m simulators.sky", description=__doc__.split("\n\n")[0])
     p.add_argument("-n", "--images", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", type=Path, required=True, help=".npz file to write")
-    for f in dataclasses.fields(SkyConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default)
+    add_config_arguments(p, SkyConfig)
     args = p.parse_args(argv)
     if args.images < 1:
         p.error(f"--images must be >= 1, got {args.images}")
     try:
-        config = SkyConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SkyConfig)})
+        config = config_from_args(args, SkyConfig)
     except ValueError as exc:
         p.error(str(exc))
     sim = SkySimulator(config, args.seed)
-    batches = []
-    with tqdm(total=args.images, unit="img", desc="simulating") as bar:
-        left = args.images
-        while left:
-            n = min(left, CHUNK)
-            batches.append(sim.generate_full(n))
-            left -= n
-            bar.update(n)
+    batches = generate_in_chunks(sim, args.images, CHUNK, "img")
     out = save_dataset(args.output, concatenate(batches), config, args.seed)
     logging.getLogger("simulators").info("wrote %d images to %s", args.images, out)
     return 0

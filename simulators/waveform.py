@@ -28,6 +28,8 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from simulators._cli import add_config_arguments, config_from_args
+
 logger = logging.getLogger("simulators.waveform")
 
 
@@ -213,12 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--signal-fraction", type=float, default=0.5)
     p.add_argument("-o", "--output", type=Path, required=True, help=".npz file to write")
-    for f in dataclasses.fields(WaveformConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_config_arguments(p, WaveformConfig)
     args = p.parse_args(argv)
     if args.events < 1:
         p.error(f"--events must be >= 1, got {args.events}")
-    config = WaveformConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WaveformConfig)})
+    config = config_from_args(args, WaveformConfig)
     sim = WaveformSimulator(config, args.seed, args.signal_fraction)
     chunks, truths = [], []
     with tqdm(total=args.events, unit="wf", desc="simulating") as bar:
