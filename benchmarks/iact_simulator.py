@@ -25,13 +25,12 @@ import os
 os.environ["NUMBA_NUM_THREADS"] = "1"  # before numba is imported (by the simulator)
 
 import argparse  # noqa: E402
-import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 from _common import RESULTS, pin_to_one_core, setup_logging, write_result  # noqa: E402
-from sky_simulator import small_batch_rate, timed_pair  # noqa: E402
+from sky_simulator import measure_generate  # noqa: E402
 
 from simulators.iact import IACTConfig, IACTSimulator, pixel_positions  # noqa: E402
 from trigger.cleaning import tailcuts_clean  # noqa: E402
@@ -158,33 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
     config = IACTConfig()
     sim = IACTSimulator(config, seed=a.seed)
-    reference_rng = np.random.Generator(np.random.PCG64(a.seed + 1))
     ref_batch = IACTSimulator(config, seed=a.seed + 1).generate_full(a.chunk)
-    expected = ref_batch.clean + np.float32(config.nsb_pe)
-
-    def simulate() -> None:
-        sim.generate(a.chunk)
-
-    def reference() -> None:
-        reference_rng.poisson(expected)
-
-    t = time.perf_counter()
-    simulate()  # numba compiles (or loads its cache) here
-    log.info("warm-up: first generate(%d) took %.2f s (compilation included)", a.chunk, time.perf_counter() - t)
-    for _ in range(2):
-        simulate()
-        reference()
-    runs = []
-    for r in range(a.repeats):
-        run = timed_pair(simulate, reference, a.chunk, a.seconds, f"repeat {r + 1}/{a.repeats}")
-        runs.append(run)
-        log.info("repeat %d: %.0f images/s (%.0f per CPU second), NumPy Poisson alone %.0f images/s, ratio %.2f",
-                 r + 1, run["images_per_s"], run["images_per_cpu_s"], run["reference_images_per_s"], run["ratio"])
-    sim_rate = statistics.median(r["images_per_s"] for r in runs)
-    rate_cpu = statistics.median(r["images_per_cpu_s"] for r in runs)
-    ratio = statistics.median(r["ratio"] for r in runs)
-    small = small_batch_rate(sim, 32, min(a.seconds, 3.0))
-    log.info("generate(32): %.0f images/s", small)
+    m = measure_generate(sim, ref_batch.clean + np.float32(config.nsb_pe), a.seed + 1, a.chunk, a.seconds, a.repeats)
+    sim_rate, rate_cpu, ratio = m["images_per_s"], m["images_per_cpu_s"], m["ratio"]
 
     px, py = pixel_positions(config)
     images, masks = ref_batch.images, tailcuts_clean(ref_batch.images, 6.0, 3.0)
@@ -206,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "images_per_s": sim_rate,
         "us_per_image": 1e6 / sim_rate,
         "images_per_cpu_s": rate_cpu,
-        "images_per_s_batch_32": small,
-        "numpy_poisson_images_per_s": statistics.median(r["reference_images_per_s"] for r in runs),
+        "images_per_s_batch_32": m["images_per_s_batch_32"],
+        "numpy_poisson_images_per_s": m["reference_images_per_s"],
         "ratio_to_numpy_poisson": ratio,
         "hillas_images_per_s": hillas_rate,
         "tailcuts_images_per_s": clean_rate,
@@ -218,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                        "CPU time",
         "statistics": stats,
         "figure": png.name,
-        "repeats": runs,
+        "repeats": m["repeats"],
         "rows": [
             {"benchmark": f"IACT image simulator ({config.size}x{config.size}), one core",
              "measured": f"{sim_rate:,.0f} images/s wall clock ({rate_cpu:,.0f} per CPU-second; {ratio:.2f}x "

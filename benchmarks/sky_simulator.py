@@ -35,6 +35,7 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 from _common import RESULTS, pin_to_one_core, setup_logging, write_result  # noqa: E402
@@ -81,13 +82,47 @@ def timed_pair(simulate: Callable[[], None], reference: Callable[[], None], per_
             "reference_seconds": wall_ref}
 
 
-def small_batch_rate(sim: SkySimulator, batch: int, seconds: float) -> float:
+def small_batch_rate(sim: Any, batch: int, seconds: float) -> float:
     """Images/s of ``generate(batch)`` called repeatedly for ``seconds``: the per-call overhead shows."""
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         sim.generate(batch)
         n += batch
     return n / (time.perf_counter() - t0)
+
+
+def measure_generate(sim: Any, expected: np.ndarray, seed: int, chunk: int, seconds: float,
+                     repeats: int) -> dict[str, Any]:
+    """Time ``sim.generate(chunk)`` after a warm-up: ``repeats`` of :func:`timed_pair` against NumPy's
+    Poisson draw of ``expected`` (a generator of ``seed``), then ``generate(32)``. Returns the medians
+    over repeats (``images_per_s``, ``images_per_cpu_s``, ``reference_images_per_s``, ``ratio``),
+    ``images_per_s_batch_32`` and the ``repeats`` themselves."""
+    reference_rng = np.random.Generator(np.random.PCG64(seed))
+
+    def simulate() -> None:
+        sim.generate(chunk)
+
+    def reference() -> None:
+        reference_rng.poisson(expected)
+
+    t = time.perf_counter()
+    simulate()  # numba compiles (or loads its cache) here
+    log.info("warm-up: first generate(%d) took %.2f s (compilation included)", chunk, time.perf_counter() - t)
+    for _ in range(2):
+        simulate()
+        reference()
+    runs = []
+    for r in range(repeats):
+        run = timed_pair(simulate, reference, chunk, seconds, f"repeat {r + 1}/{repeats}")
+        runs.append(run)
+        log.info("repeat %d: %.0f images/s (%.0f per CPU second), NumPy Poisson alone %.0f images/s, ratio %.2f",
+                 r + 1, run["images_per_s"], run["images_per_cpu_s"], run["reference_images_per_s"], run["ratio"])
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs)
+                           for k in ("images_per_s", "images_per_cpu_s", "reference_images_per_s", "ratio")}
+    out["images_per_s_batch_32"] = small_batch_rate(sim, 32, min(seconds, 3.0))
+    log.info("generate(32): %.0f images/s", out["images_per_s_batch_32"])
+    out["repeats"] = runs
+    return out
 
 
 def mask_statistics(config: SkyConfig, images: int) -> dict[str, float]:
@@ -190,33 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     sim = SkySimulator(config, seed=a.seed)
     log.info("templates: %.2f s", time.perf_counter() - t)
-    reference_rng = np.random.Generator(np.random.PCG64(a.seed + 1))
     expected = SkySimulator(config, seed=a.seed + 1).generate_full(a.chunk).expected
-
-    def simulate() -> None:
-        sim.generate(a.chunk)
-
-    def reference() -> None:
-        reference_rng.poisson(expected)
-
-    t = time.perf_counter()
-    simulate()  # numba compiles (or loads its cache) here
-    log.info("warm-up: first generate(%d) took %.2f s (compilation included)", a.chunk, time.perf_counter() - t)
-    for _ in range(2):
-        simulate()
-        reference()
-
-    runs = []
-    for r in range(a.repeats):
-        run = timed_pair(simulate, reference, a.chunk, a.seconds, f"repeat {r + 1}/{a.repeats}")
-        runs.append(run)
-        log.info("repeat %d: %.0f images/s (%.0f per CPU second), NumPy Poisson alone %.0f images/s, ratio %.2f",
-                 r + 1, run["images_per_s"], run["images_per_cpu_s"], run["reference_images_per_s"], run["ratio"])
-    rate = statistics.median(r["images_per_s"] for r in runs)
-    rate_cpu = statistics.median(r["images_per_cpu_s"] for r in runs)
-    ratio = statistics.median(r["ratio"] for r in runs)
-    small = small_batch_rate(sim, 32, min(a.seconds, 3.0))
-    log.info("generate(32): %.0f images/s", small)
+    m = measure_generate(sim, expected, a.seed + 1, a.chunk, a.seconds, a.repeats)
+    rate, rate_cpu, ratio = m["images_per_s"], m["images_per_cpu_s"], m["ratio"]
 
     stats = mask_statistics(config, a.stats_images)
     log.info("mask_all %.2f%% of pixels, mask_bright %.2f%%, %.1f significant sources per image",
@@ -233,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         "images_per_s": rate,
         "us_per_image": 1e6 / rate,
         "images_per_cpu_s": rate_cpu,
-        "images_per_s_batch_32": small,
-        "numpy_poisson_images_per_s": statistics.median(r["reference_images_per_s"] for r in runs),
+        "images_per_s_batch_32": m["images_per_s_batch_32"],
+        "numpy_poisson_images_per_s": m["reference_images_per_s"],
         "ratio_to_numpy_poisson": ratio,
         "target_images_per_s": TARGET_IMAGES_PER_S,
         "meets_target": rate >= TARGET_IMAGES_PER_S,
@@ -243,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                        "the same size) alternate call by call; images_per_cpu_s counts the thread's CPU time",
         "masks": stats,
         "figure": png.name,
-        "repeats": runs,
+        "repeats": m["repeats"],
     }
     path = write_result(a.name, result)
     log.info("sky simulator %.0f images/s (%.0f us/image; %.0f per CPU second) on CPU %d; %.2fx NumPy's Poisson "
