@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.image_models import SegmentUNet, UNetConfig
+from training.image_models import SegmentUNet, UNetConfig, conv_bn, conv_pool_features
 
 SIZE = 32
 """Camera image side in pixels (simulators.iact.IACTConfig.size)."""
@@ -54,10 +54,6 @@ def camera_channels(image: torch.Tensor, pe_scale: float) -> torch.Tensor:
     """Raw images [B, H, W] in p.e. -> [B, 2, H, W]: ``x / pe_scale`` and ``asinh(x / pe_scale)``."""
     x = image.unsqueeze(1) / pe_scale
     return torch.cat([x, torch.asinh(x)], dim=1)
-
-
-def _conv_bn(cin: int, cout: int, slope: float) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(slope)]
 
 
 # ------------------------------------------------------------------------------------- cleaning
@@ -120,12 +116,8 @@ class GammaClassifier(nn.Module):
     def __init__(self, config: ClassifierConfig | None = None):
         super().__init__()
         self.config = c = config or ClassifierConfig()
-        layers: list[nn.Module] = []
-        cin = 2
-        for co in c.channels:
-            layers += [*_conv_bn(cin, co, c.slope), *_conv_bn(co, co, c.slope), nn.MaxPool2d(2)]
-            cin = co
-        self.features = nn.Sequential(*layers)
+        self.features = conv_pool_features(2, c.channels, c.slope)
+        cin = c.channels[-1] if c.channels else 2
         side = SIZE // 2 ** len(c.channels)
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(c.dropout), nn.Linear(cin * side * side, c.hidden),
                                   nn.LeakyReLU(c.slope), nn.Linear(c.hidden, 1))
@@ -185,7 +177,7 @@ class SizeCVAE(nn.Module):
         enc: list[nn.Module] = []
         cin = 3  # shape channels (see encoder_input) + the condition as a constant plane
         for co in c.channels:
-            enc += [*_conv_bn(cin, co, c.slope), nn.Conv2d(co, co, 3, stride=2, padding=1), nn.LeakyReLU(c.slope)]
+            enc += [*conv_bn(cin, co, c.slope), nn.Conv2d(co, co, 3, stride=2, padding=1), nn.LeakyReLU(c.slope)]
             cin = co
         self.encoder = nn.Sequential(*enc, nn.Flatten())
         self.enc_head = nn.Sequential(nn.Linear(cin * side * side + 1, c.hidden), nn.LeakyReLU(c.slope),

@@ -39,14 +39,26 @@ def normalise_max(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x / s, s
 
 
+def conv_bn(cin: int, cout: int, slope: float) -> list[nn.Module]:
+    """3x3 conv (no bias) -> batch norm -> leaky ReLU."""
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(slope)]
+
+
 def _block(cin: int, cout: int, slope: float, dropout: float = 0.0) -> nn.Sequential:
     """(3x3 conv -> batch norm -> leaky ReLU) x 2, optional spatial dropout at the end."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(slope),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(slope),
-    ]
+    layers = [*conv_bn(cin, cout, slope), *conv_bn(cout, cout, slope)]
     if dropout > 0:
         layers.append(nn.Dropout2d(dropout))
+    return nn.Sequential(*layers)
+
+
+def conv_pool_features(cin: int, channels: tuple[int, ...], slope: float) -> nn.Sequential:
+    """Per entry of ``channels``: (3x3 conv -> batch norm -> leaky ReLU) x 2 and a 2x2 max pool, all in
+    one flat Sequential (the classifier/regressor feature stack)."""
+    layers: list[nn.Module] = []
+    for co in channels:
+        layers += [*conv_bn(cin, co, slope), *conv_bn(co, co, slope), nn.MaxPool2d(2)]
+        cin = co
     return nn.Sequential(*layers)
 
 
@@ -324,14 +336,8 @@ class SkyRegressor(nn.Module):
     def __init__(self, config: RegressorConfig | None = None):
         super().__init__()
         self.config = c = config or RegressorConfig()
-        layers: list[nn.Module] = []
-        cin = 2
-        for co in c.channels:
-            layers += [nn.Conv2d(cin, co, 3, padding=1, bias=False), nn.BatchNorm2d(co), nn.LeakyReLU(c.slope),
-                       nn.Conv2d(co, co, 3, padding=1, bias=False), nn.BatchNorm2d(co), nn.LeakyReLU(c.slope),
-                       nn.MaxPool2d(2)]
-            cin = co
-        self.features = nn.Sequential(*layers)
+        self.features = conv_pool_features(2, c.channels, c.slope)
+        cin = c.channels[-1] if c.channels else 2
         side = HEIGHT // 2 ** len(c.channels)
         self.linear = nn.Linear(HEIGHT * WIDTH, c.linear_features) if c.linear_features else None
         self.head = nn.Sequential(nn.Dropout(c.dropout),

@@ -85,7 +85,16 @@ from training.iact_models import (
     cvae_loss,
 )
 from training.image_models import UNetConfig, segmentation_loss
-from training.train_image import plot_history, predict, roc_auc, roc_curve, train_loop, write_history
+from training.train_image import (
+    plot_history,
+    predict,
+    random_symmetry,
+    roc_auc,
+    roc_curve,
+    segmentation_step,
+    train_loop,
+    write_history,
+)
 from trigger.calibration import calibration_path_for, sha256_file
 
 logger = logging.getLogger("training")
@@ -302,18 +311,6 @@ def export_onnx(module: nn.Module, inputs: Mapping[str, torch.Tensor], output: s
 
 # ------------------------------------------------------------------------------------- training
 
-def random_symmetry(x: torch.Tensor, gen: torch.Generator, *others: torch.Tensor) -> list[torch.Tensor]:
-    """One of the 8 symmetries of the square, the same for ``x`` and ``others`` (all [B, H, W])."""
-    k = int(torch.randint(0, 8, (1,), generator=gen))
-    out = [x, *others]
-    if k & 4:
-        out = [t.transpose(1, 2) for t in out]
-    dims = [d for bit, d in ((1, 2), (2, 1)) if k & bit]
-    if dims:
-        out = [t.flip(dims) for t in out]
-    return [t.contiguous() for t in out]
-
-
 def make_model(task: str, profile: Profile, extra: Mapping[str, Any] | None = None) -> nn.Module:
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in {**profile.model, **(extra or {})}.items()}
     if task == "clean":
@@ -330,13 +327,7 @@ def train_clean(profile: Profile, seed: int, progress: bool, train: IACTData, va
     torch.manual_seed(SEEDS["init"] * 1000 + seed)
     model = make_model("clean", profile)
     logger.info("camera U-net %s: %d parameters", model.settings(), count_parameters(model))
-
-    def step(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-        x, m = x_all[idx], m_all[idx]
-        if profile.augment:
-            x, m = random_symmetry(x, gen, m)
-        loss, bce, pen = segmentation_loss(model.logits(x), m, profile.count_weight)
-        return loss, {"bce": bce.item(), "count_penalty": pen.item()}
+    step = segmentation_step(model, x_all, m_all, profile)
 
     def validate(model: nn.Module) -> dict:
         logits = torch.from_numpy(predict(model, val.images, fn=model.logits))

@@ -285,15 +285,31 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256,
     return np.concatenate(out)
 
 
-def random_symmetry(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One of the 8 symmetries of the square, the same for images ``x`` and masks ``y`` [B, H, W]."""
+def random_symmetry(x: torch.Tensor, gen: torch.Generator, *others: torch.Tensor) -> list[torch.Tensor]:
+    """One of the 8 symmetries of the square, the same for ``x`` and ``others`` (all [B, H, W])."""
     k = int(torch.randint(0, 8, (1,), generator=gen))
+    out = [x, *others]
     if k & 4:
-        x, y = x.transpose(1, 2), y.transpose(1, 2)
+        out = [t.transpose(1, 2) for t in out]
     dims = [d for bit, d in ((1, 2), (2, 1)) if k & bit]
     if dims:
-        x, y = x.flip(dims), y.flip(dims)
-    return x.contiguous(), y.contiguous()
+        out = [t.flip(dims) for t in out]
+    return [t.contiguous() for t in out]
+
+
+def segmentation_step(model: SegmentUNet, x_all: torch.Tensor, m_all: torch.Tensor, profile: Profile
+                      ) -> Callable[[np.ndarray, torch.Generator], tuple[torch.Tensor, dict]]:
+    """:func:`train_loop`'s ``step`` for a U-net on images ``x_all`` and masks ``m_all`` [N, H, W]: a
+    random symmetry per batch (``profile.augment``), then :func:`segmentation_loss`."""
+
+    def step(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        x, m = x_all[idx], m_all[idx]
+        if profile.augment:
+            x, m = random_symmetry(x, gen, m)
+        loss, bce, pen = segmentation_loss(model.logits(x), m, profile.count_weight)
+        return loss, {"bce": bce.item(), "count_penalty": pen.item()}
+
+    return step
 
 
 def train_loop(model: nn.Module, step: Callable[[np.ndarray, torch.Generator], tuple[torch.Tensor, dict]],
@@ -358,14 +374,7 @@ def train_segment(profile: Profile, target: str, seed: int, progress: bool, data
     torch.manual_seed(SEEDS["init"] * 1000 + seed)
     model = make_segment_model(profile)
     logger.info("U-net %s: %d parameters, target %s", model.config, count_parameters(model), target)
-
-    def step(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-        x, m = x_all[idx], m_all[idx]
-        if profile.augment:
-            x, m = random_symmetry(x, m, gen)
-        loss, bce, pen = segmentation_loss(model.logits(x), m, profile.count_weight)
-        return loss, {"bce": bce.item(), "count_penalty": pen.item()}
-
+    step = segmentation_step(model, x_all, m_all, profile)
     val_mask = val.mask(target)
 
     def validate(model: nn.Module) -> dict:
