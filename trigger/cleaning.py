@@ -46,24 +46,11 @@ def neighbor_count(mask: np.ndarray, connectivity: int = 4) -> np.ndarray:
 
 def _any_neighbor(mask: np.ndarray, connectivity: int) -> np.ndarray:
     """True where at least one neighbour is True."""
-    m = np.asarray(mask, dtype=bool)
-    out = np.zeros_like(m)
-    out[..., 1:, :] |= m[..., :-1, :]
-    out[..., :-1, :] |= m[..., 1:, :]
-    out[..., :, 1:] |= m[..., :, :-1]
-    out[..., :, :-1] |= m[..., :, 1:]
-    if connectivity == 8:
-        out[..., 1:, 1:] |= m[..., :-1, :-1]
-        out[..., :-1, :-1] |= m[..., 1:, 1:]
-        out[..., 1:, :-1] |= m[..., :-1, 1:]
-        out[..., :-1, 1:] |= m[..., 1:, :-1]
-    return out
+    return neighbor_count(mask, connectivity) > 0
 
 
 def dilate(mask: np.ndarray, connectivity: int = 4) -> np.ndarray:
     """``mask`` [..., H, W] plus one ring of neighbours (ctapipe's ``dilate``)."""
-    if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     return np.asarray(mask, dtype=bool) | _any_neighbor(mask, connectivity)
 
 

@@ -126,12 +126,3 @@ def _moments(w: np.ndarray, x: np.ndarray, y: np.ndarray, out: dict[str, np.ndar
                        ("length", length), ("width", width), ("psi", psi), ("skewness", skewness),
                        ("kurtosis", kurtosis)):
         out[key][ok] = value
-
-
-def camera_to_shower_coordinates(x: np.ndarray, y: np.ndarray, cog_x: np.ndarray, cog_y: np.ndarray,
-                                 psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Longitudinal and transverse coordinates of points ``(x, y)`` in the frame of an ellipse
-    (centre ``cog_x, cog_y``, major axis at ``psi``), as ctapipe defines them; broadcasts."""
-    cos_psi, sin_psi = np.cos(psi), np.sin(psi)
-    dx, dy = x - cog_x, y - cog_y
-    return dx * cos_psi + dy * sin_psi, -dx * sin_psi + dy * cos_psi

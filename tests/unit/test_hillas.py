@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from trigger.cleaning import dilate, neighbor_count, tailcuts_clean
-from trigger.hillas import HILLAS_KEYS, camera_to_shower_coordinates, hillas_parameters
+from trigger.hillas import HILLAS_KEYS, hillas_parameters
+
+
+def camera_to_shower_coordinates(x, y, cog_x, cog_y, psi):
+    """Longitudinal and transverse coordinates of points ``(x, y)`` in the frame of an ellipse
+    (centre ``cog_x, cog_y``, major axis at ``psi``), as ctapipe defines them; broadcasts."""
+    cos_psi, sin_psi = np.cos(psi), np.sin(psi)
+    dx, dy = x - cog_x, y - cog_y
+    return dx * cos_psi + dy * sin_psi, -dx * sin_psi + dy * cos_psi
 
 
 def grid(size: int = 64, pixel: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
