@@ -50,7 +50,6 @@ from .batcher import BatchBuffer, Batcher, EventQueue, Item, Turns, TurnsAborted
 from .config import Config
 from .metrics import Metrics
 from .pipelines import Pipeline, load_pipeline
-from .pipelines.base import inference_workers
 from .protocol import INPUT_KINDS, VERSION, ProtocolError, Reason, as_float32, decode, encode
 
 MAX_TRACKED_SOURCES = 4096
@@ -102,7 +101,7 @@ class Daemon:
         self.config = config
         self._reload_config = reload_config
         self.pipeline = pipeline if pipeline is not None else load_pipeline(config)
-        self.workers = inference_workers(config)
+        self.workers = config.batching.workers  # checked against the backend by load_pipeline (open_model)
         if self.workers > 1 and not getattr(getattr(self.pipeline, "backend", None), "concurrent", False):
             raise StartupError(f"batching.workers {self.workers}: this pipeline's backend takes one batch at a time")
         self.metrics = Metrics(self.pipeline.name)
@@ -578,9 +577,6 @@ class Daemon:
         if new.name != old.name or new.event_shape != old.event_shape:
             raise ValueError(f"the new {new.name} pipeline takes events of shape {list(new.event_shape)}, the "
                              f"running {old.name} pipeline {list(old.event_shape)}: that needs a restart")
-        if self.workers > 1 and not getattr(getattr(new, "backend", None), "concurrent", False):
-            raise ValueError(f"the new {cfg.backend.name} backend takes one batch at a time and this daemon runs "
-                             f"{self.workers} inference workers: that needs a restart")
         with self._reload_lock:
             self._pending = (new, config)
 

@@ -51,3 +51,14 @@ def test_a_reload_sizes_the_new_backend_for_the_workers_running_not_the_file():
     new, applied = daemon._pending
     assert applied.batching.workers == 1
     assert new.backend.describe()["threads"] == str(usable_cores())
+
+
+def test_a_reload_to_a_backend_that_cannot_take_the_running_workers_is_refused():
+    ctx = zmq.Context()
+    try:
+        daemon = Daemon(config(workers=2), context=ctx, reload_config=lambda: config(workers=2, name="tensorrt"))
+        with pytest.raises(BackendUnavailable, match="batching.workers 2: the tensorrt backend"):
+            daemon._prepare_reload()  # the daemon's reload loop logs this and keeps the running pipeline
+    finally:
+        ctx.term()
+    assert daemon._pending is None

@@ -73,11 +73,12 @@ def model_description(backend: Backend, header: dict[str, Any], **extra: str) ->
 
 def open_model(config: Config, calibration_kind: type) -> tuple[Backend, Any]:
     """The configured model's backend and its calibration (checked to belong to that model file)."""
+    threads = backend_threads(config)  # refuses workers the backend cannot take, before loading anything
     model = config.model_path()
     if not Path(model).is_file():
         raise BackendUnavailable(f"model file {model} does not exist")
     calibration = load_for_model(model, config.pipeline.calibration, calibration_kind)
-    backend = create_backend(config.backend.name, model, threads=backend_threads(config), **config.backend.options)
+    backend = create_backend(config.backend.name, model, threads=threads, **config.backend.options)
     return backend, calibration
 
 
@@ -96,7 +97,8 @@ def backend_threads(config: Config) -> int:
     Runtime gives a session one pool of ``threads - 1`` threads, shared by the calls running at
     once, each of which also computes on its caller's thread: the workers and the pool then fill
     the cores, no more."""
-    return config.backend.threads or max(1, usable_cores() - inference_workers(config) + 1)
+    workers = inference_workers(config)  # checked even where threads are set
+    return config.backend.threads or max(1, usable_cores() - workers + 1)
 
 
 def check_io(backend: Backend, event_shape: tuple[int, ...], output: str) -> None:
