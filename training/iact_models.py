@@ -385,9 +385,5 @@ class CVAEGenerator(nn.Module):
         return (square_symmetries(image) * onehot[:, :, None, None]).sum(dim=1)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def logit(p: float) -> float:
     return math.log(p / (1 - p))

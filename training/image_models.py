@@ -380,5 +380,3 @@ class SkyRegressor(nn.Module):
         return torch.where(self.count_mask, t * self.total_counts(image), t)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -220,5 +220,3 @@ class TraceDAE(nn.Module):
         return (self.normalised(x) * s).squeeze(1)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

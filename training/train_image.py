@@ -53,9 +53,9 @@ from training.image_models import (
     SegmentUNet,
     SkyRegressor,
     UNetConfig,
-    count_parameters,
     segmentation_loss,
 )
+from training.vcae import count_parameters
 
 logger = logging.getLogger("training")
 
