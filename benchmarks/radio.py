@@ -53,7 +53,7 @@ from scipy import ndimage, signal
 from tqdm import tqdm
 
 from simulators.radio import NOISE_MODELS, PEAK_TOLERANCE, RadioBatch, RadioConfig, peak_summary, simulate
-from trigger.backends import create_backend
+from training.train_radio import normalised_mse, ort_infer
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "trigger" / "models" / "radio_denoise.onnx"
@@ -168,17 +168,6 @@ def best_bandpass(tuning: RadioBatch, fs_mhz: float) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- metrics
-
-def infer(path: Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    be = create_backend("onnxruntime", path, threads=1)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return np.concatenate([be.infer(x[i:i + batch])["denoised"] for i in range(0, len(x), batch)])
-
-
-def normalised_mse(rec: np.ndarray, b: RadioBatch) -> float:
-    s = np.abs(b.traces).max(axis=1, keepdims=True).astype(np.float64)
-    return float(np.mean(((rec - b.clean) / s) ** 2))
-
 
 def evaluate(rec: np.ndarray, b: RadioBatch) -> dict:
     out = peak_summary(rec, b.truth)
@@ -304,7 +293,7 @@ def main() -> int:
     for name, b in tqdm(tests.items(), desc="evaluating", leave=False):
         rec_c, lines = bandpass_notch(b.traces, fs, tuple(best["band"]), best["order"], best["threshold"], best["q"],
                                       "subtract" if best["q"] == 0 else "notch")
-        recs[name] = {"dae": infer(a.model, b.traces), "bandpass_notch": rec_c,
+        recs[name] = {"dae": ort_infer(a.model, b.traces), "bandpass_notch": rec_c,
                       "bandpass": bandpass(b.traces, fs, tuple(best_bp["band"]), best_bp["order"]),
                       "noisy": b.traces}
         results["models"][name] = {m: evaluate(recs[name][m], b) for m in METHODS}

@@ -90,6 +90,46 @@ def export_onnx(model: nn.Module, task: str, path: str | Path, *, check_images: 
     return info
 
 
+def export_checked(module: nn.Module, inputs: Mapping[str, torch.Tensor], output: str, path: str | Path,
+                   check: Mapping[str, np.ndarray],
+                   scale: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None, tolerance: float = 1e-4,
+                   input_names: list[str] | None = None) -> dict[str, Any]:
+    """Write ``module`` (``inputs`` keyed by its forward's arguments, dynamic batch) to one ONNX file and
+    check it against torch on ``check`` inputs (keyed by the file's input names: ``input_names``, by
+    default the same): the largest ``|ort - torch| / scale`` must stay under ``tolerance``. Returns
+    path, sha256, opset, bytes and the differences."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        # torch 2.13's exporter trips its own pytree deprecation (see export_onnx above).
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
+        # Several inputs share the batch axis: torch.export says it merges their (equal) dimension names.
+        warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used.*", category=UserWarning)
+        torch.onnx.export(module, tuple(inputs.values()), str(path), input_names=input_names or list(inputs),
+                          output_names=[output], dynamic_shapes={k: {0: batch} for k in inputs}, opset_version=OPSET,
+                          external_data=False, verbose=False)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    with torch.no_grad():
+        ref = module(*(torch.from_numpy(np.ascontiguousarray(v)) for v in check.values())).numpy()
+    got = ort_session_runner(path, output)(check)
+    if got.shape != ref.shape or not np.isfinite(got).all():
+        raise RuntimeError(f"{path}: ONNX Runtime output has shape {got.shape} (torch {ref.shape}) or is not finite")
+    diff = np.abs(got.astype(np.float64) - ref)
+    scaled = diff / (scale(check) if scale is not None else 1.0)
+    info = {"path": str(path), "sha256": sha256_file(path), "opset": OPSET, "bytes": path.stat().st_size,
+            "max_abs_diff": float(diff.max()), "max_scaled_diff": float(scaled.max())}
+    if not info["max_scaled_diff"] <= tolerance:
+        raise RuntimeError(f"ONNX Runtime and torch disagree on {path}: {info}; the scaled difference must stay "
+                           f"below {tolerance}")
+    logger.info("exported %s (%d bytes, opset %d); ORT vs torch max |diff| %.3g", path, info["bytes"], OPSET,
+                info["max_abs_diff"])
+    return info
+
+
 def compare_with_torch(path: str | Path, model: nn.Module, task: str, n: int = 32) -> dict[str, float]:
     """ORT vs torch on ``n`` simulated raw images, the same images max-normalised and an all-zero image:
     ``max_abs_diff`` (all of them), ``max_abs_diff_normalised`` (the normalised and zero images) and

@@ -57,8 +57,7 @@ import logging
 import shlex
 import sys
 import time
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from training import train_image as image_training
-from training.export_image import card_path_for, ort_session_runner, training_provenance, write_json
+from training.export_image import card_path_for, export_checked, ort_session_runner, training_provenance, write_json
 from training.iact_models import (
     SIZE,
     CameraUNet,
@@ -81,7 +80,6 @@ from training.iact_models import (
     GammaClassifier,
     LatentPrior,
     SizeCVAE,
-    count_parameters,
     cvae_loss,
 )
 from training.image_models import UNetConfig, segmentation_loss
@@ -95,6 +93,7 @@ from training.train_image import (
     train_loop,
     write_history,
 )
+from training.vcae import count_parameters
 from trigger.calibration import calibration_path_for, sha256_file
 
 logger = logging.getLogger("training")
@@ -254,7 +253,7 @@ def best_f1(prob: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 def tailcuts_masks(images: np.ndarray, picture: float, boundary: float) -> np.ndarray:
     from trigger.cleaning import tailcuts_clean
 
-    return np.asarray(tailcuts_clean(images, picture, boundary), bool)
+    return tailcuts_clean(images, picture, boundary)
 
 
 def tune_tailcuts(images: np.ndarray, truth: np.ndarray, grid: Mapping[str, tuple[float, ...]] = TAILCUT_GRID
@@ -267,46 +266,6 @@ def tune_tailcuts(images: np.ndarray, truth: np.ndarray, grid: Mapping[str, tupl
             if m["f1"] > best["f1"]:
                 best = {"picture": pic, "boundary": pic * frac, **m}
     return best
-
-
-# ---------------------------------------------------------------------------------------- export
-
-def export_onnx(module: nn.Module, inputs: Mapping[str, torch.Tensor], output: str, path: str | Path,
-                check: Mapping[str, np.ndarray], scale: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
-                tolerance: float = 1e-4) -> dict[str, Any]:
-    """Write ``module`` (inputs named like its forward's arguments, dynamic batch) to one ONNX file and
-    check it against torch on ``check`` inputs: the largest ``|ort - torch| / scale`` must stay under
-    ``tolerance``. Returns path, sha256, opset, bytes and the differences."""
-    import onnx
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    module = module.eval()
-    batch = torch.export.Dim("batch")
-    with warnings.catch_warnings():
-        # torch 2.13's exporter trips its own pytree deprecation (see training.export_image).
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
-        # Several inputs share the batch axis: torch.export says it merges their (equal) dimension names.
-        warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used.*", category=UserWarning)
-        torch.onnx.export(module, tuple(inputs.values()), str(path), input_names=list(inputs), output_names=[output],
-                          dynamic_shapes={k: {0: batch} for k in inputs}, opset_version=OPSET,
-                          external_data=False, verbose=False)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    with torch.no_grad():
-        ref = module(*(torch.from_numpy(np.ascontiguousarray(v)) for v in check.values())).numpy()
-    got = ort_session_runner(path, output)(check)
-    if got.shape != ref.shape or not np.isfinite(got).all():
-        raise RuntimeError(f"{path}: ONNX Runtime output has shape {got.shape} (torch {ref.shape}) or is not finite")
-    diff = np.abs(got.astype(np.float64) - ref)
-    scaled = diff / (scale(check) if scale is not None else 1.0)
-    info = {"path": str(path), "sha256": sha256_file(path), "opset": OPSET, "bytes": path.stat().st_size,
-            "max_abs_diff": float(diff.max()), "max_scaled_diff": float(scaled.max())}
-    if not info["max_scaled_diff"] <= tolerance:
-        raise RuntimeError(f"ONNX Runtime and torch disagree on {path}: {info}; the scaled difference must stay "
-                           f"below {tolerance}")
-    logger.info("exported %s (%d bytes, opset %d); ORT vs torch max |diff| %.3g", path, info["bytes"], OPSET,
-                info["max_abs_diff"])
-    return info
 
 
 # ------------------------------------------------------------------------------------- training
@@ -798,7 +757,7 @@ def run(task: str, profile: Profile, run_dir: Path, *, seed: int = 0, export: Pa
                            "at_best_f1": pixel_counts(prob > cut, test.mask)}
         if export is not None:
             x = np.concatenate([check_imgs, np.zeros((1, SIZE, SIZE), np.float32)])
-            info = export_onnx(model, {"image": torch.from_numpy(check_imgs[:2])}, "prob", export, {"image": x})
+            info = export_checked(model, {"image": torch.from_numpy(check_imgs[:2])}, "prob", export, {"image": x})
             calib = simulate_splits(task, profile, ("calibration",), progress)["calibration"]
             cal = calibrate_clean(export, calib, test, {**provenance, "ort_vs_torch": info["max_abs_diff"],
                                                         "model_config": model.settings()})
@@ -819,7 +778,7 @@ def run(task: str, profile: Profile, run_dir: Path, *, seed: int = 0, export: Pa
         if export is not None:
             wrapped = ClassifierScore(model)
             x = np.concatenate([check_imgs, np.zeros((1, SIZE, SIZE), np.float32)])
-            info = export_onnx(wrapped, {"image": torch.from_numpy(check_imgs[:2])}, "score", export, {"image": x})
+            info = export_checked(wrapped, {"image": torch.from_numpy(check_imgs[:2])}, "score", export, {"image": x})
             card = write_classifier_card(export, test, {**provenance, "ort_vs_torch": info["max_abs_diff"],
                                                         "model_config": model.config.to_dict()})
             metrics["onnx"] = {**info, "card": str(card_path_for(export))}
@@ -838,7 +797,7 @@ def run(task: str, profile: Profile, run_dir: Path, *, seed: int = 0, export: Pa
             gen = torch.Generator().manual_seed(SEEDS["export_check"])
             z = torch.randn((64, generator.n_z), generator=gen)
             ls = torch.from_numpy(np.quantile(train_log_size, np.linspace(0, 1, 64)).astype(np.float32)).reshape(-1, 1)
-            info = export_onnx(generator, {"z": z[:2], "log10_size": ls[:2]}, "image", export,
+            info = export_checked(generator, {"z": z[:2], "log10_size": ls[:2]}, "image", export,
                                {"z": z.numpy(), "log10_size": ls.numpy()},
                                scale=lambda c: 10.0 ** c["log10_size"].reshape(-1, 1, 1), tolerance=1e-4)
             card = write_cvae_card(export, generator, train_log_size, test,

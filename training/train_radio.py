@@ -35,7 +35,6 @@ import logging
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,10 @@ from torch import nn
 
 from simulators.radio import NOISE_CHOICES, NOISE_MODELS, RadioBatch, RadioConfig, RadioSimulator, peak_summary
 from simulators.radio import simulate as simulate_radio
-from training.export_image import OPSET, TOLERANCE, write_json
-from training.trace_models import SCALE_FLOOR, TraceDAE, TraceDAEConfig, count_parameters
+from training.export_image import TOLERANCE, export_checked, write_json
+from training.trace_models import SCALE_FLOOR, TraceDAE, TraceDAEConfig
 from training.train_image import Profile, plot_history, predict, save_checkpoint, train_loop, write_history
+from training.vcae import count_parameters
 from trigger.calibration import calibration_path_for, sha256_file
 
 logger = logging.getLogger("training")
@@ -138,47 +138,24 @@ def train_denoiser(profile: Profile, seed: int, progress: bool, config: RadioCon
 
 # ---------------------------------------------------------------------------------------- export
 
-def export_onnx(model: TraceDAE, path: str | Path, threads: int = 1) -> dict[str, Any]:
+def export_onnx(model: TraceDAE, path: str | Path) -> dict[str, Any]:
     """Write ``model`` to ``path`` (one self-contained file, dynamic batch) and check it against torch with
     ONNX Runtime on raw, rescaled and all-zero traces; raises when the difference, in units of each trace's
     max |x|, exceeds :data:`training.export_image.TOLERANCE`."""
-    import onnx
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
     n = model.config.n_samples
-    with warnings.catch_warnings():
-        # torch 2.13's exporter trips its own pytree deprecation (see training/export_image.py).
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
-        torch.onnx.export(model, (torch.randn(2, n),), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_shapes={"trace": {0: torch.export.Dim("batch")}}, opset_version=OPSET,
-                          external_data=False, verbose=False)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     raw = simulate_radio(32, SEEDS["export_check"], "mix").traces
     x = np.concatenate([raw, raw * 1e3, raw * 1e-3, np.zeros((1, n), np.float32)]).astype(np.float32)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy().astype(np.float64)
-    got = ort_infer(path, x, threads)
-    scale = np.maximum(np.abs(x).max(axis=1, keepdims=True), SCALE_FLOOR)
-    diff = np.abs(got - ref)
-    diffs = {"max_abs_diff": float(diff.max()), "max_scaled_diff": float(np.max(diff / scale))}
-    if got.shape != ref.shape or not diffs["max_scaled_diff"] <= TOLERANCE:
-        raise RuntimeError(f"ONNX Runtime and torch disagree on {path}: shapes {got.shape} / {ref.shape}, {diffs}; "
-                           f"max |diff| / max|x| must stay below {TOLERANCE}")
-    info = {"path": str(path), "sha256": sha256_file(path), "opset": OPSET, "bytes": path.stat().st_size, **diffs}
-    logger.info("exported %s (%d bytes, opset %d); ORT vs torch %s", path, info["bytes"], OPSET,
-                {k: f"{v:.3g}" for k, v in diffs.items()})
-    return info
+    return export_checked(model, {"trace": torch.randn(2, n)}, OUTPUT_NAME, path, {INPUT_NAME: x},
+                          scale=lambda c: np.maximum(np.abs(c[INPUT_NAME]).max(axis=1, keepdims=True), SCALE_FLOOR),
+                          tolerance=TOLERANCE, input_names=[INPUT_NAME])
 
 
 def ort_infer(path: str | Path, traces: np.ndarray, threads: int = 1, batch: int = 256) -> np.ndarray:
     """The exported file's output for raw traces [n, samples], through the daemon's ONNX Runtime backend."""
     from trigger.backends import create_backend
 
-    be = create_backend("onnxruntime", Path(path), threads=threads)
-    x = np.ascontiguousarray(traces, dtype=np.float32)
-    return np.concatenate([be.infer(x[i:i + batch])[OUTPUT_NAME] for i in range(0, len(x), batch)])
+    be = create_backend("onnxruntime", Path(path), threads=threads, max_run_batch=batch)
+    return be.infer(np.ascontiguousarray(traces, dtype=np.float32))[OUTPUT_NAME]
 
 
 def write_calibration(path: str | Path, test: dict[str, RadioBatch], provenance: dict[str, Any],
@@ -278,7 +255,7 @@ def run(profile: Profile, run_dir: Path, *, seed: int = 0, export: Path | None =
     if plots:
         plot_traces(run_dir / "traces.png", test, denoised, f"radio DAE trained on mix ({profile.name}): test traces")
     if export is not None:
-        info = export_onnx(model, export, threads)
+        info = export_onnx(model, export)
         prov = {"profile": profile.name, "profile_settings": dataclasses.asdict(profile), "seed": seed,
                 "seeds": SEEDS, "peak_weight": peak_weight, "command": command, "date": started,
                 "run_dir": str(run_dir), "best_epoch": best["epoch"], "epochs": profile.epochs,

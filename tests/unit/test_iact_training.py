@@ -69,7 +69,7 @@ def test_exported_model_matches_torch_under_onnxruntime(quick, task):
                  "log10_size": rng.uniform(1.0, 3.5, (20, 1)).astype(np.float32)}
         module, output = CVAEGenerator(model), "image"
         onnx_path = onnx_path.with_name("plain_decoder.onnx")  # the shipped kind is checked in the next test
-        ti.export_onnx(module, {k: torch.from_numpy(v[:2]) for k, v in feeds.items()}, "image", onnx_path, feeds,
+        ti.export_checked(module, {k: torch.from_numpy(v[:2]) for k, v in feeds.items()}, "image", onnx_path, feeds,
                        scale=lambda f: 10.0 ** f["log10_size"].reshape(-1, 1, 1))
     else:
         feeds = {"image": np.concatenate([camera_images(20), np.zeros((1, 32, 32), np.float32)])}
