@@ -170,6 +170,10 @@ class RadioBatch:
     ``noise_model`` (int32, index into :data:`NOISE_MODELS`), ``is_signal`` (bool), ``pulse_time``
     (float32, t0 in ns), ``phase`` (float32, radians), ``slope`` (float32, per MHz), ``n_rfi`` (int32,
     RFI lines in the trace; 0 unless realistic)."""
+    rfi: np.ndarray | None = None
+    """The narrow-band RFI lines inside the noise, float32 [n, n_samples] (zeros unless realistic), after the
+    same scaling as the noise: ``noise - rfi`` is the trace's Gaussian background alone. ``None`` for a data
+    set saved without it."""
 
     def __len__(self) -> int:
         return len(self.traces)
@@ -220,7 +224,7 @@ class RadioSimulator:
 
     # -------------------------------------------------------------------------------------- noise
 
-    def _realistic(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _realistic(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c, rng = self.config, self.rng
         nf = len(self._f)
         spec = (rng.standard_normal((n, nf)) + 1j * rng.standard_normal((n, nf))) * self._noise_shape
@@ -237,8 +241,9 @@ class RadioSimulator:
         phases = rng.uniform(0.0, 2 * np.pi, len(freqs))
         lines = np.cos(2 * np.pi * np.outer(freqs, self._t_us) + phases[:, None])
         lines *= amps[:, None]
-        np.add.at(noise, owner, lines)
-        return noise, (n_fixed + n_random).astype(np.int32)
+        rfi = np.zeros_like(noise)
+        np.add.at(rfi, owner, lines)
+        return noise + rfi, (n_fixed + n_random).astype(np.int32), rfi
 
     def _uniform(self, n: int) -> np.ndarray:
         return self.rng.uniform(-1.0, 1.0, (n, self.config.n_samples))
@@ -249,24 +254,25 @@ class RadioSimulator:
         ph = rng.uniform(0.0, 2 * np.pi, n)
         return np.cos(2 * np.pi * np.outer(f, self._t_us) + ph[:, None])
 
-    def noise_traces(self, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def noise_traces(self, which: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Noise of RMS ``noise_rms`` for traces of noise-model codes ``which`` [n]: (float64 [n, n_samples],
-        number of RFI lines int32 [n])."""
+        number of RFI lines int32 [n], the RFI lines' part of the noise float64 [n, n_samples])."""
         n = len(which)
         out = np.empty((n, self.config.n_samples))
+        rfi = np.zeros_like(out)
         n_rfi = np.zeros(n, np.int32)
         for k, name in enumerate(NOISE_MODELS):
             sel = np.flatnonzero(which == k)
             if not len(sel):
                 continue
             if name == "realistic":
-                out[sel], n_rfi[sel] = self._realistic(len(sel))
+                out[sel], n_rfi[sel], rfi[sel] = self._realistic(len(sel))
             elif name == "uniform":
                 out[sel] = self._uniform(len(sel))
             else:
                 out[sel] = self._cosine(len(sel))
-        out *= self.config.noise_rms / np.sqrt(np.mean(out**2, axis=1, keepdims=True))
-        return out, n_rfi
+        scale = self.config.noise_rms / np.sqrt(np.mean(out**2, axis=1, keepdims=True))
+        return out * scale, n_rfi, rfi * scale
 
     # --------------------------------------------------------------------------------- the stream
 
@@ -287,7 +293,7 @@ class RadioSimulator:
         snr = np.where(is_signal, snr, 0.0)
         peak = snr * c.noise_rms
         clean = self.pulses(t0, phase, slope) * peak[:, None]
-        noise, n_rfi = self.noise_traces(which)
+        noise, n_rfi, rfi = self.noise_traces(which)
         traces = (clean + noise).astype(np.float32)
         clean32 = clean.astype(np.float32)
         abs_clean = np.abs(clean32)
@@ -302,7 +308,7 @@ class RadioSimulator:
             "slope": slope.astype(np.float32),
             "n_rfi": n_rfi,
         }
-        return RadioBatch(traces, clean32, truth)
+        return RadioBatch(traces, clean32, truth, rfi.astype(np.float32))
 
     def generate(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Return ``(traces float32 [n, n_samples], truth)``: :meth:`generate_full` without the clean pulses."""
@@ -323,8 +329,9 @@ def simulate(n: int, seed: int = 0, noise: str = "mix", config: RadioConfig | No
 
 def concatenate(batches: list[RadioBatch]) -> RadioBatch:
     """One batch from several."""
+    rfi = None if any(b.rfi is None for b in batches) else np.concatenate([b.rfi for b in batches])
     return RadioBatch(np.concatenate([b.traces for b in batches]), np.concatenate([b.clean for b in batches]),
-                      {k: np.concatenate([b.truth[k] for b in batches]) for k in batches[0].truth})
+                      {k: np.concatenate([b.truth[k] for b in batches]) for k in batches[0].truth}, rfi)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,13 +378,15 @@ def peak_summary(recovered: np.ndarray, truth: dict[str, np.ndarray], tolerance:
 
 
 def save_dataset(path: str | Path, batch: RadioBatch, config: RadioConfig, seed: int, noise: str) -> Path:
-    """Write an ``.npz``: ``data`` (the noisy traces), ``clean``, one ``truth_<key>`` per truth key and
+    """Write an ``.npz``: ``data`` (the noisy traces), ``clean``, ``rfi`` (when the batch has it), one
+    ``truth_<key>`` per truth key and
     ``meta`` (JSON: kind, seed, noise, config). ``trigger replay --file`` sends ``data`` and the truth."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"kind": "radio", "seed": seed, "noise": noise, "config": dataclasses.asdict(config),
                        "noise_models": list(NOISE_MODELS)})
-    np.savez(path, data=batch.traces, clean=batch.clean, meta=np.array(meta),
+    extra = {} if batch.rfi is None else {"rfi": batch.rfi}
+    np.savez(path, data=batch.traces, clean=batch.clean, meta=np.array(meta), **extra,
              **{f"truth_{k}": v for k, v in batch.truth.items()})
     return path
 
@@ -391,7 +400,8 @@ def load_dataset(path: str | Path) -> tuple[RadioBatch, dict]:
         if "clean" not in f.files:
             raise ValueError(f"{path} is not a radio data set: it lacks 'clean'")
         clean = f["clean"]
-    return RadioBatch(traces, clean, truth), meta
+        rfi = f["rfi"] if "rfi" in f.files else None
+    return RadioBatch(traces, clean, truth, rfi), meta
 
 
 CHUNK = 4096

@@ -110,7 +110,7 @@ def train_denoiser(profile: Profile, seed: int, progress: bool, config: RadioCon
     logger.info("trace DAE %s: %d parameters", model.config, count_parameters(model))
 
     def step(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-        noise, _ = noise_sim.noise_traces(choice.integers(0, len(NOISE_MODELS), len(idx)))
+        noise, _, _ = noise_sim.noise_traces(choice.integers(0, len(NOISE_MODELS), len(idx)))
         clean = clean_t[idx]
         noisy = clean + torch.from_numpy(noise.astype(np.float32))
         s = torch.clamp(torch.amax(torch.abs(noisy), dim=1, keepdim=True), min=SCALE_FLOOR)
