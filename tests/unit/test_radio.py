@@ -96,6 +96,23 @@ def test_realistic_noise_is_band_limited_with_rfi_lines():
         assert p[k] > 3 * np.median(neighbours), line
 
 
+def test_rfi_part_holds_the_lines_and_leaves_the_gaussian_background():
+    b = simulate(400, seed=3, noise="mix")
+    realistic = b.truth["noise_model"] == 0
+    assert b.rfi.shape == b.traces.shape and b.rfi.dtype == np.float32
+    assert not np.any(b.rfi[~realistic])  # only the realistic noise has RFI lines
+    background = (b.noise - b.rfi)[realistic]
+    for line in CONFIG.rfi_fixed_mhz:  # the fixed lines are in the rfi part, and gone from what is left
+        k = int(np.argmin(np.abs(F - line)))
+        p_rfi, p_bg = power(b.rfi[realistic]), power(background)
+        neighbours = np.r_[p_bg[k - 8:k - 3], p_bg[k + 4:k + 9]]
+        assert p_rfi[k] > 10 * p_bg[k] and p_bg[k] < 2 * np.median(neighbours), line
+    # Each trace's rfi part is its n_rfi lines: nearly all its power within a few bins of n_rfi frequencies.
+    spec = np.abs(np.fft.rfft(b.rfi[realistic].astype(np.float64), axis=1)) ** 2
+    for s, n in zip(spec, b.truth["n_rfi"][realistic], strict=True):
+        assert np.sort(s)[::-1][:7 * n].sum() > 0.9 * s.sum()
+
+
 def test_uniform_noise_is_white_and_bounded():
     b = simulate(400, seed=4, noise="uniform")
     noise = b.noise
@@ -141,6 +158,7 @@ def test_dataset_round_trip_and_replay_file(tmp_path):
     back, meta = load_dataset(path)
     np.testing.assert_array_equal(back.traces, b.traces)
     np.testing.assert_array_equal(back.clean, b.clean)
+    np.testing.assert_array_equal(back.rfi, b.rfi)
     assert all(np.array_equal(back.truth[k], b.truth[k]) for k in TRUTH_KEYS)
     assert meta["kind"] == "radio" and meta["seed"] == 6 and meta["noise_models"] == list(NOISE_MODELS)
     src = FileSource(path)
@@ -224,6 +242,27 @@ def test_classical_filter_finds_and_removes_an_injected_line(bench, mode):
     assert np.min(np.abs(found[0] - 47.3)) < 0.5
     peak = b.truth["peak_amplitude"][0]
     assert abs(np.abs(rec).max() - peak) / peak < 0.3
+
+
+def test_ceiling_bounds_what_the_shipped_model_and_least_squares_reach(bench):
+    """The oracle told the pulse shape recovers every height of a noiseless line-only trace exactly, and on the
+    test-like traces it does at least as well as the shipped DAE (an upper bound must be one)."""
+    cov = bench.background_covariance("realistic", 4000, seed=77, config=CONFIG)
+    for name in NOISE_MODELS:
+        b = simulate(300, seed=78 + NOISE_MODELS.index(name), noise=name)
+        rec = bench.ceiling(b, name, cov)
+        assert rec.shape == b.traces.shape
+        top = peak_summary(rec, b.truth)["within_tolerance"]
+        dae = peak_summary(bench.ort_infer(MODEL, b.traces), b.truth)["within_tolerance"]
+        assert top >= dae - 0.03, (name, top, dae)  # 300 traces: a few percent of sampling noise
+        if name == "cosine":
+            assert top == 1.0
+    # Uniform noise is bounded: the feasible-interval midpoint beats least squares (the Gaussian optimum) by far.
+    b = simulate(300, seed=79, noise="uniform")
+    u = b.clean / b.truth["peak_amplitude"][:, None]
+    ls = (np.sum(u * b.traces, axis=1) / np.sum(u * u, axis=1))[:, None] * u
+    assert (peak_summary(bench.ceiling(b, "uniform", None), b.truth)["within_tolerance"]
+            > peak_summary(ls, b.truth)["within_tolerance"] + 0.1)
 
 
 # -------------------------------------------------------------------------------------- training
