@@ -59,6 +59,7 @@ from scipy import stats
 
 from simulators.iact import IACTSimulator, pixel_positions
 from simulators.iact_cvae import CVAEGenerator
+from training.export_image import card_path_for
 from training.train_iact import (
     TAILCUT_GRID,
     best_f1,
@@ -191,7 +192,7 @@ def plot_cleaning(images, clean, truth, masks, roc, pixel, particle, n: int = 4)
 
 
 def classifier(n_test: int) -> tuple[dict, callable]:
-    card = json.loads(CLASSIFIER_MODEL.with_name(CLASSIFIER_MODEL.stem + ".card.json").read_text())
+    card = json.loads(card_path_for(CLASSIFIER_MODEL).read_text())
     if card["model_sha256"] != sha256_file(CLASSIFIER_MODEL):
         raise RuntimeError(f"{CLASSIFIER_MODEL}: its card names another file")
     run = ort_session_runner(CLASSIFIER_MODEL, "score")
