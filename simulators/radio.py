@@ -17,9 +17,13 @@ turns the pulse from symmetric (0) through antisymmetric (pi / 2) to inverted (p
 sets the polarity; ``t0`` (uniform in ``[position_min, position_max]`` ns, continuous) is its
 position. The pulse is then scaled so that ``max |clean|`` = ``peak_amplitude`` exactly.
 
-Noise (every noise trace is scaled to an RMS of exactly ``noise_rms`` over the trace, so the
-truth ``snr = peak_amplitude / noise_rms`` is exact; it is drawn log-uniform in
-``[snr_min, snr_max]``):
+Noise (each model scaled by a fixed factor so that its *expected* mean square is ``noise_rms``
+squared; a trace's own RMS scatters around it, by a few percent for uniform and cosine noise and by
+~20% for realistic noise, whose number of RFI lines varies. The truth ``snr = peak_amplitude /
+noise_rms`` is drawn log-uniform in ``[snr_min, snr_max]``. A fixed factor, not each trace's own
+RMS: dividing by the trace's RMS would pin ``|noise|^2`` to ``n_samples * noise_rms^2`` exactly, a
+constraint no detector's noise obeys and from which, with the pulse shape known, the pulse height
+follows exactly.):
 
 * ``realistic`` (code 0): Gaussian noise coloured like the galactic background seen through the
   detector, amplitude spectrum ``H_det(f) ((f / f_low)^-galactic_index + amplifier_floor)``
@@ -27,7 +31,7 @@ truth ``snr = peak_amplitude / noise_rms`` is exact; it is drawn log-uniform in
   band), a white digitiser floor (``adc_fraction`` of the RMS), and narrow-band RFI lines: one at
   each of ``rfi_fixed_mhz`` in every trace (transmitters that are always there) and a Poisson
   (``rfi_random_mean``) number at frequencies uniform in the band, each a cosine of random phase
-  with an amplitude uniform in ``[rfi_min, rfi_max]`` times the RMS of the coloured noise. Line
+  with an amplitude uniform in ``[rfi_min, rfi_max]`` times the coloured noise's expected RMS. Line
   frequencies are continuous (not on rfft bins), so they leak over neighbouring bins.
 * ``uniform`` (code 1): independent uniform samples (white up to Nyquist; 10% of its power falls
   in the 30-80 MHz band).
@@ -93,7 +97,7 @@ class RadioConfig:
     snr_max: float = 100.0
     """Largest peak amplitude over noise RMS."""
     noise_rms: float = 1.0
-    """RMS of every noise trace (the amplitude unit)."""
+    """Expected RMS of the noise, every model (the amplitude unit)."""
     galactic_index: float = 1.3
     """Realistic noise: the coloured part's amplitude spectrum falls as f^-galactic_index."""
     amplifier_floor: float = 0.2
@@ -208,6 +212,15 @@ class RadioSimulator:
         detector = butterworth_bandpass(self._f, c.band_low_mhz, c.band_high_mhz, c.detector_order)
         self._noise_shape = detector * ((f_pos / c.band_low_mhz) ** -c.galactic_index + c.amplifier_floor)
         self._noise_shape[-1] = 0.0
+        # Expected RMS of irfft(shape * (a + ib)), a, b ~ N(0, 1): E x_t^2 = (s_0^2 + 4 sum s_k^2 + s_nyq^2) / n^2.
+        s2 = self._noise_shape**2
+        self._coloured_rms = math.sqrt(s2[0] + 4 * s2[1:-1].sum() + s2[-1]) / c.n_samples
+        # Expected mean squares: coloured 1 + white adc_fraction^2 + lines a^2 / 2 each (a uniform); uniform
+        # samples on [-1, 1] 1/3; a cosine of random phase 1/2.
+        line_ms = (c.rfi_min**2 + c.rfi_min * c.rfi_max + c.rfi_max**2) / 3 / 2
+        realistic_ms = 1 + c.adc_fraction**2 + (len(c.rfi_fixed_mhz) + c.rfi_random_mean) * line_ms
+        self._scale = {"realistic": c.noise_rms / math.sqrt(realistic_ms), "uniform": c.noise_rms * math.sqrt(3.0),
+                       "cosine": c.noise_rms * math.sqrt(2.0)}
 
     # ------------------------------------------------------------------------------------- signal
 
@@ -228,8 +241,7 @@ class RadioSimulator:
         c, rng = self.config, self.rng
         nf = len(self._f)
         spec = (rng.standard_normal((n, nf)) + 1j * rng.standard_normal((n, nf))) * self._noise_shape
-        coloured = np.fft.irfft(spec, n=c.n_samples, axis=1)
-        coloured /= np.sqrt(np.mean(coloured**2, axis=1, keepdims=True))
+        coloured = np.fft.irfft(spec, n=c.n_samples, axis=1) / self._coloured_rms
         noise = coloured + c.adc_fraction * rng.standard_normal((n, c.n_samples))
         n_random = rng.poisson(c.rfi_random_mean, n)
         n_fixed = len(c.rfi_fixed_mhz)
@@ -255,8 +267,8 @@ class RadioSimulator:
         return np.cos(2 * np.pi * np.outer(f, self._t_us) + ph[:, None])
 
     def noise_traces(self, which: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Noise of RMS ``noise_rms`` for traces of noise-model codes ``which`` [n]: (float64 [n, n_samples],
-        number of RFI lines int32 [n], the RFI lines' part of the noise float64 [n, n_samples])."""
+        """Noise of expected RMS ``noise_rms`` for traces of noise-model codes ``which`` [n]: (float64
+        [n, n_samples], number of RFI lines int32 [n], the RFI lines' part of the noise float64 [n, n_samples])."""
         n = len(which)
         out = np.empty((n, self.config.n_samples))
         rfi = np.zeros_like(out)
@@ -271,8 +283,9 @@ class RadioSimulator:
                 out[sel] = self._uniform(len(sel))
             else:
                 out[sel] = self._cosine(len(sel))
-        scale = self.config.noise_rms / np.sqrt(np.mean(out**2, axis=1, keepdims=True))
-        return out * scale, n_rfi, rfi * scale
+            out[sel] *= self._scale[name]
+            rfi[sel] *= self._scale[name]
+        return out, n_rfi, rfi
 
     # --------------------------------------------------------------------------------- the stream
 
