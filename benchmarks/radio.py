@@ -222,7 +222,8 @@ def template_fit(traces: np.ndarray, psd: np.ndarray, config: RadioConfig) -> np
     fit of
     ``A irfft(H(f) exp(slope (f - f_mid)) exp(i phase) exp(-2 pi i f t0))``, the simulator's pulse family, to each
     trace. Returns the fitted pulses [n, samples]. The slope stays on its grid (:data:`SLOPES`, 0.001 per MHz
-    apart): a noiseless pulse off the grid comes back with its peak within ~0.3%.
+    apart): a noiseless pulse off the grid comes back with its peak within ~0.3% (flat PSD; up to ~0.7% with the
+    realistic noise's).
 
     For circulant noise the fit is closed-form per (slope, t0): with ``Q_k = w_k B_k conj(X_k) / S_k`` (``B`` the
     template's magnitude, ``S`` the PSD, ``w`` the rfft bin weights), ``W(t0) = sum_k Q_k exp(-2 pi i k t0 / n) / n``
@@ -291,15 +292,18 @@ def ceiling(b: RadioBatch, name: str, cov: np.ndarray | None, config: RadioConfi
       that is the minimum-variance unbiased estimate (the Cramer-Rao bound).
     * ``uniform``: the noise is bounded, ``|n| <= c = sqrt(3) noise_rms`` (the model's, the same for every
       trace), so the heights consistent with every sample form an interval, ``A`` in
-      ``[(y_i - c) / u_i, (y_i + c) / u_i]`` for all i; its midpoint. With a flat prior the posterior is uniform
-      on that interval, so no estimate lies within 2% more often. (Least squares, the Gaussian optimum, reaches
-      far less on bounded noise.)
+      ``[(y_i - c) / u_i, (y_i + c) / u_i]`` for all i, intersected with the prior's range; its midpoint. The
+      prior is log-uniform, so the posterior is flat in log A on that interval, and the 2% window has a fixed
+      length in log A: any window wholly inside the interval is the Bayes rule, the midpoint's among them.
+      (Least squares, the Gaussian optimum, reaches far less on bounded noise.)
     * ``cosine``: the noise is one line; told, nothing is left: 100% by construction.
 
-    Both estimates are clipped to the prior's range, ``[snr_min, snr_max] * noise_rms``. The full Bayes rule for
-    the 2% window under the log-uniform prior gains a few tenths of a point more, at the lowest SNRs (the review
-    measured +0.5 points against the unclipped GLS). So, within that, a method that is not told the shape or the
-    lines does no better on the same traces. Traces without a pulse come back as zeros."""
+    Heights are then kept ``PEAK_TOLERANCE`` inside the prior's range, ``[snr_min (1 + tol), snr_max (1 - tol)]
+    * noise_rms``, so the 2% window around them lies wholly where heights can be. A review measured the
+    posterior-expected share on the realistic test traces: clipped GLS 62.24% against 62.28% for the full Bayes
+    rule (61.63% unclipped); uniform 93.55% against 93.56%. So a method that is not told the shape or the lines
+    does no better on the same traces, in expectation; one sample of 2,000 traces scatters by about 1.1 points
+    (realistic) and 0.6 (uniform) around it. Traces without a pulse come back as zeros."""
     peak = b.truth["peak_amplitude"].astype(np.float64)
     has = peak > 0
     if name == "cosine":
@@ -318,11 +322,14 @@ def ceiling(b: RadioBatch, name: str, cov: np.ndarray | None, config: RadioConfi
             a1, a2 = (y[:, i] - c) / safe, (y[:, i] + c) / safe
             lo = np.where(ok, np.maximum(lo, np.minimum(a1, a2)), lo)
             hi = np.where(ok, np.minimum(hi, np.maximum(a1, a2)), hi)
-        height = 0.5 * (np.where(has, lo, 0.0) + np.where(has, hi, 0.0))  # no pulse: no constraint at all
+        lo = np.maximum(np.where(has, lo, 0.0), config.snr_min * config.noise_rms)  # no pulse: no constraint
+        hi = np.minimum(np.where(has, hi, 0.0), config.snr_max * config.noise_rms)
+        height = 0.5 * (lo + hi)
     else:
         ciu = np.linalg.solve(cov, u.T).T  # C^-1 u per trace (C symmetric)
         height = np.einsum("ij,ij->i", ciu, y) / np.where(has, np.einsum("ij,ij->i", ciu, u), 1.0)
-    height = np.where(has, np.clip(height, config.snr_min * config.noise_rms, config.snr_max * config.noise_rms), 0.0)
+    low, high = config.snr_min * (1 + PEAK_TOLERANCE), config.snr_max * (1 - PEAK_TOLERANCE)
+    height = np.where(has, np.clip(height, low * config.noise_rms, high * config.noise_rms), 0.0)
     return (height[:, None] * u).astype(np.float32)
 
 
