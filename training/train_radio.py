@@ -70,9 +70,11 @@ PROFILES: dict[str, Profile] = {
                      model={"channels": (4, 8, 8)}),
     # The shipped model: ~600 traces/s for a training step on one core, so 14 epochs of 60,000 pulses take
     # about 23 minutes (n_val and n_test are per noise model). Against 10 epochs of 20,000 (7 minutes), the
-    # benchmark's share of peaks within 2% rose from 49.5% to 50.5% (realistic) and 64.2% to 67.9% (uniform);
-    # on train_radio's own test traces, 14 epochs of 20,000 moved them by -0.4 and +2.1 points and a peak weight
-    # of 0.5 by +0.1 and -0.3 (at 5x the MSE), against +0.2 and +5.5 here: the pool of pulses was the limit.
+    # benchmark's share of peaks within 2% on uniform noise rose from 64.2% to 67.9% (2,000 traces, +-1 point);
+    # on realistic noise 49.5% -> 50.5% is within its error. On train_radio's own 1,000 test traces, 14 epochs
+    # of 20,000 moved realistic / uniform by -0.4 / +2.1 points and a peak weight of 0.5 by +0.1 / -0.3 (at 5x
+    # the MSE), about their +-1.5-point error, against +0.2 / +5.5 for the larger pool. (All measured while the
+    # simulator still normalised every noise trace to RMS 1.)
     "default": Profile("default", n_train=60_000, n_val=500, n_test=1000, epochs=14, batch_size=64, lr=3e-3),
 }
 
