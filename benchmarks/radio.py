@@ -70,8 +70,8 @@ from simulators.radio import (
     RadioBatch,
     RadioConfig,
     RadioSimulator,
-    butterworth_bandpass,
     peak_summary,
+    pulse_magnitude,
     simulate,
 )
 from training.train_radio import normalised_mse, ort_infer
@@ -144,10 +144,18 @@ def bandpass(traces: np.ndarray, fs_mhz: float, band: tuple[float, float], order
 
 def bandpass_notch(traces: np.ndarray, fs_mhz: float, band: tuple[float, float], order: int, threshold: float,
                    q: float, mode: str = "notch", guard: int = 50) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Band-pass, then remove every line :func:`find_lines` finds in the band-passed trace's band: a notch
-    (``iirnotch`` of quality ``q`` + ``filtfilt``) or, with ``mode="subtract"``, the best-fitting sinusoid
-    (fitted on the noise window, :func:`subtract_line`). Returns the filtered traces and the lines per trace."""
-    out = bandpass(np.asarray(traces, np.float64), fs_mhz, band, order)
+    """Band-pass, then :func:`remove_lines` in the band-passed trace's band. Returns the filtered traces and the
+    lines per trace."""
+    return remove_lines(bandpass(np.asarray(traces, np.float64), fs_mhz, band, order), fs_mhz, band, threshold,
+                        mode, q, guard)
+
+
+def remove_lines(traces: np.ndarray, fs_mhz: float, band: tuple[float, float], threshold: float,
+                 mode: str = "subtract", q: float = 0.0, guard: int = 50) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each trace less every line :func:`find_lines` finds in ``band``: the best-fitting sinusoid (fitted on the
+    noise window, :func:`subtract_line`) or, with ``mode="notch"``, a notch (``iirnotch`` of quality ``q`` +
+    ``filtfilt``). Returns the traces and the lines found per trace."""
+    out = np.array(traces, np.float64)
     found = []
     for i in range(len(out)):
         lines = find_lines(out[i], fs_mhz, threshold, band=band, guard=guard)
@@ -196,18 +204,6 @@ UPSAMPLE = 8
 """Pulse-time grid of the template fit: 1 / UPSAMPLE samples, then a parabola through the best three points."""
 
 
-def remove_lines(traces: np.ndarray, fs_mhz: float, band: tuple[float, float], threshold: float,
-                 guard: int = 50) -> np.ndarray:
-    """Each trace less the sinusoid fitted at every line :func:`find_lines` finds in ``band`` (as ``bandpass_notch``
-    in its ``subtract`` mode, without the band-pass)."""
-    out = np.array(traces, np.float64)
-    for i in range(len(out)):
-        keep = noise_window(out[i], guard)
-        for f0 in find_lines(out[i], fs_mhz, threshold, band=band, guard=guard):
-            out[i] = subtract_line(out[i], f0, fs_mhz, keep)
-    return out
-
-
 def noise_psd(traces: np.ndarray) -> np.ndarray:
     """Mean power per rfft bin of pulse-free traces [n, samples], ``E|X_k|^2 / samples``, floored at 1e-9 of its
     largest value (a bin with no noise would otherwise get an infinite weight)."""
@@ -234,8 +230,6 @@ def template_fit(traces: np.ndarray, psd: np.ndarray, config: RadioConfig) -> np
     x = np.asarray(traces, np.float64)
     n = x.shape[1]
     f = c.frequencies_mhz
-    band = butterworth_bandpass(f, c.band_low_mhz, c.band_high_mhz, c.filter_order)
-    band[-1] = 0.0
     w = np.full(len(f), 2.0)
     w[0] = w[-1] = 1.0
     X = np.conj(np.fft.rfft(x, axis=1))
@@ -243,10 +237,9 @@ def template_fit(traces: np.ndarray, psd: np.ndarray, config: RadioConfig) -> np
     best = np.full(len(x), -np.inf)
     best_slope = np.zeros(len(x))
     best_t0 = np.zeros(len(x))
-    f_mid = 0.5 * (c.band_low_mhz + c.band_high_mhz)
     k = np.arange(len(f))
     for slope in SLOPES:
-        b = band * np.exp(slope * (f - f_mid))
+        b = pulse_magnitude(c, slope)[0]
         norm = float(np.sum(w * b**2 / psd)) / n
         q = np.zeros((len(x), m), complex)
         q[:, :len(f)] = w * b / psd * X
@@ -259,7 +252,7 @@ def template_fit(traces: np.ndarray, psd: np.ndarray, config: RadioConfig) -> np
         best = np.where(better, s1, best)
         best_slope = np.where(better, slope, best_slope)
         best_t0 = np.where(better, (j + frac) * n / m, best_t0)
-    b = band * np.exp(best_slope[:, None] * (f - f_mid))
+    b = pulse_magnitude(c, best_slope)
     norm = np.sum(w * b**2 / psd, axis=1) / n
     phase = np.exp(-2j * np.pi * np.outer(best_t0, k) / n)
     big_w = np.sum(w * b / psd * X * phase, axis=1) / n
@@ -279,8 +272,7 @@ def background_covariance(name: str, n: int, seed: int, config: RadioConfig) -> 
 
     b = RadioSimulator(config, seed, name, signal_fraction=0.0).generate_full(n)
     x = (b.traces - b.rfi).astype(np.float64)
-    acf = np.fft.irfft((np.abs(np.fft.rfft(x, axis=1)) ** 2).mean(axis=0), n=x.shape[1]) / x.shape[1]
-    return circulant(acf)
+    return circulant(np.fft.irfft(noise_psd(x), n=x.shape[1]))  # the autocorrelation
 
 
 def ceiling(b: RadioBatch, name: str, cov: np.ndarray | None, config: RadioConfig) -> np.ndarray:
@@ -469,13 +461,13 @@ def main() -> int:
     covs = {"realistic": background_covariance("realistic", a.covariance_traces, SEEDS["covariance"], config)}
     lines_at = {"band": tuple(best["band"]), "threshold": best["threshold"]}
     psds = {name: noise_psd(remove_lines(RadioSimulator(config, SEEDS["psd"] * 10 + k, name, signal_fraction=0.0)
-                                         .generate(a.psd_traces)[0], fs, **lines_at))
+                                         .generate(a.psd_traces)[0], fs, **lines_at)[0])
             for k, name in enumerate(NOISE_MODELS)}
     for name, b in tqdm(tests.items(), desc="evaluating", leave=False):
         rec_c, lines = bandpass_notch(b.traces, fs, tuple(best["band"]), best["order"], best["threshold"], best["q"],
                                       "subtract" if best["q"] == 0 else "notch")
         recs[name] = {"dae": ort_infer(a.model, b.traces), "bandpass_notch": rec_c,
-                      "template_fit": template_fit(remove_lines(b.traces, fs, **lines_at), psds[name], config),
+                      "template_fit": template_fit(remove_lines(b.traces, fs, **lines_at)[0], psds[name], config),
                       "bandpass": bandpass(b.traces, fs, tuple(best_bp["band"]), best_bp["order"]),
                       "noisy": b.traces, "ceiling": ceiling(b, name, covs.get(name), config)}
         results["models"][name] = {m: evaluate(recs[name][m], b) for m in METHODS}

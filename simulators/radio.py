@@ -160,6 +160,17 @@ def butterworth_bandpass(f: np.ndarray, low: float, high: float, order: int) -> 
     return out
 
 
+def pulse_magnitude(config: RadioConfig, slope: np.ndarray) -> np.ndarray:
+    """``|S(f)|`` of pulses of spectral ``slope`` [n] (per MHz) at the rfft frequencies, float64 [n, bins]: the
+    band's Butterworth magnitude times ``exp(slope (f - f_mid))``, 0 at DC and at Nyquist (a real pulse of any
+    phase needs it zero there). The pulse family's one definition (the simulator, the benchmark's template fit)."""
+    c = config
+    f = c.frequencies_mhz
+    band = butterworth_bandpass(f, c.band_low_mhz, c.band_high_mhz, c.filter_order)
+    band[-1] = 0.0
+    return band * np.exp(np.outer(np.atleast_1d(slope), f - 0.5 * (c.band_low_mhz + c.band_high_mhz)))
+
+
 @dataclass(frozen=True)
 class RadioBatch:
     """Everything about ``n`` traces."""
@@ -206,8 +217,6 @@ class RadioSimulator:
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._f = c.frequencies_mhz
         self._t_us = c.times_ns * 1e-3  # so that f [MHz] * t [us] is in cycles
-        self._band = butterworth_bandpass(self._f, c.band_low_mhz, c.band_high_mhz, c.filter_order)
-        self._band[-1] = 0.0  # no Nyquist component: a real pulse of any phase needs it zero
         f_pos = np.where(self._f > 0, self._f, np.inf)
         detector = butterworth_bandpass(self._f, c.band_low_mhz, c.band_high_mhz, c.detector_order)
         self._noise_shape = detector * ((f_pos / c.band_low_mhz) ** -c.galactic_index + c.amplifier_floor)
@@ -228,8 +237,7 @@ class RadioSimulator:
         """Unit-peak pulses (max |p| = 1), float64 [n, n_samples], for pulse times ``t0`` (ns), ``phase``
         (radians) and spectral ``slope`` (per MHz), each [n]."""
         c = self.config
-        f_mid = 0.5 * (c.band_low_mhz + c.band_high_mhz)
-        amp = self._band * np.exp(np.outer(slope, self._f - f_mid))
+        amp = pulse_magnitude(c, slope)
         spec = amp * np.exp(1j * (phase[:, None] - 2 * np.pi * np.outer(t0 * 1e-3, self._f)))
         p = np.fft.irfft(spec, n=c.n_samples, axis=1)
         p /= np.abs(p).max(axis=1, keepdims=True)
