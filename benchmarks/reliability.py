@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import random
 import signal
 import subprocess
@@ -52,27 +51,24 @@ import tempfile
 import threading
 import time
 import traceback
-import urllib.request
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 import zmq
 from _common import machine_stamp, setup_logging, write_result
-from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 from simulators.waveform import WaveformSimulator
 from trigger.audit import AuditSubscriber
 from trigger.calibration import sha256_file
 from trigger.config import DEFAULT_PULSE_MODEL
-from trigger.demo import DecisionCollector, free_port
 from trigger.protocol import Reason, encode_input
 from trigger.replay import PoolSource, replay
+from trigger.testing import DecisionCollector, ProxyProcess, ServeProcess, bad_messages, free_port, wait_until
 
 log = setup_logging().getChild("reliability")
 
@@ -108,94 +104,18 @@ QUICK = Scale(capacity_seconds=4, storm_per_kind=667, storm_seconds=5, kill_seco
 _PROCS: list[subprocess.Popen] = []  # everything this script started, killed on the way out
 
 
-class Daemon:
-    """A ``trigger serve`` subprocess with its metrics endpoint; returns once it logged its ready line."""
+class Daemon(ServeProcess):
+    """``trigger serve --model MODEL --threads 1 ARGS``, killed on the way out if still running."""
 
     def __init__(self, model: Path, *args: str, timeout: float = 180):
-        self.metrics_port = free_port()
-        cmd = [sys.executable, "-m", "trigger", "serve", "--model", str(model), "--threads", "1",
-               "--metrics-port", str(self.metrics_port), *args]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        super().__init__("--model", str(model), "--threads", "1", *args, startup_timeout=timeout, keep_lines=5000)
         _PROCS.append(self.proc)
-        self.log: deque[str] = deque(maxlen=5000)
-        t0 = time.monotonic()
-        while True:
-            line = self.proc.stderr.readline()
-            if not line:
-                self.proc.wait(timeout=10)
-                raise RuntimeError("daemon exited before ready:\n" + "".join(self.log))
-            self.log.append(line)
-            if " ready: " in line:
-                break
-            if time.monotonic() - t0 > timeout:
-                self.proc.kill()
-                raise RuntimeError("daemon not ready in time:\n" + "".join(self.log))
-        self.start_seconds = time.monotonic() - t0
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.log.append(line)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.scrape().get((name, tuple(sorted(labels.items()))), 0.0)
-
-    def by_label(self, name: str, label: str) -> dict[str, float]:
-        return {dict(k[1])[label]: v for k, v in self.scrape().items() if k[0] == name and label in dict(k[1])}
-
-    def status_kib(self, key: str = "VmRSS") -> int:
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
-
-    def stop(self, timeout: float = 60) -> tuple[int, float]:
-        """SIGTERM; (exit code, seconds from the signal to the exit)."""
-        t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
-        took = time.monotonic() - t0
-        self._reader.join(timeout=5)
-        return code, took
-
-    def kill9(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def text(self, last: int = 40) -> str:
-        return "".join(list(self.log)[-last:])
 
 
-class Proxy:
+class Proxy(ProxyProcess):
     def __init__(self):
-        self.front, self.back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "trigger", "proxy", "--frontend", self.front,
-                                      "--backend", self.back], stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        super().__init__()
         _PROCS.append(self.proc)
-        line = self.proc.stderr.readline()
-        if "ready:" not in line:
-            raise RuntimeError(f"proxy not ready: {line}")
-        threading.Thread(target=lambda: deque(self.proc.stderr, maxlen=0), daemon=True).start()
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
 
 
 def cleanup() -> None:
@@ -208,15 +128,6 @@ def cleanup() -> None:
 
 
 # --- the subscriber side ---------------------------------------------------------------------------
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return bool(cond())
 
 
 def probe_until_decided(sock: zmq.Socket, col: DecisionCollector, per_round: int = 1, rounds: int = 200,
@@ -315,7 +226,7 @@ def run_capacity(ctx: zmq.Context, model: Path, sc: Scale) -> dict:
         peak = d.value("trigger_queue_peak_events")
         shed_m = d.value("trigger_messages_shed_total", source="adc00")
         shed_e = d.value("trigger_events_shed_total", source="adc00")
-        code, took = d.stop()
+        code, took = d.stop_timed()
         wait_until(lambda: col.eor, timeout=10)
         eor = col.eor[-1]["sources"]["adc00"] if col.eor else {}
         check(checks, "all sent decided (PULL backpressure)", col.messages() == sent_msgs
@@ -341,39 +252,6 @@ def run_capacity(ctx: zmq.Context, model: Path, sc: Scale) -> dict:
 
 
 # --- 1. bad-input storm -----------------------------------------------------------------------------
-
-
-def bad_messages(n: int = 1) -> dict[str, list[bytes]]:
-    """One malformed message per reject reason, as a readout bug or an attacker would send them: the 14
-    kinds of tests/system/test_daemon.py::_bad_messages (the CI storm's), plus ``bad_value``; built on
-    a valid message of ``n`` events (one by default, so the flood is 100,000 messages, not 15 GB)."""
-    data, _ = WaveformSimulator(seed=0, signal_fraction=0.5).generate(n)
-    good = [bytes(f) for f in encode_input("waveform", "adc00", 0, time.time_ns(), data)]
-    header = msgpack.unpackb(good[1])
-
-    def with_header(**changes: Any) -> list[bytes]:
-        return [good[0], msgpack.packb(dict(header, **changes)), *good[2:]]
-
-    out = {
-        "frame_count": good[:2],
-        "msgpack": [good[0], b"\xc1\xff garbage", good[2]],
-        "header": [good[0], msgpack.packb([1, 2, 3]), good[2]],
-        "version": with_header(v=2),
-        "missing_key": [good[0], msgpack.packb({k: v for k, v in header.items() if k != "seq"}), good[2]],
-        "key_type": with_header(seq="seven"),
-        "kind": with_header(kind="image"),
-        "source": [b"wf.adc/00", msgpack.packb(dict(header, source="adc/00")), good[2]],
-        "topic": [b"wf.other", *good[1:]],
-        "dtype": with_header(arrays=[{"name": "data", "dtype": "<f8", "shape": [n, SAMPLES]}]),
-        "frame_length": [good[0], good[1], good[2][:-4]],
-        "shape": encode_input("waveform", "adc00", 0, 0, np.zeros((2, 100), np.float32)),
-        "non_finite": encode_input("waveform", "adc00", 0, 0, np.full((1, SAMPLES), np.nan, np.float32)),
-        "arrays": with_header(arrays=[{"name": "wrong", "dtype": "<f4", "shape": [n, SAMPLES]}]),
-        "bad_value": [good[0], msgpack.packb(dict(header, arrays=[{"name": "data", "dtype": "|b1",
-                                                                   "shape": [1, SAMPLES]}])),
-                      np.full(SAMPLES, 2, np.uint8).tobytes()],
-    }
-    return {k: [bytes(f) for f in v] for k, v in out.items()}
 
 
 def valid_stream(n_messages: int) -> list[list]:
@@ -405,7 +283,7 @@ def run_storm(ctx: zmq.Context, model: Path, sc: Scale, capacity: float) -> dict
         clean_seconds = time.monotonic() - t0
         time.sleep(0.5)
         reference = dict(col.out.arrays)
-        code_clean, _ = d.stop()
+        code_clean = d.stop()
     finally:
         col.stop()
         push.close(linger=0)
@@ -445,7 +323,7 @@ def run_storm(ctx: zmq.Context, model: Path, sc: Scale, capacity: float) -> dict
         alive = d.proc.poll() is None
         rejected = {k: int(v) for k, v in d.by_label("trigger_rejected_messages_total", "reason").items()}
         received = d.value("trigger_messages_received_total", source="adc00")
-        code, _ = d.stop()
+        code = d.stop()
         wait_until(lambda: col.eor, timeout=10)
         eor_rejected = col.eor[-1]["rejected"] if col.eor else None
     finally:
@@ -534,7 +412,7 @@ def run_kill(ctx: zmq.Context, model: Path, sc: Scale, capacity: float, rng: ran
             before = {"received": sum(w.by_label("trigger_messages_received_total", "source").values()),
                       "decided": w.value("trigger_decision_messages_total", pipeline="pulse")}
             t_kill = time.monotonic()
-            w.kill9()  # SIGKILL: no drain, no end-of-run, its buffers and queue are gone
+            w.kill()  # SIGKILL: no drain, no end-of-run, its buffers and queue are gone
             workers[victim] = worker()
             kills.append({"at_s": t_kill - t0, "t": t_kill, "victim": victim, "pid": w.pid,
                           "replacement_ready_s": workers[victim].start_seconds,
@@ -551,7 +429,7 @@ def run_kill(ctx: zmq.Context, model: Path, sc: Scale, capacity: float, rng: ran
         time.sleep(0.5)
         audit.stop()
         counts = audit.audit.finish(sent)
-        codes = [w.stop()[0] for w in workers]
+        codes = [w.stop() for w in workers]
         proxy_code = proxy.stop()
     finally:
         col.stop()
@@ -656,7 +534,7 @@ def run_overload(ctx: zmq.Context, model: Path, sc: Scale, capacity: float, poli
         decided_metric = v("trigger_decisions_total", pipeline="pulse", outcome="accept") + \
             v("trigger_decisions_total", pipeline="pulse", outcome="reject") - len(col.probes)
         hwm_kib = d.status_kib("VmHWM")
-        code, drain = d.stop()
+        code, drain = d.stop_timed()
         wait_until(lambda: col.eor, timeout=10)
         eor = col.eor[-1]["sources"].get("adc00", {}) if col.eor else {}
     finally:
@@ -736,7 +614,7 @@ def run_sigterm(ctx: zmq.Context, model: Path, sc: Scale, rng: random.Random) ->
         try:
             wait_until(lambda c=col, a=after: c.messages() >= a, timeout=120, interval=0.01)
             sent_at_signal = sum(sent.values())
-            code, took = d.stop()
+            code, took = d.stop_timed()
             time.sleep(0.3)
             sender_alive = sender.is_alive()
         finally:
@@ -838,7 +716,7 @@ def run_sighup(ctx: zmq.Context, model: Path, sc: Scale, capacity: float, rng: r
         time.sleep(0.5)
         ok_count = d.value("trigger_reloads_total", result="ok")
         err_count = d.value("trigger_reloads_total", result="error")
-        code, _ = d.stop()
+        code = d.stop()
     finally:
         col.stop()
         push.close(linger=0)
@@ -920,7 +798,7 @@ def run_scaleout(ctx: zmq.Context, model: Path, sc: Scale) -> dict:
         for w in workers:
             m = w.scrape()
             shares.append(int(sum(m.get(("trigger_messages_received_total", (("source", s),)), 0) for s in sources)))
-        codes = [w.stop()[0] for w in workers]
+        codes = [w.stop() for w in workers]
         wait_until(lambda: len(col.eor) >= 4, timeout=10)
         eor_decided = [sum(e["sources"].get(s, {}).get("decided_messages", 0) for s in sources) for e in col.eor]
         proxy_code = proxy.stop()

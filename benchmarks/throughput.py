@@ -25,26 +25,23 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import zmq
-from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_result  # noqa: E402
 
 from trigger.backends import create_backend, usable_cores  # noqa: E402
 from trigger.config import PACKAGE_MODELS, Config  # noqa: E402
-from trigger.demo import PROBE_SOURCE, DecisionCollector, free_port, handshake  # noqa: E402
 from trigger.pipelines.base import backend_threads, inference_workers  # noqa: E402
 from trigger.replay import PoolSource, make_simulation, open_socket, replay, wait_for_subscriber  # noqa: E402
+from trigger.testing import PROBE_SOURCE, DecisionCollector, ServeProcess, free_port, handshake  # noqa: E402
 
 log = logging.getLogger("benchmarks.throughput")
 
@@ -94,47 +91,36 @@ THREADS = 1  # and its intra-op threads per call (backend.threads, resolved)
 DAEMON_CONFIG: dict = {}  # set by main(): the daemon's configuration beyond the command line
 
 
-class Daemon:
+class Daemon(ServeProcess):
+    """``trigger serve`` of the pipeline under test, with this run's configuration."""
+
     def __init__(self, model: Path, in_ep: str, pattern: str, max_batch: int):
         self.out_ep = f"tcp://127.0.0.1:{free_port()}"
-        self.metrics_port = free_port()
-        cmd = [sys.executable, "-m", "trigger", "serve", "--pipeline", PIPELINE, "--model", str(model),
-               "--input", in_ep, "--output", self.out_ep, "--input-pattern", pattern,
-               "--metrics-port", str(self.metrics_port),
-               "--max-batch", str(max_batch), "--log-level", "WARNING"]
+        args = ["--pipeline", PIPELINE, "--model", str(model), "--input", in_ep, "--output", self.out_ep,
+                "--input-pattern", pattern, "--max-batch", str(max_batch)]
         if DAEMON_CONFIG:
             self._config = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="throughput-")
             json.dump(DAEMON_CONFIG, self._config)  # JSON is YAML
             self._config.flush()
-            cmd += ["--config", self._config.name]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            args += ["--config", self._config.name]
+        super().__init__(*args, startup_timeout=180)
 
     def peak_rss_bytes(self) -> int:
         """VmHWM of the daemon; 0 when it has already exited."""
-        try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        except OSError:
-            return 0
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return self.status_kib("VmHWM") * 1024
 
     def counts(self) -> dict[str, int] | None:
         """The daemon's own account of this run's source (the handshake probes taken out), from its
         metrics: events and messages received, events decided and decision messages published.
         None when the endpoint does not answer (the daemon died)."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-                text = r.read().decode()
+            samples = self.scrape()
         except OSError:
             return None
         v: dict[tuple[str, str], float] = {}
-        for fam in text_string_to_metric_families(text):
-            for x in fam.samples:
-                key = (x.name, x.labels.get("source", ""))
-                v[key] = v.get(key, 0.0) + x.value  # decisions are summed over outcomes
+        for (name, labels), value in samples.items():
+            key = (name, dict(labels).get("source", ""))
+            v[key] = v.get(key, 0.0) + value  # decisions are summed over outcomes
         probe_events = v.get(("trigger_events_received_total", PROBE_SOURCE), 0.0)
         probe_messages = v.get(("trigger_messages_received_total", PROBE_SOURCE), 0.0)
         return {"events_received": int(v.get(("trigger_events_received_total", SOURCE), 0)),
@@ -143,14 +129,15 @@ class Daemon:
                 "decision_messages": int(v.get(("trigger_decision_messages_total", ""), 0) - probe_messages),
                 "events_shed": int(v.get(("trigger_events_shed_total", SOURCE), 0))}
 
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=30)
-        if self.proc.returncode != 0:
-            log.error("daemon failed:\n%s", err)
-        elif err.strip():  # warnings (e.g. an input connection dropped) explain missing events
-            log.warning("daemon said:\n%s", err.rstrip())
-        return self.proc.returncode
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        code = super().stop(sig, timeout)
+        if code != 0:
+            log.error("daemon failed:\n%s", self.text(60))
+        else:  # warnings (e.g. an input connection dropped) explain missing events
+            said = [line for line in self.log if " WARNING " in line or " ERROR " in line]
+            if said:
+                log.warning("daemon said:\n%s", "".join(said).rstrip())
+        return code
 
 
 def chain(ctx: zmq.Context, model: Path, pattern: str, max_batch: int, shape: tuple[int, ...]):

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import zmq
-from prometheus_client.parser import text_string_to_metric_families
 
 from trigger.config import DEFAULT_PULSE_MODEL
-from trigger.demo import PROBE_SOURCE, DecisionCollector, free_port, handshake
 from trigger.replay import open_socket, wait_for_subscriber
+from trigger.testing import (  # noqa: F401 (wait_until is imported from here by the system tests)
+    PROBE_SOURCE,
+    DecisionCollector,
+    ServeProcess,
+    free_port,
+    handshake,
+    start_serve,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,68 +31,9 @@ def pulse_model() -> Path:
     return path
 
 
-@dataclass
-class DaemonProcess:
-    proc: subprocess.Popen
-    input: str
-    output: str
-    metrics_port: int
-    log: list[str] = field(default_factory=list)
-    reader: threading.Thread | None = None
-
-    def close(self) -> None:
-        """Kill if still running, and release the log pipe."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        if self.reader is not None:
-            self.reader.join(timeout=5)
-        self.proc.stderr.close()
-
-    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """Every sample of the metrics endpoint, keyed by (name, sorted labels)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        out = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-        return out
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.scrape().get((name, tuple(sorted(labels.items()))), 0.0)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
-
-    def text(self) -> str:
-        return "".join(self.log)
-
-
-def start_daemon(*args: str, timeout: float = 60) -> DaemonProcess:
-    """``trigger serve`` with ``args``; returns once it logged its ready line."""
-    proc = subprocess.Popen([sys.executable, "-m", "trigger", "serve", *args], stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    log: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        line = proc.stderr.readline()
-        if not line:
-            proc.wait(timeout=10)
-            proc.stderr.close()
-            raise AssertionError("daemon exited before ready:\n" + "".join(log))
-        log.append(line)
-        if " ready: " in line:
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("daemon not ready in time:\n" + "".join(log))
-    reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
-    reader.start()
-    get = dict(zip(args[::2], args[1::2], strict=False))
-    return DaemonProcess(proc, get.get("--input", ""), get.get("--output", ""), int(get.get("--metrics-port", 0)),
-                         log, reader)
+# The one harness (trigger.testing) under the names these tests have always used.
+DaemonProcess = ServeProcess
+start_daemon = start_serve
 
 
 @dataclass
@@ -138,12 +80,3 @@ def chain_factory(pulse_model: Path) -> Iterator:
         c.daemon.close()
         c.pub.close(linger=0)
     ctx.term()
-
-
-def wait_until(cond, timeout: float = 30.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()

@@ -14,9 +14,9 @@ import numpy as np
 
 from simulators.waveform import WaveformSimulator
 from trigger.protocol import encode_input
+from trigger.testing import bad_messages
 
 from .conftest import wait_until
-from .test_daemon import _bad_messages
 
 VALID = 200
 PER_KIND = 100
@@ -51,7 +51,8 @@ def _run(chain, frames_seq: list[list], rate_msgs: float) -> dict[int, tuple[np.
 
 def test_storm_of_malformed_messages_changes_no_decision_and_is_counted_exactly(chain_factory):
     valid = _valid_stream()
-    bad = _bad_messages()
+    # The 14 reasons of the CI storm (bad_value, a |b1 byte other than 0 or 1, is the benchmark's 15th).
+    bad = {k: v for k, v in bad_messages(n=4).items() if k != "bad_value"}
     assert len(bad) >= 12
     kinds = list(bad)
 

@@ -15,9 +15,10 @@ import zmq
 
 from simulators.waveform import WaveformSimulator
 from trigger.calibration import load_for_model, sha256_file
-from trigger.demo import binomial_interval, free_port
+from trigger.demo import binomial_interval
 from trigger.protocol import decode, encode, encode_input
 from trigger.replay import replay
+from trigger.testing import bad_messages, free_port
 
 from .conftest import start_daemon, wait_until
 
@@ -131,33 +132,6 @@ def _valid(seq: int, source: str = "adc00", n: int = 4) -> list:
                         {"truth": {k: v.tolist() for k, v in truth.items()}})
 
 
-def _bad_messages() -> dict[str, list]:
-    """One malformed message per reason, as a readout bug or an attacker would send them."""
-    good = _valid(0)
-    header = msgpack.unpackb(good[1])
-
-    def with_header(**changes) -> list:
-        h = dict(header, **changes)
-        return [good[0], msgpack.packb(h), *good[2:]]
-
-    return {
-        "frame_count": good[:2],
-        "msgpack": [good[0], b"\xc1\xff garbage", good[2]],
-        "header": [good[0], msgpack.packb([1, 2, 3]), good[2]],
-        "version": with_header(v=2),
-        "missing_key": [good[0], msgpack.packb({k: v for k, v in header.items() if k != "seq"}), good[2]],
-        "key_type": with_header(seq="seven"),
-        "kind": with_header(kind="image"),
-        "source": [b"wf.adc/00", msgpack.packb(dict(header, source="adc/00")), good[2]],
-        "topic": [b"wf.other", *good[1:]],
-        "dtype": with_header(arrays=[{"name": "data", "dtype": "<f8", "shape": [4, 9728]}]),
-        "frame_length": [good[0], good[1], bytes(good[2])[:-4]],
-        "shape": encode_input("waveform", "adc00", 0, 0, np.zeros((2, 100), np.float32)),
-        "non_finite": encode_input("waveform", "adc00", 0, 0, np.full((1, 9728), np.nan, np.float32)),
-        "arrays": with_header(arrays=[{"name": "wrong", "dtype": "<f4", "shape": [4, 9728]}]),
-    }
-
-
 def test_malformed_messages_in_a_stream_are_counted_and_dead_lettered(chain_factory):
     dead_ep = f"tcp://127.0.0.1:{free_port()}"
     chain = chain_factory("--dead-letter", dead_ep)
@@ -166,7 +140,7 @@ def test_malformed_messages_in_a_stream_are_counted_and_dead_lettered(chain_fact
     dead.connect(dead_ep)
     time.sleep(0.5)  # the dead-letter subscriber's slow-joiner window
 
-    bad = _bad_messages()
+    bad = bad_messages(n=4)
     seq = 0
     for frames in bad.values():
         chain.pub.send_multipart(_valid(seq))

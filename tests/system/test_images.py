@@ -13,9 +13,9 @@ import pytest
 import zmq
 
 from trigger.config import PACKAGE_MODELS
-from trigger.demo import DecisionCollector, free_port, handshake
 from trigger.protocol import encode_input
 from trigger.replay import open_socket
+from trigger.testing import DecisionCollector, free_port, handshake
 
 from ..conftest import TINY_FRAME
 from .conftest import wait_until

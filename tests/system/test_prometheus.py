@@ -45,9 +45,9 @@ import numpy as np
 import pytest
 import yaml
 
-from trigger.demo import free_port
 from trigger.protocol import encode_input
 from trigger.replay import PoolSource, make_simulation, replay
+from trigger.testing import free_port
 
 from ..conftest import TINY_FRAME
 from .conftest import wait_until

@@ -24,9 +24,9 @@ import zmq
 
 from simulators.waveform import WaveformSimulator
 from trigger.calibration import sha256_file
-from trigger.demo import DecisionCollector, free_port, handshake
 from trigger.protocol import encode_input
 from trigger.replay import PoolSource, replay
+from trigger.testing import DecisionCollector, free_port, handshake
 
 from .conftest import DaemonProcess, start_daemon, wait_until
 
