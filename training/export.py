@@ -23,7 +23,6 @@ import logging
 import shlex
 import sys
 import tempfile
-import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,13 +33,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.core.onnx_export import OPSET, quiet_exporter, write_onnx
+from training.core.runtime import OrtRunner
 from training.vcae import VCAE, Encoder
 from trigger.backends.pytorch import PT2_FORMAT, PT2_META, pt2_path_for
 from trigger.calibration import PulseCalibration, calibration_path_for, sha256_file
 
 logger = logging.getLogger("training")
 
-OPSET = 18  # the torch.export-based exporter's lowest; the daemon needs >= 17
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "z_mean"
 CALIBRATION_SEED = 103  # training.train_pulse.SEEDS["calibration"]; never used for training data
@@ -61,29 +61,19 @@ class EncoderMean(nn.Module):
         return self.encoder.z_mean(h.flatten(1))
 
 
-def export_onnx(model: VCAE, path: str | Path, *, check_batch: int = 64, pt2: bool = True) -> dict[str, Any]:
-    """Write the encoder mean head to ``path`` (one self-contained file) and check it against torch.
+def export_onnx(model: VCAE, path: str | Path, *, check_batch: int = 64, pt2: bool = True,
+                check: np.ndarray | None = None) -> dict[str, Any]:
+    """Write the encoder mean head to ``path`` (one self-contained file, input [batch, L]) and check it.
 
     Returns ``{"path", "sha256", "opset", "bytes", "max_abs_diff"}`` (and ``"pt2"``: the result of
     :func:`export_pt2`, written beside it unless ``pt2`` is false); raises if ONNX Runtime and
-    torch differ by more than 1e-4 on ``check_batch`` simulated waveforms.
+    torch differ by more than 1e-4 on ``check`` (raw traces [n, L]; default: ``check_batch``
+    simulated waveforms of the shipped simulator).
     """
-    import onnx
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     head = EncoderMean(model.encoder).eval()
-    example = torch.zeros(2, model.config.n_samples)
-    batch = torch.export.Dim("batch")
-    with warnings.catch_warnings():
-        # torch 2.13's exporter trips its own pytree deprecation (a FutureWarning inside torch, not
-        # about our code); the project's tests turn warnings into errors.
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
-        torch.onnx.export(head, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_shapes={"waveform": {0: batch}}, opset_version=OPSET, external_data=False,
-                          verbose=False)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    diff = compare_with_torch(path, head, check_batch)
+    example = torch.zeros(2, model.config.input_samples)
+    path = write_onnx(head, {"waveform": example}, path, [OUTPUT_NAME], [INPUT_NAME])
+    diff = compare_with_torch(path, head, check_batch, x=check)
     if not diff <= 1e-4:
         raise RuntimeError(f"ONNX Runtime and torch disagree on {path}: max |diff| = {diff:.3g}")
     info = {"path": str(path), "sha256": sha256_file(path), "opset": OPSET, "bytes": path.stat().st_size,
@@ -107,13 +97,12 @@ def export_pt2(model: VCAE, onnx_path: str | Path, *, check_events: int = 1000, 
     onnx_path = Path(onnx_path)
     path = pt2_path_for(onnx_path)
     head = EncoderMean(model.encoder).eval()
-    n_samples = model.config.n_samples
+    n_samples = model.config.input_samples
     meta = {"format": PT2_FORMAT, "onnx_name": onnx_path.name, "onnx_sha256": sha256_file(onnx_path),
             "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "n_samples": n_samples,
             "latent_dim": model.config.latent_dim, "torch": torch.__version__}
     batch = torch.export.Dim("batch")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
+    with torch.no_grad(), quiet_exporter():
         program = torch.export.export(head, (torch.zeros(2, n_samples),), dynamic_shapes={"waveform": {0: batch}})
     # No example inputs in the archive: torch would store them with torch.save and read them back
     # with its unpickler (falling back to weights_only=False), and the daemon loads no pickles.
@@ -163,11 +152,14 @@ def compare_pt2_with_onnx(pt2: str | Path, onnx_path: str | Path, n: int = 1000,
     return float(np.max(np.abs(got - ref)))
 
 
-def compare_with_torch(path: str | Path, head: nn.Module, n: int = 64, seed: int = 7) -> float:
-    """Max |ORT - torch| of z_mean on ``n`` simulated waveforms (half with a pulse)."""
+def compare_with_torch(path: str | Path, head: nn.Module, n: int = 64, seed: int = 7,
+                       x: np.ndarray | None = None) -> float:
+    """Max |ORT - torch| of z_mean on raw traces ``x``, by default ``n`` simulated waveforms (half with a pulse)."""
     from simulators.waveform import simulate
 
-    x, _ = simulate(n, seed=seed, signal_fraction=0.5)
+    if x is None:
+        x, _ = simulate(n, seed=seed, signal_fraction=0.5)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     with torch.no_grad():
         ref = head(torch.from_numpy(x)).numpy()
     got = ort_encoder(path)(x)
@@ -175,18 +167,8 @@ def compare_with_torch(path: str | Path, head: nn.Module, n: int = 64, seed: int
 
 
 def ort_encoder(path: str | Path, threads: int = 2) -> Callable[[np.ndarray], np.ndarray]:
-    """A function raw waveforms [n, n_samples] -> z_mean [n, k] backed by an ONNX Runtime session."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def encode(x: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-    return encode
+    """A function raw waveforms [n, n_samples] -> z_mean [n, k] (an :class:`OrtRunner`, 4096 a run)."""
+    return OrtRunner(path, threads, batch_size=4096)
 
 
 def calibrate(path: str | Path, *, n_noise: int = 100_000, seed: int = CALIBRATION_SEED,

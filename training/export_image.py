@@ -19,13 +19,11 @@ A pixel counts as a source pixel when ``prob > cut``. The files name their model
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import shlex
 import sys
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.core.cards import card_path_for, training_provenance, write_json
+from training.core.onnx_export import OPSET, TOLERANCE, write_onnx
+from training.core.runtime import ort_runner
 from trigger.calibration import calibration_path_for, sha256_file
 
 logger = logging.getLogger("training")
 
-OPSET = 18  # the torch.export-based exporter's lowest; the daemon needs >= 17
 INPUT_NAME = "image"
 OUTPUT_NAMES = {"segment": "prob", "denoise": "denoised", "regress": "params"}
 FORMATS = {"segment": "trigger.segment-calibration/1", "denoise": "trigger.denoise-calibration/1",
@@ -45,17 +45,6 @@ FORMATS = {"segment": "trigger.segment-calibration/1", "denoise": "trigger.denoi
 FPR_WORKING_POINTS = (0.01, 0.001)
 P_WORKING_POINTS = (0.02, 0.5)
 DEFAULT_WORKING_POINT = "fpr_0.01"
-TOLERANCE = 1e-4
-"""ORT vs torch: the largest difference in the output's natural scale must stay below this: in
-probability for the segmenter, in units of the input image's maximum for the denoiser (what it computes
-in; its raw output is that times the maximum, thousands of counts where one float32 ulp is 2e-4), and
-relative to the value (where it exceeds 1) for the regressor's physical units (amplitudes up to 1e5)."""
-
-
-def card_path_for(model_path: str | Path) -> Path:
-    """``skyparams.onnx`` -> ``skyparams.card.json``."""
-    p = Path(model_path)
-    return p.with_name(p.stem + ".card.json")
 
 
 def export_onnx(model: nn.Module, task: str, path: str | Path, *, check_images: int = 32) -> dict[str, Any]:
@@ -63,23 +52,9 @@ def export_onnx(model: nn.Module, task: str, path: str | Path, *, check_images: 
     against torch on simulated raw images (plus an all-zero one); returns ``{"path", "sha256", "opset",
     "bytes"}`` and the differences of :func:`compare_with_torch`; raises if the scaled difference exceeds
     :data:`TOLERANCE`."""
-    import onnx
-
     if task not in OUTPUT_NAMES:
         raise ValueError(f"task must be one of {sorted(OUTPUT_NAMES)}, got {task!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    example = torch.rand(2, 64, 64) * 100
-    batch = torch.export.Dim("batch")
-    with warnings.catch_warnings():
-        # torch 2.13's exporter trips its own pytree deprecation (a FutureWarning inside torch, not
-        # about our code); the project's tests turn warnings into errors.
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
-        torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAMES[task]],
-                          dynamic_shapes={"image": {0: batch}}, opset_version=OPSET, external_data=False,
-                          verbose=False)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    path = write_onnx(model, {"image": torch.rand(2, 64, 64) * 100}, path, [OUTPUT_NAMES[task]], [INPUT_NAME])
     diffs = compare_with_torch(path, model, task, check_images)
     if not diffs["max_scaled_diff"] <= TOLERANCE:
         raise RuntimeError(f"ONNX Runtime and torch disagree on {path}: {diffs}; max |diff| / max(1, |torch|) "
@@ -87,46 +62,6 @@ def export_onnx(model: nn.Module, task: str, path: str | Path, *, check_images: 
     info = {"path": str(path), "sha256": sha256_file(path), "opset": OPSET, "bytes": path.stat().st_size, **diffs}
     logger.info("exported %s %s (%d bytes, opset %d); ORT vs torch %s", task, path, info["bytes"], OPSET,
                 {k: f"{v:.3g}" for k, v in diffs.items()})
-    return info
-
-
-def export_checked(module: nn.Module, inputs: Mapping[str, torch.Tensor], output: str, path: str | Path,
-                   check: Mapping[str, np.ndarray],
-                   scale: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None, tolerance: float = 1e-4,
-                   input_names: list[str] | None = None) -> dict[str, Any]:
-    """Write ``module`` (``inputs`` keyed by its forward's arguments, dynamic batch) to one ONNX file and
-    check it against torch on ``check`` inputs (keyed by the file's input names: ``input_names``, by
-    default the same): the largest ``|ort - torch| / scale`` must stay under ``tolerance``. Returns
-    path, sha256, opset, bytes and the differences."""
-    import onnx
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    module = module.eval()
-    batch = torch.export.Dim("batch")
-    with warnings.catch_warnings():
-        # torch 2.13's exporter trips its own pytree deprecation (see export_onnx above).
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
-        # Several inputs share the batch axis: torch.export says it merges their (equal) dimension names.
-        warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used.*", category=UserWarning)
-        torch.onnx.export(module, tuple(inputs.values()), str(path), input_names=input_names or list(inputs),
-                          output_names=[output], dynamic_shapes={k: {0: batch} for k in inputs}, opset_version=OPSET,
-                          external_data=False, verbose=False)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    with torch.no_grad():
-        ref = module(*(torch.from_numpy(np.ascontiguousarray(v)) for v in check.values())).numpy()
-    got = ort_session_runner(path, output)(check)
-    if got.shape != ref.shape or not np.isfinite(got).all():
-        raise RuntimeError(f"{path}: ONNX Runtime output has shape {got.shape} (torch {ref.shape}) or is not finite")
-    diff = np.abs(got.astype(np.float64) - ref)
-    scaled = diff / (scale(check) if scale is not None else 1.0)
-    info = {"path": str(path), "sha256": sha256_file(path), "opset": OPSET, "bytes": path.stat().st_size,
-            "max_abs_diff": float(diff.max()), "max_scaled_diff": float(scaled.max())}
-    if not info["max_scaled_diff"] <= tolerance:
-        raise RuntimeError(f"ONNX Runtime and torch disagree on {path}: {info}; the scaled difference must stay "
-                           f"below {tolerance}")
-    logger.info("exported %s (%d bytes, opset %d); ORT vs torch max |diff| %.3g", path, info["bytes"], OPSET,
-                info["max_abs_diff"])
     return info
 
 
@@ -158,39 +93,6 @@ def compare_with_torch(path: str | Path, model: nn.Module, task: str, n: int = 3
 def diff_summary(info: Mapping[str, Any]) -> dict[str, float]:
     """The ORT-vs-torch differences of an :func:`export_onnx` result (for provenance records)."""
     return {k: info[k] for k in ("max_abs_diff", "max_abs_diff_normalised", "max_scaled_diff")}
-
-
-def ort_session_runner(path: str | Path, output: str, threads: int = 1, batch_size: int = 512
-                       ) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
-    """A function {input name: array} -> the model's ``output``, batched over the first axis (ONNX Runtime)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def run(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        n = len(next(iter(feeds.values())))
-        outs = [session.run([output], {k: np.ascontiguousarray(v[i:i + batch_size], dtype=np.float32)
-                                       for k, v in feeds.items()})[0] for i in range(0, n, batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
-
-    return run
-
-
-def ort_runner(path: str | Path, output_name: str, threads: int = 2, batch_size: int = 256
-               ) -> Callable[[np.ndarray], np.ndarray]:
-    """A function raw images [n, 64, 64] -> the model's output (:func:`ort_session_runner` on the one input)."""
-    run = ort_session_runner(path, output_name, threads, batch_size)
-    return lambda x: run({INPUT_NAME: x})
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a file
-    return path
 
 
 def fpr_cut(background_prob: np.ndarray, fpr: float) -> float:
@@ -278,11 +180,6 @@ def write_regression_card(path: str | Path, test: Any, outputs: tuple[str, ...],
     logger.info("regression card %s: mean relative errors %s", out,
                 {k: round(v, 4) for k, v in card["test_mean_relative_error"].items()})
     return card
-
-
-def training_provenance(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``training`` block of a calibration file or card: when it was exported, plus ``provenance``."""
-    return {"exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **dict(provenance or {})}
 
 
 def main(argv: list[str] | None = None) -> int:

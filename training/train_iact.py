@@ -7,7 +7,7 @@
 Data come from :mod:`simulators.iact`, in chunks from independent seeds (:data:`SEEDS`): training,
 validation (model selection), test (the reported numbers) and calibration (the cleaning working
 points) never share an image. Models are in :mod:`training.iact_models`; the optimiser loop (AdamW,
-one-cycle learning rate, best validation epoch kept) is the sky models' (training.train_image.train_loop).
+one-cycle learning rate, best validation epoch kept) is the sky models' (training.core.loop.train_loop).
 
 * ``clean``: :class:`~training.iact_models.CameraUNet` (the sky U-net with a fixed p.e. input scale)
   learns the truth mask (``mask``: pixels with shower light) from the noisy camera images of a
@@ -68,8 +68,14 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from training import train_image as image_training
-from training.export_image import card_path_for, export_checked, ort_session_runner, training_provenance, write_json
+from training.core import checkpoint
+from training.core.cards import card_path_for, training_provenance, write_json
+from training.core.loop import Profile as TrainProfile
+from training.core.loop import predict, random_symmetry, segmentation_step, train_loop, write_history
+from training.core.metrics import roc_auc, roc_curve
+from training.core.onnx_export import export_checked
+from training.core.plots import plot_history
+from training.core.runtime import ort_session_runner
 from training.iact_models import (
     SIZE,
     CameraUNet,
@@ -83,16 +89,6 @@ from training.iact_models import (
     cvae_loss,
 )
 from training.image_models import UNetConfig, segmentation_loss
-from training.train_image import (
-    plot_history,
-    predict,
-    random_symmetry,
-    roc_auc,
-    roc_curve,
-    segmentation_step,
-    train_loop,
-    write_history,
-)
 from training.vcae import count_parameters
 from trigger.calibration import calibration_path_for, sha256_file
 
@@ -114,8 +110,8 @@ LIGHT_FLOOR = 1e-5
 
 
 @dataclass(frozen=True)
-class Profile(image_training.Profile):
-    """Sizes and optimiser settings of one run (train_image's, with camera defaults and the cVAE's)."""
+class Profile(TrainProfile):
+    """Sizes and optimiser settings of one run (the shared loop's, with camera defaults and the cVAE's)."""
 
     batch_size: int = 64
     beta: float = 1.0
@@ -601,25 +597,16 @@ def plot_sizes(path: Path, asked_log10: np.ndarray, images: np.ndarray) -> None:
 # ------------------------------------------------------------------------------------ run folder
 
 def save_checkpoint(path: Path, task: str, model: nn.Module, extra: Mapping[str, Any] | None = None) -> None:
-    config = model.settings() if isinstance(model, CameraUNet) else model.config.to_dict()
-    torch.save({"task": task, "config": config, "state_dict": model.state_dict(), **dict(extra or {})}, path)
+    """A run folder's ``model.pt`` (:func:`training.core.checkpoint.save_checkpoint`)."""
+    checkpoint.save_checkpoint(path, task, model, extra)
 
 
 def load_checkpoint(path: str | Path) -> tuple[str, nn.Module, dict]:
     """(task, model in eval mode, the checkpoint's other entries) of a run folder's ``model.pt``."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    task, cfg = ck["task"], ck["config"]
-    model: nn.Module
-    if task == "clean":
-        model = CameraUNet(UNetConfig(**cfg["unet"]), pe_scale=cfg["pe_scale"])
-    elif task == "classify":
-        model = GammaClassifier(ClassifierConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
-    elif task == "cvae":
-        model = SizeCVAE(CVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
-    else:
-        raise ValueError(f"{path}: unknown task {task!r}")
-    model.load_state_dict(ck["state_dict"])
-    return task, model.eval(), {k: v for k, v in ck.items() if k not in ("task", "config", "state_dict")}
+    return checkpoint.load_checkpoint(path, {
+        "clean": lambda c: CameraUNet(UNetConfig(**c["unet"]), pe_scale=c["pe_scale"]),
+        "classify": lambda c: GammaClassifier(ClassifierConfig(**checkpoint.lists_to_tuples(c))),
+        "cvae": lambda c: SizeCVAE(CVAEConfig(**checkpoint.lists_to_tuples(c)))})
 
 
 def simulate_splits(task: str, profile: Profile, splits: tuple[str, ...], progress: bool) -> dict[str, IACTData]:

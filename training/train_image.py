@@ -23,18 +23,14 @@ written beside it from the exported file's outputs (:mod:`training.export_image`
 from __future__ import annotations
 
 import argparse
-import copy
-import csv
 import dataclasses
 import datetime as dt
 import json
 import logging
-import math
 import shlex
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +40,10 @@ from torch import nn
 from tqdm import tqdm
 
 from simulators.sky import NOISE_MODELS, SkyConfig, SkySimulator, add_noise, normalize_max
+from training.core import checkpoint
+from training.core.loop import Profile, predict, segmentation_step, train_loop, write_history
+from training.core.metrics import roc_auc, roc_curve
+from training.core.plots import plot_history
 from training.image_models import (
     REGRESSION_OUTPUTS,
     SCALE_FLOOR,
@@ -72,33 +72,6 @@ NOISE_CHOICES = (*NOISE_MODELS, "mix")
 SEGMENT_TARGETS = ("all", "bright")
 P_CUT = 0.02
 """The reference's probability cut for the pixel accuracy."""
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Sizes and optimiser settings of one training run; ``model`` overrides the task's model config."""
-
-    name: str
-    n_train: int
-    n_val: int
-    n_test: int
-    epochs: int
-    batch_size: int = 32
-    lr: float = 2e-3
-    """Peak learning rate of the one-cycle schedule."""
-    weight_decay: float = 1e-4
-    n_calib: int = 0
-    """Segmentation only: images on which the working points are computed (with ONNX Runtime)."""
-    count_weight: float = 1.0
-    """Segmentation only: lambda of the predicted-source-pixel-count penalty (image_models.segmentation_loss)."""
-    augment: bool = True
-    """Segmentation only: a random symmetry of the square per batch (point-source detection is local;
-    the simulator's ``rotate`` option says these are exact symmetries of the pixel grid and the PSF)."""
-    model: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if min(self.n_train, self.n_val, self.n_test, self.epochs, self.batch_size) < 1:
-            raise ValueError(f"sizes must be >= 1: {self}")
 
 
 PROFILES: dict[str, dict[str, Profile]] = {
@@ -209,33 +182,6 @@ def brightness_features(counts: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------- metrics
 
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN without both classes."""
-    from scipy.stats import rankdata
-
-    s, y = np.ravel(scores), np.ravel(labels).astype(bool)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def roc_curve(scores: np.ndarray, labels: np.ndarray, max_points: int = 2000) -> dict[str, list[float]]:
-    """(fpr, tpr, threshold) at up to ``max_points`` thresholds, for plots (a pixel passes when score > t)."""
-    s, y = np.ravel(scores), np.ravel(labels).astype(bool)
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # last index of each distinct score
-    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
-    step = max(1, len(last) // max_points)
-    keep = np.r_[np.arange(0, len(last), step), len(last) - 1]
-    fpr = np.r_[0.0, fp[keep] / max(fp[-1], 1)]
-    tpr = np.r_[0.0, tp[keep] / max(tp[-1], 1)]
-    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": np.r_[1.0, s[last][keep]].tolist()}
-
-
 def segmentation_metrics(prob: np.ndarray, data: SkyData, cut: float = P_CUT) -> dict[str, float]:
     """Pixel AUC and accuracy at ``cut`` against both masks; ``bright_vs_background`` leaves the faint
     source pixels (in mask_all but not mask_bright) out of the negatives."""
@@ -272,93 +218,6 @@ def relative_errors(pred: np.ndarray, true: np.ndarray, outputs: tuple[str, ...]
 
 
 # ------------------------------------------------------------------------------------- training
-
-def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256,
-            fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
-    """``model(images)`` (or ``fn``) in eval mode, batched, as numpy."""
-    model.eval()
-    fn = fn or model
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            out.append(fn(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))).numpy())
-    return np.concatenate(out)
-
-
-def random_symmetry(x: torch.Tensor, gen: torch.Generator, *others: torch.Tensor) -> list[torch.Tensor]:
-    """One of the 8 symmetries of the square, the same for ``x`` and ``others`` (all [B, H, W])."""
-    k = int(torch.randint(0, 8, (1,), generator=gen))
-    out = [x, *others]
-    if k & 4:
-        out = [t.transpose(1, 2) for t in out]
-    dims = [d for bit, d in ((1, 2), (2, 1)) if k & bit]
-    if dims:
-        out = [t.flip(dims) for t in out]
-    return [t.contiguous() for t in out]
-
-
-def segmentation_step(model: SegmentUNet, x_all: torch.Tensor, m_all: torch.Tensor, profile: Profile
-                      ) -> Callable[[np.ndarray, torch.Generator], tuple[torch.Tensor, dict]]:
-    """:func:`train_loop`'s ``step`` for a U-net on images ``x_all`` and masks ``m_all`` [N, H, W]: a
-    random symmetry per batch (``profile.augment``), then :func:`segmentation_loss`."""
-
-    def step(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-        x, m = x_all[idx], m_all[idx]
-        if profile.augment:
-            x, m = random_symmetry(x, gen, m)
-        loss, bce, pen = segmentation_loss(model.logits(x), m, profile.count_weight)
-        return loss, {"bce": bce.item(), "count_penalty": pen.item()}
-
-    return step
-
-
-def train_loop(model: nn.Module, step: Callable[[np.ndarray, torch.Generator], tuple[torch.Tensor, dict]],
-               validate: Callable[[nn.Module], dict], n_train: int, profile: Profile, *, seed: int,
-               progress: bool = True, desc: str = "training") -> tuple[list[dict], dict]:
-    """AdamW + one-cycle schedule over ``profile.epochs``; ``step(indices, generator)`` returns the loss of
-    a batch and its parts, ``validate(model)`` a dict with ``score`` (lower is better). Returns the
-    history (one record per epoch) and the best epoch's record; the model ends with the best weights."""
-    opt = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
-    steps_per_epoch = math.ceil(n_train / profile.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=profile.lr, epochs=profile.epochs,
-                                                steps_per_epoch=steps_per_epoch, pct_start=0.2)
-    gen = torch.Generator().manual_seed(seed)
-    history: list[dict] = []
-    best: dict = {"score": math.inf}
-    best_state = copy.deepcopy(model.state_dict())
-    bar = tqdm(range(profile.epochs), desc=desc, unit="epoch", leave=False, disable=not progress)
-    for epoch in bar:
-        model.train()
-        t0 = time.perf_counter()
-        perm = torch.randperm(n_train, generator=gen).numpy()
-        sums: dict[str, float] = {}
-        for i in range(0, n_train, profile.batch_size):
-            idx = np.sort(perm[i:i + profile.batch_size])
-            opt.zero_grad(set_to_none=True)
-            loss, parts = step(idx, gen)
-            loss.backward()
-            opt.step()
-            sched.step()
-            for k, v in {"loss": loss.item(), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v * len(idx)
-        train_s = time.perf_counter() - t0
-        rec = {"epoch": epoch + 1, **{f"train_{k}": v / n_train for k, v in sums.items()},
-               "lr_end": sched.get_last_lr()[0], "train_seconds": train_s}
-        val = validate(model)
-        rec.update({f"val_{k}": v for k, v in val.items()})
-        if not all(math.isfinite(v) for v in rec.values() if isinstance(v, float)):
-            raise FloatingPointError(f"non-finite value at epoch {epoch + 1}: {rec}")
-        history.append(rec)
-        if val["score"] < best["score"]:
-            best = {"epoch": epoch + 1, **val}
-            best_state = copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{rec['train_loss']:.4g}", val=f"{val['score']:.4g}")
-        logger.info("%s epoch %d/%d: train loss %.5g, validation score %.5g (%.0f s)", desc, epoch + 1,
-                    profile.epochs, rec["train_loss"], val["score"], train_s)
-    model.load_state_dict(best_state)
-    model.eval()
-    return history, best
-
 
 # ---------------------------------------------------------------------------------------- tasks
 
@@ -467,31 +326,6 @@ def train_regress(profile: Profile, seed: int, progress: bool, datasets: dict[st
 
 # ---------------------------------------------------------------------------------------- plots
 
-def plot_history(path: Path, history: list[dict], keys: tuple[str, ...], best_epoch: int, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
-    e = [h["epoch"] for h in history]
-    for ax, key in zip(axes[0], keys, strict=True):
-        for split, ls in (("train", "-"), ("val", "--")):
-            if f"{split}_{key}" in history[0]:
-                ax.plot(e, [h[f"{split}_{key}"] for h in history], ls, marker="o", ms=3,
-                        label="validation" if split == "val" else split)
-        ax.axvline(best_epoch, color="k", lw=0.5, ls=":")
-        ax.set(xlabel="epoch", title=key)
-        if key != "auc":
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 def plot_segment_panels(path: Path, data: SkyData, prob: np.ndarray, n: int = 4) -> None:
     import matplotlib.pyplot as plt
 
@@ -588,37 +422,17 @@ def plot_residuals(path: Path, pred: np.ndarray, true: np.ndarray, errors: dict,
 
 # ------------------------------------------------------------------------------------ run folder
 
-def write_history(run_dir: Path, history: list[dict]) -> None:
-    (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    keys = list(dict.fromkeys(k for h in history for k in h))
-    with open(run_dir / "history.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-
-
 def save_checkpoint(path: Path, task: str, model: nn.Module, extra: dict | None = None) -> None:
-    torch.save({"task": task, "config": model.config.to_dict(), "state_dict": model.state_dict(), **(extra or {})},
-               path)
+    """A run folder's ``model.pt`` (:func:`training.core.checkpoint.save_checkpoint`)."""
+    checkpoint.save_checkpoint(path, task, model, extra)
 
 
 def load_checkpoint(path: str | Path) -> tuple[str, nn.Module, dict]:
     """(task, model in eval mode, the checkpoint's other entries) of a run folder's ``model.pt``."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    task = ck["task"]
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in ck["config"].items()}
-    model: nn.Module
-    if task == "segment":
-        model = SegmentUNet(UNetConfig(**cfg))
-    elif task == "denoise":
-        model = DenoisingAE(DenoiseConfig(**cfg))
-    elif task == "regress":
-        model = SkyRegressor(RegressorConfig(**cfg))
-    else:
-        raise ValueError(f"{path}: unknown task {task!r}")
-    model.load_state_dict(ck["state_dict"])
-    extra = {k: v for k, v in ck.items() if k not in ("task", "config", "state_dict")}
-    return task, model.eval(), extra
+    return checkpoint.load_checkpoint(path, {
+        "segment": lambda c: SegmentUNet(UNetConfig(**checkpoint.lists_to_tuples(c))),
+        "denoise": lambda c: DenoisingAE(DenoiseConfig(**checkpoint.lists_to_tuples(c))),
+        "regress": lambda c: SkyRegressor(RegressorConfig(**checkpoint.lists_to_tuples(c)))})
 
 
 def simulate_splits(profile: Profile, splits: tuple[str, ...], progress: bool) -> dict[str, SkyData]:

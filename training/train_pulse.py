@@ -37,6 +37,10 @@ import torch
 from tqdm import tqdm
 
 from simulators.waveform import WaveformConfig, WaveformSimulator, signal_template
+from training.core import checkpoint
+from training.core import metrics as core_metrics
+from training.core.metrics import a50
+from training.core.plots import plot_efficiency
 from training.vcae import VCAE, VCAEConfig, count_parameters, vae_loss
 from trigger.calibration import PulseCalibration, distances
 
@@ -332,30 +336,8 @@ def efficiency_curve(amplitude: np.ndarray, passed: np.ndarray, n_bins: int = 30
                      hi: float | None = None) -> dict[str, list[float]]:
     """Efficiency in log-spaced amplitude bins (default: the simulator's amplitude range) with binomial errors."""
     c = WaveformConfig()
-    edges = np.geomspace(lo or c.amplitude_min, hi or c.amplitude_max, n_bins + 1)
-    idx = np.clip(np.searchsorted(edges, amplitude, side="right") - 1, 0, n_bins - 1)
-    n = np.bincount(idx, minlength=n_bins)
-    k = np.bincount(idx, weights=passed.astype(np.float64), minlength=n_bins)
-    eff = np.divide(k, n, out=np.full(n_bins, np.nan), where=n > 0)
-    err = np.sqrt(np.maximum(eff * (1 - eff), 1e-12) / np.maximum(n, 1))
-    return {"centre": np.sqrt(edges[:-1] * edges[1:]).tolist(), "efficiency": eff.tolist(), "error": err.tolist(),
-            "n": n.tolist()}
-
-
-def a50(curve: dict[str, list[float]]) -> float:
-    """Amplitude at 50% efficiency: log-linear interpolation of the first upward crossing of 0.5."""
-    a = np.log(np.asarray(curve["centre"]))
-    e = np.asarray(curve["efficiency"])
-    ok = np.isfinite(e)
-    a, e = a[ok], np.maximum.accumulate(e[ok])  # monotone envelope: ignore statistical wiggles above 50%
-    above = np.nonzero(e >= 0.5)[0]
-    if len(above) == 0:
-        return float("nan")
-    j = above[0]
-    if j == 0:
-        return float(np.exp(a[0]))
-    f = (0.5 - e[j - 1]) / (e[j] - e[j - 1])
-    return float(np.exp(a[j - 1] + f * (a[j] - a[j - 1])))
+    return core_metrics.efficiency_curve(amplitude, passed, lo=lo or c.amplitude_min, hi=hi or c.amplitude_max,
+                                         n_bins=n_bins)
 
 
 def matched_filter_statistic(x: np.ndarray) -> np.ndarray:
@@ -466,27 +448,6 @@ def plot_latent(path: Path, z: np.ndarray, amplitude: np.ndarray, calibration: P
     plt.close(fig)
 
 
-def plot_efficiency(path: Path, result: dict) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    cur = result["efficiency"]
-    ax.errorbar(cur["centre"], cur["efficiency"], yerr=cur["error"], fmt="o-", ms=3,
-                label=f"VCAE, A50 = {result['a50']:.4g}")
-    if "matched_filter" in result:
-        mf = result["matched_filter"]
-        ax.errorbar(mf["efficiency"]["centre"], mf["efficiency"]["efficiency"], yerr=mf["efficiency"]["error"],
-                    fmt="s--", ms=3, label=f"matched filter, A50 = {mf['a50']:.4g}")
-    ax.axhline(0.5, color="k", lw=0.5, ls=":")
-    ax.set(xscale="log", xlabel="signal amplitude", ylabel="efficiency", ylim=(-0.02, 1.02),
-           title=f"efficiency at {result['working_point']} (measured FPR {result['fpr_measured']:.4f})")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------------------------ run folder
 
 def write_history(run_dir: Path, folds: list[dict]) -> None:
@@ -504,15 +465,14 @@ def write_history(run_dir: Path, folds: list[dict]) -> None:
 
 
 def save_checkpoint(path: Path, model: VCAE, extra: dict | None = None) -> None:
-    torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict(), **(extra or {})}, path)
+    """A run folder's ``model.pt`` (:func:`training.core.checkpoint.save_checkpoint`, task ``pulse``)."""
+    checkpoint.save_checkpoint(path, "pulse", model, extra)
 
 
 def load_checkpoint(path: str | Path) -> VCAE:
-    """The model of a run folder's ``model.pt``."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    model = VCAE(VCAEConfig(**ck["config"]))
-    model.load_state_dict(ck["state_dict"])
-    return model.eval()
+    """The model of a run folder's ``model.pt`` (also those written before checkpoints named their task)."""
+    _, model, _ = checkpoint.load_checkpoint(path, {"pulse": lambda c: VCAE(VCAEConfig(**c))}, default_task="pulse")
+    return model  # type: ignore[return-value]
 
 
 def run(profile: Profile, run_dir: Path, *, seed: int = 0, export: Path | None = None, threads: int = 2,

@@ -15,7 +15,7 @@ same whatever its SNR (in raw units the loudest pulses would dominate), plus :da
 the mean relative error of the recovered peak height. ``validation_mse`` in the calibration file is
 that MSE on the test traces, measured with the exported file.
 
-AdamW with a one-cycle schedule (``training.train_image.train_loop``); the epoch with the best validation
+AdamW with a one-cycle schedule (``training.core.loop.train_loop``); the epoch with the best validation
 share of peaks within 2% (mean over the three noise models: the benchmark's figure of merit) is kept.
 Every run writes ``runs/<name>/``:
 ``config.json``, ``history.json`` + ``history.csv``, ``model.pt``, ``metrics.json``, ``loss.png`` and
@@ -44,9 +44,13 @@ from torch import nn
 
 from simulators.radio import NOISE_CHOICES, NOISE_MODELS, RadioBatch, RadioConfig, RadioSimulator, peak_summary
 from simulators.radio import simulate as simulate_radio
-from training.export_image import TOLERANCE, export_checked, write_json
+from training.core import checkpoint
+from training.core.cards import write_json
+from training.core.loop import Profile, predict, train_loop, write_history
+from training.core.onnx_export import TOLERANCE, export_checked
+from training.core.plots import plot_history
+from training.core.runtime import OrtRunner
 from training.trace_models import SCALE_FLOOR, TraceDAE, TraceDAEConfig
-from training.train_image import Profile, plot_history, predict, save_checkpoint, train_loop, write_history
 from training.vcae import count_parameters
 from trigger.calibration import calibration_path_for, sha256_file
 
@@ -144,7 +148,7 @@ def train_denoiser(profile: Profile, seed: int, progress: bool, config: RadioCon
 def export_onnx(model: TraceDAE, path: str | Path) -> dict[str, Any]:
     """Write ``model`` to ``path`` (one self-contained file, dynamic batch) and check it against torch with
     ONNX Runtime on raw, rescaled and all-zero traces; raises when the difference, in units of each trace's
-    max |x|, exceeds :data:`training.export_image.TOLERANCE`."""
+    max |x|, exceeds :data:`training.core.onnx_export.TOLERANCE`."""
     n = model.config.n_samples
     raw = simulate_radio(32, SEEDS["export_check"], "mix").traces
     x = np.concatenate([raw, raw * 1e3, raw * 1e-3, np.zeros((1, n), np.float32)]).astype(np.float32)
@@ -154,11 +158,8 @@ def export_onnx(model: TraceDAE, path: str | Path) -> dict[str, Any]:
 
 
 def ort_infer(path: str | Path, traces: np.ndarray, threads: int = 1, batch: int = 256) -> np.ndarray:
-    """The exported file's output for raw traces [n, samples], through the daemon's ONNX Runtime backend."""
-    from trigger.backends import create_backend
-
-    be = create_backend("onnxruntime", Path(path), threads=threads, max_run_batch=batch)
-    return be.infer(np.ascontiguousarray(traces, dtype=np.float32))[OUTPUT_NAME]
+    """The exported file's output for raw traces [n, samples] (ONNX Runtime, ``batch`` traces a run)."""
+    return OrtRunner(path, threads, batch)(traces, OUTPUT_NAME)
 
 
 def write_calibration(path: str | Path, test: dict[str, RadioBatch], provenance: dict[str, Any],
@@ -241,7 +242,7 @@ def run(profile: Profile, run_dir: Path, *, seed: int = 0, export: Path | None =
     model, history, best = train_denoiser(profile, seed, progress, peak_weight=peak_weight)
     train_s = time.perf_counter() - t_train
     write_history(run_dir, history)
-    save_checkpoint(run_dir / "model.pt", "radio_denoise", model, {"epoch": best["epoch"], "noise": "mix",
+    checkpoint.save_checkpoint(run_dir / "model.pt", "radio_denoise", model, {"epoch": best["epoch"], "noise": "mix",
                                                                     "profile": profile.name})
     if plots:
         plot_history(run_dir / "loss.png", history, ("loss", "mse"), best["epoch"], f"radio denoise ({profile.name})")

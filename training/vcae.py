@@ -8,6 +8,11 @@ Architecture (the reference network, Keras ``padding="same"`` reproduced with ``
 
 9728 -> 2432 -> 1216 -> 304 -> 152 -> 38 -> 19 and back; 12,669 parameters for k = 2.
 
+Any trace length ``L >= 256`` (``VCAEConfig.trace_samples``): the network works on ``n_samples``, the
+smallest multiple of 512 that holds L, and PADS the trace at its end with its pedestal (0 after the
+normalisation) inside the graph; it never crops, so a pulse anywhere in the trace is seen. The
+exported graph takes ``[batch, L]``; the reconstruction loss covers the L recorded samples only.
+
 Two variants share that graph (``training.deadstart`` measures how they differ):
 
 * ``naive``: the reference as a Keras user would write it: raw waveforms in, Glorot-uniform
@@ -34,6 +39,13 @@ STRIDE = 4
 PADDING = 14  # (L + 2*14 - 32) / 4 + 1 = L / 4: Keras "same" for L divisible by 4
 CHANNELS = (4, 8, 16)
 VARIANTS = ("naive", "fixed")
+PAD_MULTIPLE = (STRIDE * 2) ** len(CHANNELS)  # 512: three stride-4 convolutions and three 2x poolings
+MIN_TRACE_SAMPLES = 256
+
+
+def padded_length(trace_samples: int) -> int:
+    """The network length for traces of ``trace_samples``: the smallest multiple of 512 that holds them."""
+    return -(-trace_samples // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
 @dataclass(frozen=True)
@@ -51,17 +63,30 @@ class VCAEConfig:
     initial_log_var: float = 0.0
     """Initial bias of the z_log_var head. Keras starts at 0 (posterior std 1); ``make_model`` gives
     the fixed variant -10 (std 0.007): see ``VCAE.__init__``."""
+    trace_samples: int = 0
+    """Samples of the traces the model takes (a recording's length L); 0: ``n_samples``. Shorter than
+    ``n_samples`` by less than 512: padded at the end inside the network (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
-        if self.n_samples % (STRIDE * 2) ** len(CHANNELS):
-            raise ValueError(f"n_samples must be divisible by {(STRIDE * 2) ** len(CHANNELS)}, got {self.n_samples}")
+        if self.n_samples % PAD_MULTIPLE:
+            raise ValueError(f"n_samples must be divisible by {PAD_MULTIPLE}, got {self.n_samples}")
+        if self.trace_samples and not (MIN_TRACE_SAMPLES <= self.trace_samples <= self.n_samples
+                                       and self.n_samples - self.trace_samples < PAD_MULTIPLE):
+            raise ValueError(f"trace_samples {self.trace_samples} needs n_samples = padded_length(trace_samples) "
+                             f"= {padded_length(max(self.trace_samples, 1))} (and >= {MIN_TRACE_SAMPLES}), got "
+                             f"n_samples {self.n_samples}")
         if not (math.isfinite(self.input_scale) and self.input_scale > 0 and math.isfinite(self.input_offset)):
             raise ValueError(f"input_scale must be finite and > 0, input_offset finite: {self.input_scale}, "
                              f"{self.input_offset}")
+
+    @property
+    def input_samples(self) -> int:
+        """Samples per trace the model takes (its ONNX input is [batch, input_samples])."""
+        return self.trace_samples or self.n_samples
 
     @property
     def bottleneck_length(self) -> int:
@@ -133,10 +158,13 @@ class Encoder(nn.Module):
         # Buffers, not Python floats: they travel in the state_dict and become constants in the ONNX graph.
         self.register_buffer("offset", torch.tensor(config.input_offset if fixed else 0.0, dtype=torch.float32))
         self.register_buffer("scale", torch.tensor(config.input_scale if fixed else 1.0, dtype=torch.float32))
+        self.pad = config.n_samples - config.input_samples
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw waveform -> the units the network (and its reconstruction loss) works in."""
-        return (x - self.offset) / self.scale
+        """Raw waveform [B, L] -> the units the network (and its reconstruction loss) works in, [B, n_samples]:
+        offset and scale applied, then padded at the end with zeros (the pedestal) to the network length."""
+        h = (x - self.offset) / self.scale
+        return F.pad(h, (0, self.pad)) if self.pad else h
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         h = self.normalise(x).unsqueeze(1)
@@ -219,9 +247,12 @@ def kl_divergence(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
 
 
 def vae_loss(model: VCAE, x: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, sse, kl) averaged over the batch; loss = sse + beta * kl, sse summed over samples."""
+    """(loss, sse, kl) averaged over the batch; loss = sse + beta * kl, sse summed over the recorded samples
+    (the padding the network adds is not part of it)."""
     recon, mu, log_var = model(x)
-    sse = torch.sum((recon - model.target(x)).square(), dim=1).mean()
+    n = model.config.input_samples
+    err = recon - model.target(x)
+    sse = torch.sum((err if n == model.config.n_samples else err[:, :n]).square(), dim=1).mean()
     kl = kl_divergence(mu, log_var).mean()
     return sse + beta * kl, sse, kl
 
