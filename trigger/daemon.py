@@ -133,6 +133,9 @@ class Daemon:
         self._reload_wanted = threading.Event()
         self._reload_lock = threading.Lock()
         self._pending: tuple[Pipeline, Config] | None = None
+        # Swapped-out pipelines, each with the first batch ticket that cannot use it (None until
+        # taken); its backend is closed once that ticket's turn comes (every earlier batch is done).
+        self._retired: list[list[Any]] = []
         self._reloader: threading.Thread | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -243,6 +246,7 @@ class Daemon:
                 self._receiver.join(timeout=5)
             if self._reloader is not None:
                 self._reloader.join(timeout=5)
+            self._close_retired(None)
             self.metrics.ready.set(0)
             self._close_sockets()
             self.metrics.shutdown()
@@ -477,11 +481,17 @@ class Daemon:
                         return
                     m.queue_events.set(self.queue.events)
                     if self._pending is not None:
-                        self._swap_pipeline()
+                        old = self._swap_pipeline()
+                        with self._reload_lock:
+                            self._retired.append([old, None])
                     if not batch:
                         continue
                     pipeline = self.pipeline  # one pipeline per batch, so a swap never splits a batch
                     ticket = turns.take()
+                    if self._retired:
+                        with self._reload_lock:
+                            for r in self._retired:
+                                r[1] = ticket if r[1] is None else r[1]
                 if self._failed.is_set():
                     return  # another worker failed: stop now rather than infer a batch nobody publishes
                 t_start = time.monotonic()
@@ -499,6 +509,8 @@ class Daemon:
                 m.stage_latency.labels("inference").observe(t_inf - t_start)
                 m.batch_size.observe(n)
                 turns.wait(ticket)  # with several workers, "publish" includes waiting for earlier batches
+                if self._retired:
+                    self._close_retired(ticket)
                 try:
                     pipeline.monitor(result, m)
                     self._publish(pipeline, batch, result)
@@ -580,10 +592,12 @@ class Daemon:
         with self._reload_lock:
             self._pending = (new, config)
 
-    def _swap_pipeline(self) -> None:
+    def _swap_pipeline(self) -> Pipeline:
+        """Put the prepared pipeline in place; returns the one it replaced."""
         with self._reload_lock:
             new, config = self._pending
             self._pending = None
+        old = self.pipeline
         self.pipeline = new
         self.config = config
         self._show_pipeline(new)
@@ -591,6 +605,32 @@ class Daemon:
         d = new.describe()
         logger.info("reloaded: model %s (sha256 %s), calibration %s, %s %s", d.get("model"),
                     d.get("model_sha256"), d.get("calibration_sha256"), d.get("working_point"), d.get("threshold"))
+        return old
+
+    def _close_retired(self, ticket: int | None) -> None:
+        """Close the backends of swapped-out pipelines that no batch can use any more.
+
+        A batch that took the old pipeline holds an earlier ticket than the first batch after the
+        swap, so once ``ticket`` (at or past that one) has its turn, all of them are done; ``None``
+        (the run has ended) closes every one, and a prepared pipeline that was never swapped in.
+        GPU backends hold pinned and device memory, contexts and graphs until closed.
+        """
+        with self._reload_lock:
+            done, keep = [], []
+            for r in self._retired:
+                (done if ticket is None or (r[1] is not None and r[1] <= ticket) else keep).append(r)
+            self._retired = keep
+            if ticket is None and self._pending is not None:
+                done.append([self._pending[0], None])
+                self._pending = None
+        for pipeline, _ in done:
+            backend = getattr(pipeline, "backend", None)
+            if backend is None:
+                continue
+            try:
+                backend.close()
+            except Exception as exc:  # noqa: BLE001 - a failed release must not stop the daemon
+                logger.warning("closing the replaced %s backend failed: %s", getattr(backend, "name", "?"), exc)
 
 
 def _keepalive(sock: zmq.Socket, interval_ms: int) -> None:
