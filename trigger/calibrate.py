@@ -1,15 +1,17 @@
 """``trigger calibrate``: the noise centre and thresholds d* recomputed from noise-only events.
 
-Noise-only events come from a recorded ``.npz`` (events with ``truth_is_signal`` true are left
-out), from a ZeroMQ stream (a pedestal or random-trigger run; events whose truth says signal are
-left out), or from a registered simulation with no signal. They are encoded with the same
-backend the daemon uses, so the thresholds match what the daemon computes.
+Noise-only events come from a recorded run (``trigger record``'s HDF5, read a chunk at a time;
+events whose ``truth/is_signal`` is true are left out), from a ``.npz`` (events with
+``truth_is_signal`` true are left out), from a ZeroMQ stream (a pedestal or random-trigger run;
+events whose truth says signal are left out), or from a registered simulation with no signal.
+They are encoded with the same backend the daemon uses, so the thresholds match what the daemon computes.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,10 @@ from ._log import logger
 from .backends import Backend
 from .calibration import DEFAULT_METRIC, PulseCalibration, sha256_file
 from .protocol import INPUT_KINDS, ProtocolError, as_float32, decode
+from .runfile import RunFileError, RunSet, open_runs
+
+MIN_SAMPLES = 256
+"""The shortest trace a pulse model takes (the issue's limit for recorded data)."""
 
 
 def encode_latents(backend: Backend, data: np.ndarray, batch: int = 256, output: str = "z_mean",
@@ -32,6 +38,48 @@ def encode_latents(backend: Backend, data: np.ndarray, batch: int = 256, output:
             out.append(backend.infer(chunk)[output])
             bar.update(len(chunk))
     return np.concatenate(out).astype(np.float32)
+
+
+def check_shape(event_shape: tuple[int, ...], model_shape: tuple[int, ...], what: str) -> None:
+    """One line when ``what``'s events do not fit the model."""
+    if len(event_shape) != 1:
+        raise ValueError(f"{what} holds events of shape {list(event_shape)}; the pulse model takes traces "
+                         f"of {list(model_shape)} samples")
+    if tuple(event_shape) != tuple(model_shape):
+        short = f" (shorter than {MIN_SAMPLES} samples, the least a pulse model takes)" \
+            if event_shape[0] < MIN_SAMPLES else ""
+        raise ValueError(f"{what} holds traces of {event_shape[0]} samples{short}; the model takes "
+                         f"{list(model_shape)}: model and data shapes do not match")
+
+
+def open_noise_run(path: str | Path | list) -> RunSet:
+    """A recorded run for calibration (raises :class:`RunFileError` or ValueError with one line)."""
+    run = open_runs(path)
+    if run.kind != "waveform":
+        run.close()
+        raise RunFileError(f"{run.path} is a {run.kind} recording; calibration needs waveform events")
+    return run
+
+
+def noise_chunks_from_run(run: RunSet, events: int = 0) -> Iterator[np.ndarray]:
+    """Float32 noise-only events of ``run``, one storage chunk at a time (``truth/is_signal`` true
+    left out; at most ``events`` when > 0). Integer samples are converted as they are: the model
+    holds any pedestal and scale."""
+    kept = total = 0
+    for _, data, truth in run.iter_chunks():
+        total += len(data)
+        flags = truth.get("is_signal")
+        if flags is not None:
+            data = data[~flags.astype(bool)]
+        if events:
+            data = data[: events - kept]
+        if len(data):
+            kept += len(data)
+            yield as_float32(data)
+        if events and kept >= events:
+            break
+    logger.info("%s: used %d of %d events%s", run.path, kept, total,
+                " (truth/is_signal false)" if "is_signal" in run.truth_keys else " (no truth: all taken as noise)")
 
 
 def noise_from_file(path: str | Path) -> np.ndarray:
@@ -85,13 +133,32 @@ def noise_from_stream(endpoints: Iterable[str], events: int, pattern: str = "sub
     return np.concatenate(chunks)
 
 
-def calibrate(backend: Backend, noise: np.ndarray, fprs: Iterable[float], *, default_working_point: str,
-              output: str | Path, provenance: dict, metric: str = DEFAULT_METRIC) -> PulseCalibration:
-    """Encode ``noise``, fit the centre and thresholds, write ``output``; returns the calibration."""
-    if noise.ndim != 2 or noise.shape[1:] != backend.input_shape:
-        raise ValueError(f"noise events have shape {noise.shape[1:]}, the model takes {backend.input_shape}")
-    z = encode_latents(backend, noise)
-    cal = PulseCalibration.from_noise(z, model_sha256=sha256_file(backend.model_path), n_samples=noise.shape[1],
+def calibrate(backend: Backend, noise: np.ndarray | Iterable[np.ndarray], fprs: Iterable[float], *,
+              default_working_point: str, output: str | Path, provenance: dict,
+              metric: str = DEFAULT_METRIC) -> PulseCalibration:
+    """Encode ``noise`` (an array, or float32 chunks streamed from a recording), fit the centre and
+    thresholds, write ``output``; returns the calibration."""
+    if isinstance(noise, np.ndarray):
+        if noise.ndim != 2 or noise.shape[1:] != backend.input_shape:
+            raise ValueError(f"noise events have shape {noise.shape[1:]}, the model takes {backend.input_shape}")
+        z = encode_latents(backend, noise)
+    else:
+        zs, pending, held = [], [], 0
+        for chunk in itertools.chain(noise, [None]):  # None: encode what is left
+            if chunk is not None:
+                if chunk.shape[1:] != backend.input_shape:
+                    raise ValueError(f"noise events have shape {chunk.shape[1:]}, the model takes "
+                                     f"{backend.input_shape}")
+                pending.append(chunk)
+                held += len(chunk)
+            if pending and (chunk is None or held >= 8192):  # a few MB at a time, never the whole run
+                zs.append(encode_latents(backend, np.concatenate(pending)))
+                pending, held = [], 0
+        if not zs:
+            raise ValueError("no noise-only events to calibrate on")
+        z = np.concatenate(zs)
+    provenance = {**provenance, "events": len(z)}
+    cal = PulseCalibration.from_noise(z, model_sha256=sha256_file(backend.model_path), n_samples=backend.input_shape[0],
                                       fprs=fprs, default_working_point=default_working_point,
                                       provenance=provenance, metric=metric)
     cal.save(output)

@@ -1,4 +1,5 @@
-"""``trigger``: one console command; subcommands serve, replay, calibrate, demo, top, proxy, audit, keygen, build."""
+"""``trigger``: one console command; subcommands serve, record, replay, calibrate, demo, top, proxy, audit,
+keygen, build."""
 
 from __future__ import annotations
 
@@ -206,8 +207,29 @@ def cmd_replay(a: argparse.Namespace) -> int:
     from .replay import FileSource, PoolSource, make_simulation, open_socket, replay, wait_for_subscriber
 
     configure(a.log_level)
-    if a.file:
-        source = FileSource(a.file)
+    a.source_given = a.source is not None
+    a.source = a.source or "adc00"
+    run = None
+    if a.file and a.file.suffix != ".npz":  # a recording (HDF5; rotated parts by their bare name)
+        from .runfile import RunFileError, open_runs
+
+        try:
+            run = open_runs(a.file)
+            if run.kind not in ("waveform", "image"):
+                raise RunFileError(f"{a.file} is a {run.kind} recording; replay sends waveform or image input")
+            if a.source_given and a.source not in run.sources:
+                raise RunFileError(f"{a.file} has no source {a.source!r}; it holds {run.sources[:10]}")
+        except (RunFileError, OSError) as exc:
+            logger.error("cannot replay %s: %s", a.file, exc)
+            if run is not None:
+                run.close()
+            return 2
+    elif a.file:
+        try:
+            source = FileSource(a.file)
+        except (ValueError, OSError) as exc:
+            logger.error("cannot replay %s: %s", a.file, exc)
+            return 2
     else:
         try:
             options = parse_sim_options(a.sim or [])
@@ -230,6 +252,8 @@ def cmd_replay(a: argparse.Namespace) -> int:
         if auth is not None:
             auth.stop()
         ctx.term()
+        if run is not None:
+            run.close()
         return 1
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -240,6 +264,14 @@ def cmd_replay(a: argparse.Namespace) -> int:
             return 1
         if a.pattern == "pub" and not a.wait_subscriber:
             time.sleep(0.5)  # let subscribers that connect right away catch the start
+        if run is not None:
+            from .replay import replay_run
+
+            with tqdm(total=a.events or run.n_events, unit="ev", desc="replay", disable=not sys.stderr.isatty()) as bar:
+                replay_run(sock, run, sources=[a.source] if a.source_given else None, rate=a.rate,
+                           realtime=a.realtime, events=a.events, duration=a.duration, truth=not a.no_truth,
+                           keep_time=a.keep_time, stop=lambda: stop["now"], progress=bar.update)
+            return 0
         events = a.events if a.events else int(a.rate * a.duration) if a.rate and a.duration else 0
         if events <= 0:
             events = sys.maxsize  # until stopped
@@ -253,18 +285,104 @@ def cmd_replay(a: argparse.Namespace) -> int:
         if auth is not None:
             auth.stop()
         ctx.term()
+        if run is not None:
+            run.close()
+    return 0
+
+
+def _byte_size(text: str) -> int:
+    """``1000000``, ``500M``, ``2G``, ``1.5GiB`` -> bytes (k/M/G/T powers of 1000, Ki/Mi/Gi/Ti of 1024)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKMGT]?)(i?)B?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 2000000000, 500M, 2G, 1GiB)")
+    power = " kMGT".index(m.group(2).replace("K", "k") or " ")
+    value = float(m.group(1)) * (1024 if m.group(3) else 1000) ** power
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be at least 1 byte")
+    return int(value)
+
+
+def cmd_record(a: argparse.Namespace) -> int:
+    import zmq
+    from tqdm import tqdm
+
+    from .record import Recorder, RecordError
+
+    configure(a.log_level)
+    ctx = zmq.Context()
+    try:
+        rec = Recorder(ctx, a.input, a.output, pattern=a.input_pattern, topics=a.topic, events=a.events,
+                       duration=a.duration, max_bytes=a.max_bytes or 0, force=a.force,
+                       curve_server_key=a.curve_server_key, curve_secret_key=a.curve_secret_key, units=a.units,
+                       sample_period_ns=a.sample_period_ns, attrs={"command": " ".join(sys.argv)})
+    except (OSError, ValueError, zmq.ZMQError) as exc:
+        logger.error("cannot record: %s", exc)
+        ctx.term()
+        return 2
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.info("%s: finishing the run", signal.Signals(signum).name)
+        rec.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logger.info("ready: recording %s from %s to %s", a.input_pattern.upper(), ", ".join(a.input), a.output)
+    bar = tqdm(unit="ev", unit_scale=True, desc="record", disable=not sys.stderr.isatty())
+    shown = {"events": 0}
+
+    def progress(stats: Any, written: int) -> None:
+        bar.update(stats.events - shown["events"])
+        shown["events"] = stats.events
+        bar.set_postfix_str(f"{written / 1e6:,.0f} MB written, {stats.gaps} gaps, "
+                            f"{sum(stats.rejected.values())} rejected", refresh=True)
+
+    try:
+        stats = rec.run(progress if not bar.disable else None)
+    except RecordError as exc:
+        bar.close()
+        logger.error("%s", exc)
+        if rec.writer.failed_io:
+            # HDF5 failed mid-write: closing the file (or exiting normally, which closes it) could
+            # write half-updated metadata or crash; leave it exactly as its last good flush left it.
+            for h in logger.handlers:
+                h.flush()
+            os._exit(1)
+        ctx.term()
+        return 1
+    bar.close()
+    ctx.term()
+    if not stats.files:
+        logger.error("no valid message arrived: nothing recorded, no file written (%d rejected %s)",
+                     sum(stats.rejected.values()), stats.rejected or "")
+        return 1
+    logger.info("%s", stats.summary())
     return 0
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from .backends import create_backend
-    from .calibrate import calibrate, noise_from_file, noise_from_stream
+    from .calibrate import (
+        calibrate,
+        check_shape,
+        noise_chunks_from_run,
+        noise_from_file,
+        noise_from_stream,
+        open_noise_run,
+    )
+    from .runfile import RunFileError
 
     configure(a.log_level)
     model = Path(a.model)
+    run = None
     try:
         backend = create_backend(a.backend, model)
-        if a.data:
+        if a.data and a.data.suffix != ".npz":  # a recording, streamed a chunk at a time
+            run = open_noise_run(a.data)
+            check_shape(run.event_shape, backend.input_shape, str(a.data))
+            noise = noise_chunks_from_run(run)
+        elif a.data:
             noise = noise_from_file(a.data)
         elif a.stream:
             noise = noise_from_stream(a.stream, a.events, a.input_pattern, a.timeout)
@@ -276,11 +394,16 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         output = Path(a.output) if a.output else calibration_path_for(model)
         calibrate(backend, noise, a.fpr, default_working_point=working_point_name(a.default_fpr), output=output,
                   metric=a.metric,
-                  provenance={"command": " ".join(sys.argv), "events": len(noise),
-                              "data": str(a.data or a.stream or f"simulation seed {a.seed}")})
-    except (CalibrationError, BackendUnavailable, ValueError, OSError, TimeoutError) as exc:
+                  provenance={"command": " ".join(sys.argv),
+                              "data": str(a.data or a.stream or f"simulation seed {a.seed}"),
+                              **({"files": [str(p) for p in run.paths], "run_uuid": run.attrs.get("run_uuid")}
+                                 if run is not None else {})})
+    except (CalibrationError, BackendUnavailable, RunFileError, ValueError, OSError, TimeoutError) as exc:
         logger.error("cannot calibrate: %s", exc)
         return 1
+    finally:
+        if run is not None:
+            run.close()
     return 0
 
 
@@ -399,13 +522,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--connect", action="store_true", help="connect instead of bind (e.g. to an XSUB proxy)")
     r.add_argument("--pattern", choices=["pub", "push"], default="pub")
     src = r.add_mutually_exclusive_group()
-    src.add_argument("--file", type=Path, help="recorded .npz (data, truth_*)")
+    src.add_argument("--file", type=Path,
+                     help="a recording (trigger record's FILE.h5; its rotated parts by the bare name), or .npz "
+                          "(data, truth_*; cycled)")
     src.add_argument("--simulate", default="waveform", help="registered simulation (default waveform)")
     r.add_argument("--rate", type=float, default=1000.0, help="events/s per source (0 = as fast as possible)")
+    r.add_argument("--realtime", action="store_true",
+                   help="recordings: keep the recorded t_ns spacing between messages (instead of --rate)")
+    r.add_argument("--keep-time", action="store_true",
+                   help="recordings: send the recorded t_ns (default: the time of sending)")
     r.add_argument("--events", type=int, default=0, help="events per source (default: rate x duration)")
     r.add_argument("--duration", type=float, default=0.0, help="seconds (0 and no --events: until stopped)")
     r.add_argument("--batch", type=int, default=32, help="events per message")
-    r.add_argument("--source", default="adc00", help="source name (prefix when --sources > 1)")
+    r.add_argument("--source", help="source name (prefix when --sources > 1; default adc00); with a recording: "
+                                     "replay only this source (default: every source)")
     r.add_argument("--sources", type=int, default=1, help="number of sources")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--signal-fraction", type=float,
@@ -423,10 +553,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-level", default="INFO")
     r.set_defaults(func=cmd_replay)
 
+    rec = sub.add_parser("record", help="record readout streams or decisions to HDF5, as received")
+    rec.add_argument("--input", action="append", required=True, metavar="ENDPOINT",
+                     help="endpoint to connect to (repeatable)")
+    rec.add_argument("--input-pattern", choices=["sub", "pull"], default="sub")
+    rec.add_argument("--topic", action="append", metavar="PREFIX",
+                     help="SUB topic prefix, e.g. wf. or dec. (repeatable; default: all)")
+    rec.add_argument("--output", type=Path, required=True, metavar="FILE.h5",
+                     help="the recording (FILE_0000.h5, FILE_0001.h5 ... with --max-bytes)")
+    rec.add_argument("--events", type=int, default=0, help="stop after N events (whole messages; 0: no limit)")
+    rec.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0: no limit)")
+    rec.add_argument("--max-bytes", type=_byte_size, metavar="B",
+                     help="start a new file before one would exceed B bytes (e.g. 2G); never splits a message")
+    rec.add_argument("--force", action="store_true",
+                     help="replace existing files of this name, once the new run has closed cleanly")
+    rec.add_argument("--units", help="units attribute of data (default adu for integer samples)")
+    rec.add_argument("--sample-period-ns", type=float, help="sample_period_ns attribute of data")
+    rec.add_argument("--curve-server-key", type=Path, metavar="FILE",
+                     help="CURVE: the readout's public key file (NAME.key); needs --curve-secret-key")
+    rec.add_argument("--curve-secret-key", type=Path, metavar="FILE", help="CURVE: this recorder's NAME.key_secret")
+    rec.add_argument("--log-level", default="INFO")
+    rec.set_defaults(func=cmd_record)
+
     c = sub.add_parser("calibrate", help="recompute the noise centre and thresholds d*")
     c.add_argument("--model", default=str(DEFAULT_PULSE_MODEL), help="ONNX model")
     g = c.add_mutually_exclusive_group()
-    g.add_argument("--data", type=Path, help=".npz with noise-only events (truth_is_signal honoured)")
+    g.add_argument("--data", type=Path, help="a recording (FILE.h5; truth/is_signal honoured) or .npz with "
+                                             "noise-only events (truth_is_signal honoured)")
     g.add_argument("--stream", action="append", metavar="ENDPOINT", help="collect from a live stream")
     c.add_argument("--input-pattern", choices=["sub", "pull"], default="sub")
     c.add_argument("--events", type=int, default=100_000, help="noise events to use (stream or simulation)")

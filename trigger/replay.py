@@ -1,13 +1,19 @@
 """Replay: publish simulated or recorded events over ZeroMQ as a readout would.
 
-Sources: a recorded ``.npz`` file (``data`` [N, ...] plus optional ``truth_*`` arrays, as the
-simulators write), cycled as needed; or a simulation registered under the entry-point group
-``trigger.sources`` (the ``simulators`` package registers ``waveform``). The daemon package
-looks simulations up by name and never imports the simulators package.
+Sources: a recorded run (``trigger record``'s HDF5, see :func:`replay_run`); a ``.npz`` file
+(``data`` [N, ...] plus optional ``truth_*`` arrays, as the simulators write), cycled as needed;
+or a simulation registered under the entry-point group ``trigger.sources`` (the ``simulators``
+package registers ``waveform``). The daemon package looks simulations up by name and never
+imports the simulators package.
 
 Pacing: message k of a source leaves at ``t0 + k * events_per_message / rate`` on an absolute
 schedule, so short stalls are caught up and the long-run rate is exact; ``rate = 0`` sends as
 fast as the socket takes them.
+
+A recorded run replays message by message as it was recorded: the same sources, ``seq``
+numbers (gaps and restarts included), events per message, data bit for bit in the recorded dtype,
+and truth back in ``meta.truth``. It streams from disk a chunk at a time, so a run larger than
+memory replays. ``t_ns`` is the time of sending (as for simulations) unless ``keep_time``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import zmq
 from . import curve
 from ._log import logger
 from .protocol import encode_input
+from .runfile import RunSet
 
 SOURCE_GROUP = "trigger.sources"
 
@@ -163,4 +170,60 @@ def replay(sock: zmq.Socket, source: EventSource, *, sources: list[str], events:
     stats.seconds = time.monotonic() - t0
     logger.info("replay sent %d events in %d messages in %.2f s (%.0f events/s)", stats.total_events,
                 stats.total_messages, stats.seconds, stats.total_events / max(stats.seconds, 1e-9))
+    return stats
+
+
+def replay_run(sock: zmq.Socket, run: RunSet, *, sources: list[str] | None = None, rate: float = 0.0,
+               realtime: bool = False, events: int = 0, duration: float = 0.0, truth: bool = True,
+               keep_time: bool = False, stop: Callable[[], bool] | None = None,
+               progress: Callable[[int], None] | None = None) -> ReplayStats:
+    """Send the recorded messages of ``run`` (of ``sources`` only, when given) in file order.
+
+    Args:
+        sock: the readout socket (XPUB or PUSH).
+        run: an open recording (:func:`trigger.runfile.open_runs`), of input events.
+        sources: only these sources (default: every source of the file).
+        rate: events/s per source on an absolute schedule (0: as fast as the socket takes them).
+        realtime: instead of ``rate``, keep the recorded ``t_ns`` spacing between messages.
+        events: stop after the message that brings the count to this many events (0: the whole run).
+        duration: stop after this many seconds (0: no limit).
+        truth: put the recorded truth back into ``meta.truth``.
+        keep_time: send the recorded ``t_ns`` instead of the time of sending.
+        stop: polled between messages; true ends the replay.
+        progress: called with the events of every message sent.
+    """
+    stats = ReplayStats()
+    sent_by_source: dict[str, int] = {}
+    t0 = time.monotonic()
+    rec0: int | None = None
+    for m in run.iter_messages(sources):
+        if stop and stop():
+            break
+        now = time.monotonic()
+        if duration and now - t0 >= duration:
+            break
+        if realtime:
+            rec0 = m.t_ns if rec0 is None else rec0
+            delay = t0 + (m.t_ns - rec0) * 1e-9 - now
+        elif rate > 0:
+            delay = t0 + sent_by_source.get(m.source, 0) / rate - now
+        else:
+            delay = 0.0
+        if delay > 0:
+            time.sleep(delay)
+        meta = {"truth": {k: v.tolist() for k, v in m.truth.items()}} if truth and m.truth else None
+        n = len(m.data)
+        sock.send_multipart(encode_input(run.kind, m.source, m.seq, m.t_ns if keep_time else time.time_ns(),
+                                         m.data, meta), copy=False)
+        sent_by_source[m.source] = sent_by_source.get(m.source, 0) + n
+        stats.messages[m.source] = stats.messages.get(m.source, 0) + 1
+        stats.events[m.source] = stats.events.get(m.source, 0) + n
+        if progress:
+            progress(n)
+        if events and stats.total_events >= events:
+            break
+    stats.seconds = time.monotonic() - t0
+    logger.info("replay sent %d events in %d messages of %s in %.2f s (%.0f events/s)", stats.total_events,
+                stats.total_messages, run.path if len(getattr(run, "paths", [run.path])) == 1 else
+                f"{len(run.paths)} files", stats.seconds, stats.total_events / max(stats.seconds, 1e-9))
     return stats

@@ -61,6 +61,7 @@ MESSAGE_CHUNK_ROWS = 4096
 WRITING_SUFFIX = ".writing"
 JSON_ATTRS = ("inputs", "rejected", "end_of_run", "model", "arrays", "truth_dropped")
 MAX_SOURCES = 1 << 16
+_ABANDONED: list = []  # files left after a failed write (see RunWriter.abandon)
 
 
 class RunFileError(ValueError):
@@ -448,13 +449,19 @@ class RunWriter:
                 os.rename(self.tmp, self.path)
         return self.path
 
-    def abandon(self) -> Path:
-        """A failed run: flush what can be flushed and leave ``NAME.h5.writing``; returns its path."""
+    def abandon(self, failed_io: bool = False) -> Path:
+        """A failed run: leave ``NAME.h5.writing`` and return its path. After a failed write
+        (``failed_io``: a full disk) HDF5 is not touched again, so the file stays as its last
+        good flush left it, exactly as after a crash; the process should then exit without
+        closing it (``os._exit``), since HDF5 may fail again, or crash, closing it."""
         if not self._closed:
             self._closed = True
+            if failed_io:
+                _ABANDONED.append(self.f)  # never closed nor garbage-collected in this process
+                return self.tmp
             try:
                 self.flush()
-            except Exception as exc:  # a full disk: the last good flush stays readable
+            except Exception as exc:
                 logger.debug("flush while abandoning %s failed: %s", self.tmp, exc)
             try:
                 self.f.close()
