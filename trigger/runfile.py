@@ -281,6 +281,7 @@ class RunWriter:
 
         self._arrays = {n: per_event(n, dt, shape) for n, (dt, shape) in layout.arrays.items()}
         self._columns = {n: per_event(n, dt, ()) for n, dt in COLUMN_DTYPES.items()}
+        self._chunk_bytes = chunk_bytes
         self._truth = {k: per_event(f"truth/{_key_to_h5(k)}", dt, ()) for k, dt in layout.truth.items()}
         mcols = dict(MESSAGE_COLUMNS)
         if layout.kind == "decision":
@@ -358,6 +359,11 @@ class RunWriter:
         c["seq"].append_fill(n, seq)
         c["index"].append(np.arange(n, dtype=np.int32))
         c["t_ns"].append_fill(n, t_ns)
+        for key, values in (truth or {}).items():
+            if key not in self._truth and isinstance(values, list) and len(values) == n:
+                dt = _truth_dtype(values)
+                if dt is not None:
+                    self._add_truth(key, dt, first)
         for key, app in self._truth.items():
             values = truth.get(key) if truth else None
             arr = None
@@ -402,6 +408,35 @@ class RunWriter:
         self.messages += 1
         self.events += n
 
+    def _add_truth(self, key: str, dtype: np.dtype, rows: int) -> None:
+        """A truth key first seen after the file started (e.g. after probe messages without truth):
+        SWMR allows no new dataset, so leave SWMR (flush, close), add the dataset with the ``rows``
+        events so far filled (false, -1 or NaN), and reopen in SWMR mode. Rare: once per key."""
+        self.flush()
+        names = {id(app): app.ds.name for app in self._all_appenders()}
+        self.f.close()
+        self.f = h5py.File(self.tmp, "r+", libver="latest")
+        k = chunk_rows((), dtype, self._chunk_bytes)
+        fill = TRUTH_FILL[dtype.kind]
+        ds = self.f.create_dataset(f"truth/{_key_to_h5(key)}", shape=(rows,), maxshape=(None,), chunks=(k,),
+                                   dtype=dtype, fillvalue=fill)
+        app = _Appender(ds)
+        app.base = rows // k * k
+        app.fill = rows - app.base
+        app.buf[:] = fill
+        for a in self._all_appenders():
+            a.ds = self.f[names[id(a)]]
+        self._src_ds = self.f["sources"]
+        self._truth[key] = app
+        self.layout.truth[key] = dtype
+        self.truth_dropped[key] = rows
+        self.f.swmr_mode = True
+        logger.info("%s: truth key %r first seen at event %d: added (earlier events filled)", self.tmp, key, rows)
+
+    def _all_appenders(self) -> list[_Appender]:
+        apps = [*self._arrays.values(), *self._columns.values(), *self._truth.values(), *self._mcols.values()]
+        return apps + ([self._seg] if self._seg is not None else [])
+
     def count_gap(self, n: int) -> None:
         self.gaps += n
 
@@ -410,10 +445,8 @@ class RunWriter:
 
     def flush(self) -> None:
         """Write every buffered row (partial chunks padded), the counts, and flush the file."""
-        for app in (*self._arrays.values(), *self._columns.values(), *self._truth.values(), *self._mcols.values()):
+        for app in self._all_appenders():
             app.flush()
-        if self._seg is not None:
-            self._seg.flush()
         self._write_counts()
         self.f.flush()
 

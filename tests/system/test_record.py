@@ -246,7 +246,8 @@ def test_calibrate_from_a_recording_and_unusable_input_refused(tmp_path, pulse_m
     n_noise = int((truth["amplitude"] == 0).sum())
     calib = tmp_path / "out.calib.json"
     done = subprocess.run([*TRIGGER, "calibrate", "--model", str(pulse_model), "--data", str(rec), "-o", str(calib),
-                           "--fpr", "0.1", "--default-fpr", "0.1"], capture_output=True, text=True, env=ENV, timeout=120)
+                           "--fpr", "0.1", "--default-fpr", "0.1"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
     assert done.returncode == 0, done.stderr
     cal = json.loads(calib.read_text())
     assert json.dumps(cal).count(str(n_noise)) >= 1  # the events it used: the noise-only ones

@@ -225,3 +225,19 @@ def test_truth_that_does_not_fit_is_filled_and_counted(tmp_path):
         assert np.isnan(t["a"][2:]).all() and t["a"][:2].tolist() == [1.0, 2.0]
         assert t["flag"].tolist() == [True, False, False, False, False]
         assert r.attrs["truth_dropped"] == {"a": 3, "flag": 3}
+
+
+def test_a_truth_key_first_seen_later_is_added_with_earlier_events_filled(tmp_path):
+    lay = Layout.of("waveform", {"data": np.zeros((1, 8), "<i2")}, None)
+    with RunWriter(tmp_path / "late.h5", lay, chunk_bytes=64) as w:  # small chunks: the fill crosses chunks
+        w.append("probe", 0, 0, {"data": np.zeros((3, 8), "<i2")})
+        w.flush()
+        for seq in range(1, 4):
+            w.append("adc", seq, 0, {"data": np.full((2, 8), seq, "<i2")},
+                     {"amplitude": [0.5 * seq] * 2, "is_signal": [True, False]})
+    with open_run(tmp_path / "late.h5") as r:
+        data, t = r.read()
+        assert r.n_events == 9 and data[:, 0].tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3]
+        assert np.isnan(t["amplitude"][:3]).all() and t["amplitude"][3:].tolist() == [0.5, 0.5, 1, 1, 1.5, 1.5]
+        assert t["is_signal"].tolist() == [False] * 3 + [True, False] * 3
+        assert r.attrs["truth_dropped"] == {"amplitude": 3, "is_signal": 3}
