@@ -13,6 +13,16 @@ by at most about 1e-3 of the noise amplitude per overlapping pulse; the tests bo
 
 Random numbers come from NumPy's PCG64 generator, so a data set is fixed by its seed and the
 sizes of the chunks asked for; numba only renders.
+
+Other detectors (every option below defaults to the reference study, which it leaves bit for bit):
+another ``n_samples``; a bi-exponential pulse shape ``exp(-x/tau) - exp(-x/rise)`` (peak 1) for the
+signal or the pile-up (``signal_shape``, ``noise_shape`` = ``"biexp"``); a signal start spread
+uniformly over ``[signal_t0, signal_t0 + signal_t0_spread)``; white (electronic) Gaussian noise of
+rms ``white_noise``; and digitised output ``round(pedestal + gain * waveform)`` as int16 counts
+(``adc="int16"``, clipped to the int16 range) or float32 with a pedestal and gain.
+
+    python -m simulators.waveform -n 30000 --signal-fraction 0 --n-samples 2500 --adc int16 \
+        --pedestal 1000 --gain 2000 --white-noise 0.002 --noise-shape biexp --output noise.h5
 """
 
 from __future__ import annotations
@@ -31,6 +41,9 @@ import numpy as np
 from simulators._cli import add_config_arguments, config_from_args
 
 logger = logging.getLogger("simulators.waveform")
+
+SHAPES = ("lognormal", "biexp")
+ADC_TYPES = ("float32", "int16")
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,24 @@ class WaveformConfig:
     """Sub-sample phases at which the noise pulse is tabulated."""
     template_cut: float = 1e-6
     """Noise pulse tails below this fraction of the peak are dropped."""
+    signal_shape: str = "lognormal"
+    """Signal pulse shape: ``lognormal`` (tau, sigma) or ``biexp`` (rise, then decay constant tau)."""
+    signal_rise: float = 5.0
+    """Rise time constant of the ``biexp`` signal pulse, in samples."""
+    signal_t0_spread: float = 0.0
+    """The signal starts uniformly in [signal_t0, signal_t0 + signal_t0_spread) (0: always at signal_t0)."""
+    noise_shape: str = "lognormal"
+    """Pile-up pulse shape: ``lognormal`` (tau, sigma) or ``biexp`` (rise, then decay constant tau)."""
+    noise_rise: float = 2.0
+    """Rise time constant of the ``biexp`` pile-up pulse, in samples."""
+    white_noise: float = 0.0
+    """Rms of white Gaussian (electronic) noise added to every sample, in signal amplitude units."""
+    adc: str = "float32"
+    """Output: ``float32`` or ``int16`` (ADC counts ``round(pedestal + gain * waveform)``, clipped)."""
+    pedestal: float = 0.0
+    """Output baseline (ADC counts for ``int16``)."""
+    gain: float = 1.0
+    """Output units per signal amplitude unit (ADC counts per unit for ``int16``)."""
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
@@ -77,6 +108,23 @@ class WaveformConfig:
             raise ValueError(f"noise_t0_min {self.noise_t0_min} must be below n_samples {self.n_samples}")
         if self.noise_mean_pulses < 0 or self.oversample < 1 or not 0 < self.template_cut < 1:
             raise ValueError("noise_mean_pulses >= 0, oversample >= 1 and 0 < template_cut < 1 required")
+        if self.signal_shape not in SHAPES or self.noise_shape not in SHAPES:
+            raise ValueError(f"signal_shape and noise_shape must be in {SHAPES}: {self.signal_shape}, "
+                             f"{self.noise_shape}")
+        if self.adc not in ADC_TYPES:
+            raise ValueError(f"adc must be one of {ADC_TYPES}, got {self.adc!r}")
+        if not (min(self.signal_rise, self.noise_rise, self.gain) > 0 and self.white_noise >= 0
+                and self.signal_t0_spread >= 0 and math.isfinite(self.pedestal)):
+            raise ValueError("rise times and gain must be > 0, white_noise and signal_t0_spread >= 0, pedestal finite")
+        for shape, tau, rise in ((self.signal_shape, self.signal_tau, self.signal_rise),
+                                 (self.noise_shape, self.noise_tau, self.noise_rise)):
+            if shape == "biexp" and not rise < tau:
+                raise ValueError(f"a biexp pulse needs rise < tau, got rise {rise}, tau {tau}")
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the waveforms :meth:`WaveformSimulator.generate` returns."""
+        return np.dtype(self.adc)
 
 
 def pulse_shape(t: np.ndarray, t0: float, tau: float, sigma: float) -> np.ndarray:
@@ -89,10 +137,29 @@ def pulse_shape(t: np.ndarray, t0: float, tau: float, sigma: float) -> np.ndarra
     return out
 
 
+def biexp_shape(t: np.ndarray, t0: float, tau: float, rise: float) -> np.ndarray:
+    """``exp(-x/tau) - exp(-x/rise)`` for ``x = t - t0 > 0`` (else 0), scaled to a peak of 1 (float64)."""
+    x = np.asarray(t, dtype=np.float64) - t0
+    norm = _biexp_peak(tau, rise)
+    return np.where(x > 0, (np.exp(-np.maximum(x, 0) / tau) - np.exp(-np.maximum(x, 0) / rise)) / norm, 0.0)
+
+
+def _biexp_peak(tau: float, rise: float) -> float:
+    """The peak of ``exp(-x/tau) - exp(-x/rise)`` (at ``x = tau rise / (tau - rise) ln(tau / rise)``)."""
+    peak_x = tau * rise / (tau - rise) * math.log(tau / rise)
+    return math.exp(-peak_x / tau) - math.exp(-peak_x / rise)
+
+
+def shape_of(t: np.ndarray, t0: float, shape: str, tau: float, sigma: float, rise: float) -> np.ndarray:
+    """The ``lognormal`` (:func:`pulse_shape`) or ``biexp`` (:func:`biexp_shape`) pulse, peak 1."""
+    return pulse_shape(t, t0, tau, sigma) if shape == "lognormal" else biexp_shape(t, t0, tau, rise)
+
+
 def signal_template(config: WaveformConfig) -> np.ndarray:
-    """The unit-amplitude signal pulse over the whole waveform, float32 [n_samples]."""
+    """The unit-amplitude signal pulse (starting at ``signal_t0``) over the whole waveform, float32 [n_samples]."""
     t = np.arange(config.n_samples, dtype=np.float64)
-    return pulse_shape(t, config.signal_t0, config.signal_tau, config.signal_sigma).astype(np.float32)
+    c = config
+    return shape_of(t, c.signal_t0, c.signal_shape, c.signal_tau, c.signal_sigma, c.signal_rise).astype(np.float32)
 
 
 def noise_templates(config: WaveformConfig) -> np.ndarray:
@@ -101,11 +168,15 @@ def noise_templates(config: WaveformConfig) -> np.ndarray:
     Row ``f`` holds ``a * p(j - f / oversample)`` for ``j = 0 .. L-1``: a pulse starting at
     ``i0 + f / oversample`` adds row ``f`` to samples ``i0 .. i0 + L - 1``.
     """
-    span = config.noise_tau * math.exp(config.noise_sigma * math.sqrt(2.0 * math.log(1.0 / config.template_cut)))
+    c = config
+    if c.noise_shape == "lognormal":
+        span = c.noise_tau * math.exp(c.noise_sigma * math.sqrt(2.0 * math.log(1.0 / c.template_cut)))
+    else:  # where the peak-normalised decay exp(-x/tau) / peak falls below the cut
+        span = c.noise_tau * math.log(1.0 / (c.template_cut * _biexp_peak(c.noise_tau, c.noise_rise)))
     length = int(math.ceil(span)) + 2
     j = np.arange(length, dtype=np.float64)
-    phases = np.arange(config.oversample, dtype=np.float64) / config.oversample
-    rows = [pulse_shape(j - f, 0.0, config.noise_tau, config.noise_sigma) for f in phases]
+    phases = np.arange(c.oversample, dtype=np.float64) / c.oversample
+    rows = [shape_of(j - f, 0.0, c.noise_shape, c.noise_tau, c.noise_sigma, c.noise_rise) for f in phases]
     return (config.noise_amplitude * np.stack(rows)).astype(np.float32)
 
 
@@ -159,7 +230,8 @@ class WaveformSimulator:
         return np.where(is_signal, np.exp(log_a), 0.0).astype(np.float32)
 
     def generate(self, n: int, amplitudes: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Return ``(data float32 [n, n_samples], truth)``; truth holds ``amplitude`` and ``is_signal``.
+        """Return ``(data [n, n_samples], truth)``; truth holds ``amplitude`` and ``is_signal`` (and
+        ``signal_t0`` with a ``signal_t0_spread``). Data are float32, or int16 counts with ``adc="int16"``.
 
         ``amplitudes`` fixes the signal peak of each event (0 = noise only) instead of sampling it.
         """
@@ -173,8 +245,26 @@ class WaveformSimulator:
         counts = self.rng.poisson(c.noise_mean_pulses, n).astype(np.int64)
         starts = self.rng.uniform(c.noise_t0_min, c.n_samples, int(counts.sum()))
         data = np.empty((n, c.n_samples), dtype=np.float32)
-        _render(data, amplitudes, self._signal, counts, starts, self._noise)
-        return data, {"amplitude": amplitudes, "is_signal": amplitudes > 0}
+        spread = c.signal_t0_spread > 0
+        _render(data, np.zeros_like(amplitudes) if spread else amplitudes, self._signal, counts, starts, self._noise)
+        truth = {"amplitude": amplitudes, "is_signal": amplitudes > 0}
+        # Every option below is off by default and then draws nothing: the reference stream is unchanged.
+        if spread:
+            t0 = c.signal_t0 + self.rng.uniform(0.0, c.signal_t0_spread, n)
+            sig = np.nonzero(amplitudes > 0)[0]
+            t = np.arange(c.n_samples, dtype=np.float64)
+            for i in sig:
+                data[i] += (amplitudes[i] * shape_of(t, t0[i], c.signal_shape, c.signal_tau, c.signal_sigma,
+                                                     c.signal_rise)).astype(np.float32)
+            truth["signal_t0"] = t0.astype(np.float32)
+        if c.white_noise > 0:
+            data += np.float32(c.white_noise) * self.rng.standard_normal(data.shape, dtype=np.float32)
+        if c.adc == "int16":
+            counts_adc = np.rint(np.float32(c.pedestal) + np.float32(c.gain) * data)
+            data = np.clip(counts_adc, -32768, 32767).astype(np.int16)
+        elif c.pedestal != 0.0 or c.gain != 1.0:
+            data = np.float32(c.pedestal) + np.float32(c.gain) * data
+        return data, truth
 
     # The replay's source interface (entry point group "trigger.sources").
     def next(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -214,12 +304,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--events", type=int, default=15000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--signal-fraction", type=float, default=0.5)
-    p.add_argument("-o", "--output", type=Path, required=True, help=".npz file to write")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help=".npz data set, or .h5 recording in the trigger.run layout (trigger.runfile.write_run)")
+    p.add_argument("--source", default="sim", help=".h5 only: the source name of the recorded messages")
     add_config_arguments(p, WaveformConfig)
     args = p.parse_args(argv)
     if args.events < 1:
         p.error(f"--events must be >= 1, got {args.events}")
-    config = config_from_args(args, WaveformConfig)
+    if args.output.suffix not in (".npz", ".h5"):
+        p.error(f"--output must end in .npz or .h5, got {args.output}")
+    try:
+        config = config_from_args(args, WaveformConfig)
+    except ValueError as exc:
+        p.error(str(exc))
     sim = WaveformSimulator(config, args.seed, args.signal_fraction)
     chunks, truths = [], []
     with tqdm(total=args.events, unit="wf", desc="simulating") as bar:
@@ -232,10 +329,17 @@ def main(argv: list[str] | None = None) -> int:
             left -= n
             bar.update(n)
     truth = {k: np.concatenate([t[k] for t in truths]) for k in truths[0]}
-    out = save_dataset(args.output, np.concatenate(chunks), truth, config, args.seed)
+    data = np.concatenate(chunks)
+    if args.output.suffix == ".h5":
+        from trigger.runfile import write_run
+
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        out = write_run(args.output, data, truth, source=args.source, kind="waveform",
+                        units="adu" if config.adc == "int16" else None)
+    else:
+        out = save_dataset(args.output, data, truth, config, args.seed)
     logging.getLogger("simulators").info("wrote %d waveforms to %s", args.events, out)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,6 +1,10 @@
 """Train the pulse-trigger VCAE: profiles, the cross-validated training protocol, run folders, plots.
 
     python -m training.train_pulse --profile default --export trigger/models/pulse_default.onnx
+    python -m training.train_pulse --data noise_run.h5 [--data more.h5 ...] --profile quick --export my.onnx
+
+With ``--data`` the model learns a recorded noise run of any detector instead of the simulator
+(any trace length >= 256, any integer or float dtype): :mod:`training.pulse_recorded` says how.
 
 Protocol (the reference's, scaled by the profile): simulate ``n_trainval`` waveforms for training
 and validation and ``n_test`` independent ones for testing; split the first set into ``folds``
@@ -544,7 +548,13 @@ def run(profile: Profile, run_dir: Path, *, seed: int = 0, export: Path | None =
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.train_pulse", description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", choices=sorted(PROFILES), default="default")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="default",
+                   help="sizes; with --data only quick and default")
+    p.add_argument("--data", type=Path, action="append", metavar="FILE.h5",
+                   help="train on this recorded noise run (repeat for more files) instead of simulated waveforms")
+    p.add_argument("--signal-template", type=Path, metavar="FILE.npy",
+                   help="with --data: the pulse shape injected into held-out noise for model selection and the "
+                        "efficiency report (default: see training.pulse_recorded)")
     p.add_argument("--name", help="run folder name under --runs (default: <profile>-<UTC time>)")
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--export", type=Path, help="write the encoder mean head to this .onnx (+ .calib.json beside)")
@@ -557,11 +567,39 @@ def main(argv: list[str] | None = None) -> int:
     # Root at WARNING: the ONNX exporter's own INFO chatter (onnxscript, onnx_ir) stays quiet.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(args.log_level.upper())
+    name = args.name or f"{args.profile}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    if args.data:
+        return _main_data(p, args, name, sys.argv[1:] if argv is None else argv)
+    if args.signal_template:
+        p.error("--signal-template needs --data")
     profile = PROFILES[args.profile]
     overrides = {k: v for k, v in {"latent_dim": args.latent_dim, "variant": args.variant}.items() if v is not None}
     profile = dataclasses.replace(profile, **overrides)
-    name = args.name or f"{profile.name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
     run(profile, args.runs / name, seed=args.seed, export=args.export, threads=args.threads)
+    return 0
+
+
+def _main_data(p: argparse.ArgumentParser, args: argparse.Namespace, name: str, argv: list[str]) -> int:
+    from training import pulse_recorded
+    from trigger.runfile import RunFileError
+
+    if args.export is None:
+        p.error("--data needs --export OUT.onnx")
+    if args.profile not in pulse_recorded.DATA_PROFILES:
+        p.error(f"--data takes --profile {' or '.join(pulse_recorded.DATA_PROFILES)}, not {args.profile}")
+    if args.variant not in (None, "fixed"):
+        p.error("--data trains the fixed variant only")
+    profile = pulse_recorded.DATA_PROFILES[args.profile]
+    if args.latent_dim is not None:
+        profile = dataclasses.replace(profile, latent_dim=args.latent_dim)
+    try:
+        pulse_recorded.run(args.data, args.export, profile, args.runs / name, seed=args.seed,
+                           template_path=args.signal_template, threads=args.threads,
+                           command="python -m training.train_pulse " + shlex.join(argv))
+    except (pulse_recorded.DataError, RunFileError) as exc:
+        # One line on stderr and exit status 1; the existing model (if any) is untouched.
+        raise SystemExit(f"train_pulse: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                         ) from None
     return 0
 
 
