@@ -358,6 +358,10 @@ def cmd_record(a: argparse.Namespace) -> int:
                      sum(stats.rejected.values()), stats.rejected or "")
         return 1
     logger.info("%s", stats.summary())
+    if a.json:
+        import json
+
+        Path(a.json).write_text(json.dumps(stats.as_dict(), indent=2) + "\n")
     return 0
 
 
@@ -572,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--curve-server-key", type=Path, metavar="FILE",
                      help="CURVE: the readout's public key file (NAME.key); needs --curve-secret-key")
     rec.add_argument("--curve-secret-key", type=Path, metavar="FILE", help="CURVE: this recorder's NAME.key_secret")
+    rec.add_argument("--json", type=Path, metavar="FILE", help="also write the run's summary as JSON here")
     rec.add_argument("--log-level", default="INFO")
     rec.set_defaults(func=cmd_record)
 

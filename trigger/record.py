@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import os
 import re
 import threading
 import time
@@ -60,6 +61,14 @@ class RecordStats:
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     restarts: int = 0
+    cpu_seconds: float = 0.0
+    """CPU time of the recorder process (every thread) over ``seconds``."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"messages": self.messages, "events": self.events, "bytes": self.bytes,
+                "file_bytes": sum(p.stat().st_size for p in self.files if p.exists()), "gaps": self.gaps,
+                "rejected": self.rejected, "restarts": self.restarts, "files": [str(p) for p in self.files],
+                "seconds": self.seconds, "cpu_seconds": self.cpu_seconds}
 
     def summary(self) -> str:
         """The one-line summary ``trigger record`` logs at the end (the rate counts from the first message)."""
@@ -68,7 +77,8 @@ class RecordStats:
             f"{self.files[0]} ... {self.files[-1]} ({len(self.files)} files)"
         rej = sum(self.rejected.values())
         return (f"recorded {self.events:,} events in {self.messages:,} messages, {self.bytes / 1e6:,.1f} MB in "
-                f"{self.seconds:.1f} s ({rate:,.1f} MB/s); {self.gaps} gaps, {rej} rejected"
+                f"{self.seconds:.1f} s ({rate:,.1f} MB/s, CPU {self.cpu_seconds / max(self.seconds, 1e-9):.2f} "
+                f"cores); {self.gaps} gaps, {rej} rejected"
                 + (f" {dict(sorted(self.rejected.items()))}" if rej else "") + f"; wrote {where or 'nothing'}")
 
 
@@ -141,6 +151,11 @@ class _ByteQueue:
 
 
 _STOP = object()
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 class _Writer(threading.Thread):
@@ -355,7 +370,7 @@ class Recorder:
         ``progress(stats, bytes_written)`` is called about once a second. Raises :class:`RecordError`
         when the writer failed (the finished files and the stats stay in :attr:`stats`)."""
         self.writer.start()
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), _cpu()
         next_progress = t0 + 1.0
         try:
             while not self._stop.is_set() and not self._writer_dead():
@@ -378,6 +393,7 @@ class Recorder:
             self.writer.join()
             self.sock.close(linger=0)
             self.stats.seconds = time.monotonic() - (self.t_first or t0)  # from the first message
+            self.stats.cpu_seconds = _cpu() - (self._cpu_first if self.t_first else cpu0)
             self.stats.bytes = self.writer.written_bytes
         if self.writer.error:
             raise RecordError(self.writer.error)
@@ -407,6 +423,7 @@ class Recorder:
         if self._layout is None:
             self._layout = layout
             self.t_first = time.monotonic()
+            self._cpu_first = _cpu()
             logger.info("recording %s events of shape %s, %s", layout.kind, list(layout.event_shape),
                         {n: str(d) for n, (d, _) in layout.arrays.items()})
         source, seq = msg.source, msg.seq

@@ -468,6 +468,7 @@ class RunWriter:
         self.f.attrs["closed"] = now_iso()
         self.f.close()
         self._closed = True
+        _fsync(self.tmp)  # a closed recording is on the disk, not only in the page cache
         if self.overwrite:
             os.replace(self.tmp, self.path)
         else:
@@ -480,6 +481,7 @@ class RunWriter:
                 if self.path.exists():
                     raise RunFileError(f"{self.path} appeared while recording: kept the run as {self.tmp}") from None
                 os.rename(self.tmp, self.path)
+        _fsync(self.path.parent)
         return self.path
 
     def abandon(self, failed_io: bool = False) -> Path:
@@ -510,6 +512,16 @@ class RunWriter:
             self.close()
         else:
             self.abandon()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems refuse fsync on a directory
+        logger.debug("fsync %s: %s", path, exc)
+    finally:
+        os.close(fd)
 
 
 def _int_or(value: Any, default: int) -> int:
