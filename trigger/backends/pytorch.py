@@ -10,14 +10,20 @@ that runs.
 Options (``backend.options``):
 
 * ``device``: ``cuda`` (default), ``cuda:N`` or ``cpu``.
-* ``precision``: ``fp32`` (default), ``fp16`` or ``bf16``: autocast (``bf16`` only on the CPU).
-  Inputs and outputs stay float32.
+* ``precision``: ``fp32`` (default, IEEE float32: TF32 off), ``fp16`` (CUDA only) or ``bf16`` (the CPU,
+  or a GPU with native bfloat16: compute capability >= 8.0), by autocast. Inputs and outputs stay
+  float32.
 * ``cuda_graphs`` (default true on CUDA): one CUDA graph per batch-size bucket, captured at
-  start-up; a batch runs in the smallest bucket that holds it (rows past the batch are ignored:
-  every row of this model is computed independently of the others).
+  start-up in thread-local mode (a reload builds the next backend on another thread) from one
+  shared memory pool; a batch runs in the smallest bucket that holds it (rows past the batch are
+  ignored: every row of this model is computed independently of the others).
 * ``buckets``: the bucket sizes (default powers of two up to ``max_batch``); ``max_batch`` (default
   1024): larger batches run in slices of this size.
 * ``pt2``: the archive, if not ``X.pt2`` beside the model.
+
+Every CUDA call runs with the backend's device current on the calling thread. The archive is read
+by any torch whose ``torch.export`` schema has the same major version as the exporting torch's
+(:func:`check_schema`); README, GPU serving, says which versions were tried.
 
 PyTorch is imported when the backend is created, never when this module is imported: the daemon
 installs without it.
@@ -28,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -83,6 +90,44 @@ def read_pt2_meta(path: str | Path) -> dict[str, Any]:
         got = meta.get("format") if isinstance(meta, dict) else meta
         raise BackendUnavailable(f"{path}: {PT2_META} has format {got!r}, expected {PT2_FORMAT!r}")
     return meta
+
+
+def pt2_schema_version(path: str | Path) -> tuple[tuple[int, int] | None, str]:
+    """The ``torch.export`` schema version ``(major, minor)`` an archive was written with and the torch
+    that wrote it, read from its ``models/*.json`` without PyTorch; ``(None, "?")`` when it does not say."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if "/models/" in f"/{n}" and n.endswith(".json")]
+            if not names:
+                return None, "?"
+            program = json.loads(zf.read(names[0]))
+        v = program.get("schema_version") or {}
+        return (int(v["major"]), int(v["minor"])), str(program.get("torch_version", "?"))
+    except (OSError, zipfile.BadZipFile, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None, "?"
+
+
+def check_schema(pt2: str | Path, archive: tuple[int, int] | None, written_by: str, *, ours: tuple[int, int],
+                 torch_version: str) -> None:
+    """Refuse an archive whose schema major version differs from this torch's.
+
+    ``torch.export`` deserializes an archive when the major versions match (a minor bump adds
+    optional fields, which older readers leave out); a major bump is a breaking change and torch
+    refuses it with a bare ``SerializeError``. This says which torch wrote it and what to do.
+
+    Args:
+        pt2: the archive (for the message).
+        archive: its schema version (:func:`pt2_schema_version`); None skips the check.
+        written_by: the torch version that wrote the archive, as recorded in it.
+        ours: this torch's ``torch._export.serde.schema.SCHEMA_VERSION``.
+        torch_version: this torch's version (for the message).
+    """
+    if archive is None or archive[0] == ours[0]:
+        return
+    raise BackendUnavailable(
+        f"{pt2} was written by torch {written_by} (torch.export schema {archive[0]}.{archive[1]}); torch "
+        f"{torch_version} reads schema major {ours[0]} only: export it again with this torch (python -m "
+        f"training.export runs/<run>/model.pt -o MODEL.onnx --pt2-only), or use backend 'onnxruntime'")
 
 
 def check_pt2(pt2: str | Path, model_path: str | Path) -> dict[str, Any]:
@@ -160,7 +205,7 @@ class TorchBackend(Backend):
             self._device = torch.device("cuda", index)
             self._gpu = torch.cuda.get_device_name(index)
             self._cc = "{}.{}".format(*torch.cuda.get_device_capability(index))
-            if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            if precision == "bf16" and not _native_bf16(torch):
                 raise BackendUnavailable(f"precision bf16 needs compute capability >= 8.0; GPU {self._gpu!r} has "
                                          f"{self._cc}: use precision fp16")
         elif precision == "fp16":
@@ -172,15 +217,7 @@ class TorchBackend(Backend):
         self._shape = (int(self._meta["n_samples"]),)
         self._input = str(self._meta["input_name"])
         self._output = str(self._meta["output_name"])
-        try:
-            program = torch.export.load(str(pt2), extra_files={PT2_META: ""})
-            if self._cuda:
-                from torch.export.passes import move_to_device_pass  # optional
-
-                program = move_to_device_pass(program, self._device)
-            self._module = program.module()
-        except Exception as exc:  # torch raises assorted types for an unreadable or incompatible archive
-            raise BackendUnavailable(f"torch {torch.__version__} cannot load {pt2}: {exc}") from exc
+        self._module = self._load(pt2)
         self._max_batch = max_batch
         self._buckets = tuple(sorted(set(int(b) for b in buckets))) if buckets else default_buckets(max_batch)
         if self._buckets[0] < 1 or self._buckets[-1] != max_batch:
@@ -196,6 +233,25 @@ class TorchBackend(Backend):
                 logger.warning("torch backend: cuda_graphs ignored on the CPU")
         if warm:
             self.warmup((1,))
+
+    def _load(self, pt2: Path) -> Any:
+        torch = self._torch
+        ours = _schema_version(torch)
+        if ours is not None:
+            check_schema(pt2, *pt2_schema_version(pt2), ours=ours, torch_version=torch.__version__)
+        try:
+            with warnings.catch_warnings():
+                # torch <= 2.12 warns that it wraps the archive's read-only weight bytes without a copy;
+                # the weights are copied to the device or cast before use, so the warning is moot.
+                warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+                program = torch.export.load(str(pt2), extra_files={PT2_META: ""})
+            if self._cuda:
+                from torch.export.passes import move_to_device_pass  # optional
+
+                program = move_to_device_pass(program, self._device)
+            return program.module()
+        except Exception as exc:  # torch raises assorted types for an unreadable or incompatible archive
+            raise BackendUnavailable(f"torch {torch.__version__} cannot load {pt2}: {exc}") from exc
 
     # -- running the module ----------------------------------------------------------------------
 
@@ -214,24 +270,30 @@ class TorchBackend(Backend):
         if self._precision == "fp32":
             # cuDNN convolutions default to TF32 (10-bit mantissa) from Ampere on: IEEE float32 here, so
             # fp32 means what the calibration assumed. Process-wide, and this process serves one model.
-            if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
-                torch.backends.cudnn.conv.fp32_precision = "ieee"
-                torch.backends.cuda.matmul.fp32_precision = "ieee"
-            else:
-                torch.backends.cudnn.allow_tf32 = False
-                torch.backends.cuda.matmul.allow_tf32 = False
+            ieee_fp32(torch)
         rows, width = self._max_batch, self._shape[0]
-        self._stream = torch.cuda.Stream(self._device)
-        self._host_in = torch.empty((rows, width), dtype=torch.float32, pin_memory=True)
-        self._host_in_np = self._host_in.numpy()
-        self._dev_in = torch.zeros((rows, width), dtype=torch.float32, device=self._device)
-        k = self._run(self._dev_in[:1]).shape[1]
-        self._host_out = torch.empty((rows, k), dtype=torch.float32, pin_memory=True)
-        self._host_out_np = self._host_out.numpy()
-        self._static_out: dict[int, Any] = {}
-        if not self._use_graphs:
-            return
-        self._stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.device(self._device):
+            self._stream = torch.cuda.Stream(self._device)
+            self._host_in = torch.empty((rows, width), dtype=torch.float32, pin_memory=True)
+            self._host_in_np = self._host_in.numpy()
+            self._dev_in = torch.zeros((rows, width), dtype=torch.float32, device=self._device)
+            k = self._run(self._dev_in[:1]).shape[1]
+            self._host_out = torch.empty((rows, k), dtype=torch.float32, pin_memory=True)
+            self._host_out_np = self._host_out.numpy()
+            self._static_out: dict[int, Any] = {}
+            # The zero-fill and the probe above ran on the device's current stream; everything after
+            # runs on ours, which must not start before them (graphs or not).
+            self._stream.wait_stream(torch.cuda.current_stream(self._device))
+            if self._use_graphs:
+                self._capture_graphs()
+            self._stream.synchronize()
+
+    def _capture_graphs(self) -> None:
+        torch = self._torch
+        # One memory pool for every bucket's graph: they are replayed one at a time on one stream,
+        # and each graph's output is copied out before the next replay, which is what sharing a pool
+        # needs (pytorch/pytorch#166975: arbitrary replay order is fine then).
+        pool = torch.cuda.graph_pool_handle()
         for b in self._buckets:
             x = self._dev_in[:b]  # a view: every graph reads the same input buffer
             with torch.cuda.stream(self._stream):
@@ -239,10 +301,10 @@ class TorchBackend(Backend):
                     self._run(x)
             self._stream.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self._stream):
+            # thread_local: a reload may be building the next backend on another thread meanwhile
+            with torch.cuda.graph(graph, pool=pool, stream=self._stream, capture_error_mode="thread_local"):
                 self._static_out[b] = self._run(x)
             self._graphs[b] = graph
-        self._stream.synchronize()
         logger.info("torch backend: captured %d CUDA graphs on %s (buckets %s)", len(self._graphs), self._gpu,
                     list(self._buckets))
 
@@ -257,7 +319,8 @@ class TorchBackend(Backend):
         n = len(x)
         b = self._bucket(n)
         np.copyto(self._host_in_np[:n], x, casting="same_kind")
-        with torch.cuda.stream(self._stream):
+        # device(): this thread's current device (a reload builds the backend on another thread)
+        with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
             self._dev_in[:n].copy_(self._host_in[:n], non_blocking=True)
             if self._use_graphs:
                 self._graphs[b].replay()
@@ -302,7 +365,43 @@ class TorchBackend(Backend):
         return d
 
     def close(self) -> None:
-        self._graphs.clear()
-        if self._cuda:
-            self._static_out.clear()
+        """Wait for the GPU and drop the graphs and buffers (idempotent)."""
+        if self._cuda and getattr(self, "_host_in", None) is not None:
             self._torch.cuda.synchronize(self._device)
+            self._static_out.clear()
+            for name in ("_host_in", "_host_out", "_dev_in", "_host_in_np", "_host_out_np"):
+                setattr(self, name, None)
+        self._graphs.clear()
+
+
+def ieee_fp32(torch: Any) -> None:
+    """IEEE float32 (no TF32) for cuDNN convolutions and CUDA matmuls, process-wide.
+
+    torch >= 2.9 has per-backend ``fp32_precision`` settings beside the legacy ``allow_tf32`` flags,
+    and reading ``torch.backends.cudnn.allow_tf32`` raises once the two disagree (setting only
+    ``cudnn.conv.fp32_precision`` leaves the legacy flag true). So the legacy cuDNN flag is set
+    first, then the new settings for all of cuDNN (conv and RNN) and for matmul: both APIs then read
+    "no TF32". Older torch has only the legacy flags.
+    """
+    torch.backends.cudnn.allow_tf32 = False
+    if hasattr(torch.backends.cudnn, "fp32_precision"):
+        torch.backends.cudnn.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def _native_bf16(torch: Any) -> bool:
+    """bfloat16 in hardware (compute capability >= 8.0), not emulated (torch >= 2.4 counts emulation)."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.4: no emulation to count
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def _schema_version(torch: Any) -> tuple[int, int] | None:
+    try:
+        from torch._export.serde.schema import SCHEMA_VERSION  # private; absent means no check
+    except ImportError:
+        return None
+    return int(SCHEMA_VERSION[0]), int(SCHEMA_VERSION[1])

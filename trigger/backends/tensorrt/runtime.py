@@ -408,6 +408,9 @@ class TensorRTBackend(Backend):
 
         The execution contexts go before the memory they were given and the engine after them; the
         CUDA helper frees the buffers, streams, events and graphs it allocated."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         for slot in self._slots:
             slot.pending = None
             slot.contexts.clear()
