@@ -18,6 +18,10 @@ elongated noise cloud costs no sensitivity along its short axis; the calibration
 ``L^-1``. d* for a false-positive rate f is the one-sided (1 - f) quantile of the noise-only
 distances (``numpy.quantile(..., method="higher")``, so the rate on the calibration sample is at
 most f). The same function serves the training export and ``trigger calibrate``.
+
+The file also keeps the quantile function of the noise-only distances (``noise_quantiles``): the
+daemon's drift monitor compares the live noise-dominated bulk against it and estimates the
+false-positive rate the stream now has (``trigger.pipelines.pulse.NoiseScaleMonitor``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ DEFAULT_WORKING_POINT = "fpr_0.01"
 CENTRE_METHOD = "coordinate-wise median of noise-only latent means"
 METRICS = ("euclidean", "mahalanobis")
 DEFAULT_METRIC = "euclidean"  # the reference method; mahalanobis helps when the noise cloud is elongated
+
+
+# Probabilities at which the noise-only distance quantiles are kept: the bulk in steps of 0.005 (the
+# drift monitor's median), the tail in steps of 0.001 (the false-positive rates of working points).
+NOISE_QUANTILE_PS = tuple(float(p) for p in np.round(np.concatenate(
+    [np.arange(0, 0.9, 0.005), np.arange(0.9, 0.999, 0.001), [0.999, 0.9995, 0.9999, 1.0]]), 6))
 
 
 class CalibrationError(ValueError):
@@ -107,6 +117,12 @@ def fit(z_noise: np.ndarray, fprs: Iterable[float] = DEFAULT_FPRS,
     return centre, thresholds, whitening
 
 
+def noise_quantiles(d_noise: np.ndarray) -> dict[str, list[float]]:
+    """The quantile function of noise-only distances at :data:`NOISE_QUANTILE_PS`, as stored in the file."""
+    d = np.quantile(np.asarray(d_noise, dtype=np.float64), NOISE_QUANTILE_PS)
+    return {"p": list(NOISE_QUANTILE_PS), "d": [float(v) for v in np.maximum.accumulate(d)]}
+
+
 @dataclass(frozen=True)
 class PulseCalibration:
     """Everything the pulse pipeline needs besides the ONNX file itself."""
@@ -128,6 +144,9 @@ class PulseCalibration:
     """Distance from the centre: ``euclidean`` or ``mahalanobis`` (with ``whitening``)."""
     whitening: tuple[tuple[float, ...], ...] | None = None
     """``L^-1`` of the noise-only covariance, rows of k values (``mahalanobis`` only)."""
+    noise_quantiles: dict[str, list[float]] | None = None
+    """Quantile function of the noise-only distances: ``{"p": [...], "d": [...]}``, both increasing
+    (absent in files made before the drift monitor; the monitor is then off)."""
     centre_method: str = CENTRE_METHOD
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -165,6 +184,14 @@ class PulseCalibration:
             raise CalibrationError(f"thresholds must be finite and >= 0: {self.working_points}")
         if not self.centre or not all(math.isfinite(c) for c in self.centre):
             raise CalibrationError(f"centre must be finite latent coordinates, got {self.centre}")
+        if self.noise_quantiles is not None:
+            q = self.noise_quantiles
+            ok = isinstance(q, dict) and set(q) == {"p", "d"} and len(q["p"]) == len(q["d"]) >= 2
+            p, d = (np.asarray(q["p"], dtype=np.float64), np.asarray(q["d"], dtype=np.float64)) if ok else (None, None)
+            if not ok or not (np.isfinite(p).all() and np.isfinite(d).all() and (np.diff(p) > 0).all()
+                              and (np.diff(d) >= 0).all() and p[0] >= 0 and p[-1] <= 1):
+                raise CalibrationError("noise_quantiles must be {'p': [...], 'd': [...]} of equal length, p increasing "
+                                       "in [0, 1], d non-decreasing and finite")
 
     @property
     def latent_dim(self) -> int:
@@ -192,7 +219,8 @@ class PulseCalibration:
         return cls(model_sha256=model_sha256, n_samples=n_samples, centre=tuple(float(c) for c in centre),
                    working_points=thresholds, default_working_point=default_working_point,
                    n_noise=len(z_noise), provenance=dict(provenance or {}), metric=metric,
-                   whitening=None if whitening is None else tuple(tuple(float(v) for v in r) for r in whitening))
+                   whitening=None if whitening is None else tuple(tuple(float(v) for v in r) for r in whitening),
+                   noise_quantiles=noise_quantiles(distances(np.asarray(z_noise, np.float64), centre, whitening)))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

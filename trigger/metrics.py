@@ -143,6 +143,16 @@ class Metrics:
             "trigger_noise_centre_drift_ratio",
             "Distance of the running mean of noise-like latent means from the calibrated centre, over d*",
             registry=reg)
+        self.noise_scale = Gauge(
+            "trigger_noise_scale_ratio",
+            "Spread of the noise-dominated latent distances over the calibration's (1: noise as calibrated; "
+            "NaN until enough events)", registry=reg)
+        self.fpr_estimate = Gauge(
+            "trigger_false_positive_rate_estimate",
+            "False-positive rate of the working point implied by the live noise scale, without truth "
+            "(NaN until enough events)", registry=reg)
+        self.noise_scale.set(float("nan"))
+        self.fpr_estimate.set(float("nan"))
 
         for reason in Reason:
             self.rejected.labels(reason.value)

@@ -1,7 +1,11 @@
-"""The pulse trigger: latent means of a VCAE encoder, distance from the noise-only centre, cut at d*."""
+"""The pulse trigger: latent means of a VCAE encoder, distance from the noise-only centre, cut at d*.
+
+Besides deciding, the pipeline watches what sets its false-positive rate (:class:`NoiseScaleMonitor`).
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,90 @@ from ..backends import Backend
 from ..calibration import PulseCalibration, distances
 from ..config import Config
 from .base import Pipeline, check_io, model_description, model_header, open_model
+
+
+class NoiseScaleMonitor:
+    """Watches the spread of the noise in latent space, which is what sets the false-positive rate.
+
+    A detector whose noise grows (more pile-up, a higher gain) widens the noise cloud rather than
+    moving its centre, and the rate of accepted noise events rises with it; a change in the signal
+    rate raises the accept fraction too, but leaves the noise alone. Signals sit mostly above d*,
+    so the monitor looks only at the noise-dominated bulk: the events with d below the 90% quantile
+    of the calibration's noise-only distances (``cut``). It keeps the last ``window`` of those
+    distances and, at most every ``interval_s``, finds the scale s for which the calibration's noise
+    distances times s have the same median below ``cut`` as the live ones. Then
+
+    * ``scale`` is s: 1 for a stream whose noise is as calibrated, > 1 for wider noise;
+    * ``fpr_estimate`` is ``1 - F(d* / s)``, with F the calibration's noise-distance distribution:
+      the false-positive rate of the working point if the noise scaled as a whole.
+
+    The estimate assumes the bulk and the tail of the noise distances scale together; more pile-up
+    stretches the tail more than the bulk, so the estimate then errs high (see benchmarks/README.md).
+    Its state is the window alone: a new pipeline (a reload) starts empty.
+
+    Args:
+        quantiles: the calibration's ``noise_quantiles`` (``{"p": [...], "d": [...]}``).
+        threshold: d* of the working point in use.
+        window: noise-dominated distances the statistic is taken over.
+        interval_s: least time between two estimates (the median costs about 1 ms per 10,000).
+        min_events: distances needed before the first estimate.
+    """
+
+    CUT_P = 0.9
+
+    def __init__(self, quantiles: dict[str, list[float]], threshold: float, *, window: int = 10_000,
+                 interval_s: float = 1.0, min_events: int = 2_000):
+        self._p = np.asarray(quantiles["p"], dtype=np.float64)
+        self._d = np.asarray(quantiles["d"], dtype=np.float64)
+        self.threshold = float(threshold)
+        self.cut = float(np.interp(self.CUT_P, self._p, self._d))
+        self._ring = np.zeros(window, np.float32)
+        self._n = 0  # distances ever added (the ring holds the last min(n, window))
+        self._interval = interval_s
+        self._min = min(min_events, window)
+        self._last = -np.inf
+        self.scale: float | None = None
+        self.fpr_estimate: float | None = None
+
+    def _cdf(self, x: np.ndarray | float) -> np.ndarray:
+        return np.interp(x, self._d, self._p, left=0.0, right=1.0)
+
+    def _quantile(self, p: np.ndarray | float) -> np.ndarray:
+        return np.interp(p, self._p, self._d)
+
+    def _bulk_median(self, s: np.ndarray) -> np.ndarray:
+        """Median below ``cut`` of the calibration's noise distances times ``s``."""
+        return s * self._quantile(self._cdf(self.cut / s) / 2)
+
+    def update(self, score: np.ndarray, now: float | None = None) -> bool:
+        """Take the distances of a decided batch; True when a new estimate was made."""
+        bulk = score[score < self.cut]
+        w = len(self._ring)
+        if len(bulk) >= w:
+            self._ring[:] = bulk[-w:]
+            self._n += len(bulk)
+        elif len(bulk):
+            i = self._n % w
+            first = min(len(bulk), w - i)
+            self._ring[i:i + first] = bulk[:first]
+            self._ring[:len(bulk) - first] = bulk[first:]
+            self._n += len(bulk)
+        now = time.monotonic() if now is None else now
+        if self._n < self._min or now - self._last < self._interval:
+            return False
+        self._last = now
+        live = float(np.median(self._ring[:min(self._n, w)]))
+        # Solve bulk_median(s) = live on a log grid, then refine between the bracketing points.
+        grid = np.geomspace(0.125, 8.0, 241)
+        m = self._bulk_median(grid)
+        k = int(np.clip(np.searchsorted(np.maximum.accumulate(m), live), 1, len(grid) - 1))
+        lo, hi = grid[k - 1], grid[k]
+        for _ in range(30):
+            mid = (lo * hi) ** 0.5
+            lo, hi = (mid, hi) if self._bulk_median(np.array(mid)) < live else (lo, mid)
+        self.scale = float((lo * hi) ** 0.5)
+        self.fpr_estimate = float(1.0 - self._cdf(self.threshold / self.scale))
+        return True
 
 
 class PulsePipeline(Pipeline):
@@ -26,6 +114,8 @@ class PulsePipeline(Pipeline):
         self._centre = np.asarray(calibration.centre, dtype=np.float32)
         self._whitening = calibration.whitening_array()
         self._drift_mean: np.ndarray | None = None
+        self.noise_monitor = (None if calibration.noise_quantiles is None
+                              else NoiseScaleMonitor(calibration.noise_quantiles, self.threshold))
         self._output = calibration.output_name
         check_io(backend, (calibration.n_samples,), self._output)
         self._header = {
@@ -57,7 +147,8 @@ class PulsePipeline(Pipeline):
     DRIFT_EVENTS = 10_000
 
     def monitor(self, result: dict[str, np.ndarray], metrics: Any) -> None:
-        """Distance distribution (d / d*) and the drift of the noise cloud's mean from the centre."""
+        """Distance distribution (d / d*), the drift of the noise cloud's mean from the centre, and the
+        noise scale with the false-positive rate it implies (:class:`NoiseScaleMonitor`)."""
         ratio = result["score"] / np.float32(self.threshold)
         metrics.distance_ratio.observe_many(ratio)
         noise = result["z"][~result["accept"]]
@@ -68,6 +159,9 @@ class PulsePipeline(Pipeline):
             offset = (self._drift_mean - self._centre)[None, :].astype(np.float32)
             metrics.noise_centre_drift.set(float(distances(offset, np.zeros_like(self._centre), self._whitening)[0])
                                            / self.threshold)
+        if self.noise_monitor is not None and self.noise_monitor.update(result["score"]):
+            metrics.noise_scale.set(self.noise_monitor.scale)
+            metrics.fpr_estimate.set(self.noise_monitor.fpr_estimate)
 
     def outcomes(self, result: dict[str, np.ndarray]) -> dict[str, int]:
         n_acc = int(np.count_nonzero(result["accept"]))
