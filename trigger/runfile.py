@@ -86,6 +86,25 @@ def chunk_rows(row_shape: Sequence[int], dtype: np.dtype, chunk_bytes: int = CHU
     return int(min(MAX_CHUNK_ROWS, max(1, chunk_bytes // row)))
 
 
+def message_chunk_rows(row_shape: Sequence[int], dtype: np.dtype, m: int) -> int:
+    """Rows per chunk that line up with messages of ``m`` events, when 1-4 MiB allow it: one message
+    (then a message is written straight from its ZeroMQ frame, no copy), several whole messages,
+    or an exact part of one; 0 when no such size fits."""
+    row = max(1, math.prod(row_shape) * np.dtype(dtype).itemsize)
+    lo, hi = 1 << 20, 4 << 20
+    if m < 1 or row > hi:
+        return 0
+    if lo <= m * row <= hi:
+        return m
+    if m * row < lo:
+        k = m * -(-lo // (m * row))
+        return k if k * row <= hi and k <= MAX_CHUNK_ROWS else 0
+    for d in range(2, m + 1):  # a message larger than 4 MiB: split it evenly, if it divides
+        if m % d == 0 and lo <= (m // d) * row <= hi:
+            return m // d
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- writing
 
 
@@ -112,6 +131,13 @@ class _Appender:
     def append(self, rows: np.ndarray) -> None:
         i, n = 0, len(rows)
         while i < n:
+            if self.fill == 0 and n - i >= self.k and rows.dtype == self.buf.dtype:
+                block = rows[i:i + self.k]
+                if block.flags.c_contiguous:  # a whole chunk: straight from the caller's buffer
+                    self._write(block)
+                    self.base += self.k
+                    i += self.k
+                    continue
             take = min(self.k - self.fill, n - i)
             self.buf[self.fill:self.fill + take] = rows[i:i + take]
             self.fill += take
@@ -129,11 +155,11 @@ class _Appender:
             self.append(block[:take])
             n -= take
 
-    def _write(self) -> None:
-        end = self.base + self.fill
+    def _write(self, block: np.ndarray | None = None) -> None:
+        end = self.base + (self.fill if block is None else len(block))
         if self.ds.shape[0] < end:
             self.ds.resize(end, axis=0)
-        self.ds.id.write_direct_chunk((self.base, *self._zero_tail), self.buf)
+        self.ds.id.write_direct_chunk((self.base, *self._zero_tail), self.buf if block is None else block)
 
     def flush(self) -> None:
         if self.fill:
@@ -165,6 +191,8 @@ class Layout:
     arrays: dict[str, tuple[np.dtype, tuple[int, ...]]]
     truth: dict[str, np.dtype]
     segment_sources: bool = False
+    events_per_message: int = 0
+    """Events in the first message: chunks of the per-event arrays then hold whole messages."""
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -201,7 +229,8 @@ class Layout:
             dt = _truth_dtype(values) if isinstance(values, list) else None
             if dt is not None:
                 tr[key] = dt
-        return cls(kind, {n: (a.dtype, tuple(a.shape[1:])) for n, a in arrays.items()}, tr, segment_sources)
+        n = len(next(iter(arrays.values())))
+        return cls(kind, {n: (a.dtype, tuple(a.shape[1:])) for n, a in arrays.items()}, tr, segment_sources, n)
 
 
 def primary_array(names: Sequence[str]) -> str:
@@ -274,12 +303,14 @@ class RunWriter:
                 sample_period_ns: float | None, chunk_bytes: int) -> None:
         f = self.f
 
-        def per_event(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> _Appender:
-            k = chunk_rows(shape, dtype, chunk_bytes)
+        def per_event(name: str, dtype: np.dtype, shape: tuple[int, ...], m: int = 0) -> _Appender:
+            k = message_chunk_rows(shape, dtype, m) if m and chunk_bytes == CHUNK_BYTES else 0
+            k = k or chunk_rows(shape, dtype, chunk_bytes)
             ds = f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), chunks=(k, *shape), dtype=dtype)
             return _Appender(ds)
 
-        self._arrays = {n: per_event(n, dt, shape) for n, (dt, shape) in layout.arrays.items()}
+        m = layout.events_per_message
+        self._arrays = {n: per_event(n, dt, shape, m) for n, (dt, shape) in layout.arrays.items()}
         self._columns = {n: per_event(n, dt, ()) for n, dt in COLUMN_DTYPES.items()}
         self._chunk_bytes = chunk_bytes
         self._truth = {k: per_event(f"truth/{_key_to_h5(k)}", dt, ()) for k, dt in layout.truth.items()}
@@ -468,7 +499,9 @@ class RunWriter:
         self.f.attrs["closed"] = now_iso()
         self.f.close()
         self._closed = True
+        t0 = time.monotonic()
         _fsync(self.tmp)  # a closed recording is on the disk, not only in the page cache
+        logger.debug("%s: fsync took %.2f s", self.tmp, time.monotonic() - t0)
         if self.overwrite:
             os.replace(self.tmp, self.path)
         else:
@@ -573,7 +606,8 @@ def write_run(path: str | Path, data: np.ndarray, truth: Mapping[str, np.ndarray
         if len(times) != n_msg:
             raise RunFileError(f"{path}: {len(times)} message times for {n_msg} messages")
     layout = Layout(kind, {"data": (dt, tuple(data.shape[1:]))},
-                    {k: _truth_dtype(v[:1].tolist()) or np.dtype("<f8") for k, v in truth.items()})
+                    {k: _truth_dtype(v[:1].tolist()) or np.dtype("<f8") for k, v in truth.items()},
+                    events_per_message=min(events_per_message, len(data)))
     with RunWriter(path, layout, units=units, sample_period_ns=sample_period_ns, overwrite=overwrite,
                    run_uuid=run_uuid, file_index=file_index, attrs={"inputs": [f"write_run:{source}"]}) as w:
         for i in range(n_msg):
