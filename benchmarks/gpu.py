@@ -15,25 +15,31 @@ Measured in one run, on one machine:
    latency at half that rate with max_batch 64.
 
 Backends: onnxruntime (CPU), torch (cpu; cuda fp32/fp16), tensorrt (fp32/fp16). One that cannot run
-here is recorded as not run, with the reason. The issue's targets (TensorRT FP16 model-only >= 1e6
-waveforms/s at a large batch; end to end >= 80 % of the ingest rate; p99 < 1 ms at batch <= 64) are
-evaluated as met / missed / not-run.
+here is recorded as not run, with the reason; one that fails part-way is recorded with its error
+(and, end to end, the daemon's last log lines), and the run goes on. The issue's targets (TensorRT
+FP16 model-only >= 1e6 waveforms/s at a large batch; end to end >= 80 % of the ingest rate; p99 < 1 ms
+at batch <= 64) are evaluated as met / missed / not-run.
 
-    python benchmarks/gpu.py [--quick] [--backends onnxruntime,tensorrt-fp16] [--cache-dir DIR]
+Results are written as they come: ``gpu.json`` (``"complete": false`` until the end) after every
+backend and section, so a run cut short keeps what it measured. Each daemon's log is read from its
+start by a thread (``trigger.testing``) and kept beside the results; a daemon that dies is noticed
+within a second, at start or while it serves.
+
+    python benchmarks/gpu.py [--quick] [--backends onnxruntime,tensorrt-fp16] [--cache-dir DIR] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import importlib
+import json
 import logging
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +48,13 @@ import yaml
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine_stamp, write_result  # noqa: E402
+from _common import RESULTS, machine_stamp  # noqa: E402
 
 from trigger.backends import BackendUnavailable, create_backend  # noqa: E402
 from trigger.config import DEFAULT_PULSE_MODEL  # noqa: E402
-from trigger.demo import DecisionCollector, free_port, handshake  # noqa: E402
 from trigger.protocol import decode  # noqa: E402
 from trigger.replay import PoolSource, make_simulation, open_socket, replay, wait_for_subscriber  # noqa: E402
+from trigger.testing import DecisionCollector, ServeProcess, free_port, handshake  # noqa: E402
 
 log = logging.getLogger("benchmarks.gpu")
 
@@ -72,9 +78,11 @@ def gpu_info() -> dict[str, Any] | None:
     except ImportError:
         pass
     try:
-        from trigger.backends.tensorrt import cuda_runtime
+        from trigger.backends.tensorrt.cuda import cuda_runtime
 
-        name, cc = cuda_runtime(0, "cuda-python").device_info()
+        cuda = cuda_runtime(0, "cuda-python")
+        name, cc = cuda.device_info()
+        cuda.close()
         return {"name": name, "compute_capability": cc, "via": "cuda-python"}
     except (BackendUnavailable, RuntimeError):
         return None
@@ -198,46 +206,103 @@ def ingest_rate(ctx: zmq.Context, source: PoolSource, events: int, per_message: 
             "events_per_message": per_message, "seconds": elapsed}
 
 
+class DaemonDied(RuntimeError):
+    """The daemon under test exited; the message holds its last log lines."""
+
+
 class Daemon:
-    """``trigger serve`` in a subprocess with the backend and batching from a config file."""
+    """``trigger serve`` (:class:`trigger.testing.ServeProcess`) with the backend and batching from a
+    config file; ready once it logged its ready line (after loading the model, a TensorRT build
+    included), failing at once if it exits first. Its log is read from the start by a thread and
+    written to ``log_dir`` when it stops."""
 
     def __init__(self, model: Path, in_ep: str, pattern: str, backend: str, options: dict[str, Any],
-                 max_batch: int, max_delay_ms: float, workdir: Path):
+                 max_batch: int, max_delay_ms: float, workdir: Path, log_dir: Path, tag: str):
         self.out_ep = f"tcp://127.0.0.1:{free_port()}"
         cfg = {"backend": {"name": backend, "options": options},
                "batching": {"max_batch": max_batch, "max_delay_ms": max_delay_ms}}
-        path = workdir / f"daemon-{backend}-{max_batch}.yaml"
+        path = workdir / f"daemon-{tag}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        cmd = [sys.executable, "-m", "trigger", "serve", "--config", str(path), "--model", str(model), "--input", in_ep,
-               "--output", self.out_ep, "--input-pattern", pattern, "--metrics-port", "0", "--log-level", "WARNING"]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.log_file = log_dir / f"daemon-{tag}.log"
+        try:
+            self.proc = ServeProcess("--config", str(path), "--model", str(model), "--input", in_ep,
+                                     "--output", self.out_ep, "--input-pattern", pattern, "--metrics-port", "0",
+                                     startup_timeout=900)  # a first TensorRT build takes minutes
+        except RuntimeError as exc:
+            self.log_file.write_text(str(exc) + "\n")
+            raise DaemonDied(str(exc)) from exc
+
+    def check(self) -> None:
+        """Raise DaemonDied if the daemon has exited."""
+        if not self.proc.alive:
+            raise DaemonDied(f"the daemon exited with {self.proc.proc.returncode}:\n{self.proc.text(40)}")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=60)
-        if self.proc.returncode != 0:
-            log.error("daemon failed:\n%s", err)
-        return self.proc.returncode
+        try:
+            code = self.proc.stop(timeout=120)
+        except Exception:  # noqa: BLE001 - a daemon that does not drain in time is killed, its log kept
+            self.proc.close()
+            code = -9
+        self.log_file.write_text(self.proc.text())
+        if code != 0:
+            log.error("daemon exited with %s; last lines:\n%s", code, self.proc.text(20))
+        return code
 
 
-def end_to_end(ctx, model, source, backend, options, *, events, max_batch, per_message, workdir) -> dict[str, Any]:
+def handshake_alive(sock: zmq.Socket, collector: DecisionCollector, shape: tuple[int, ...], daemon: Daemon,
+                    timeout: float = 120.0) -> None:
+    """:func:`trigger.testing.handshake`, checking every second that the daemon still runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            handshake(sock, collector, shape, timeout=1.0)
+            return
+        except TimeoutError:
+            daemon.check()
+            if time.monotonic() > deadline:
+                raise
+
+
+def wait_decided(collector: DecisionCollector, total: int, daemon: Daemon, seconds: float) -> None:
+    """Until ``total`` events are decided, ``seconds`` pass, or the daemon dies."""
+    deadline, next_check = time.monotonic() + seconds, 0.0
+    while collector.events() < total and time.monotonic() < deadline:
+        if time.monotonic() > next_check:
+            daemon.check()
+            next_check = time.monotonic() + 1.0
+        time.sleep(0.002)
+
+
+def end_to_end(ctx, model, source, backend, options, *, events, max_batch, per_message, workdir,
+               log_dir) -> dict[str, Any]:
     sock = open_socket(ctx, "tcp://127.0.0.1:*", "push", hwm=64)
-    daemon = Daemon(model, sock.getsockopt(zmq.LAST_ENDPOINT).decode(), "pull", backend, options, max_batch, 0.5,
-                    workdir)
-    collector = DecisionCollector(ctx, daemon.out_ep)
-    collector.start()
+    collector = None
     try:
-        handshake(sock, collector, source.data.shape[1:], timeout=600)  # a first TensorRT build takes minutes
+        daemon = Daemon(model, sock.getsockopt(zmq.LAST_ENDPOINT).decode(), "pull", backend, options, max_batch, 0.5,
+                        workdir, log_dir, f"{backend}-{max_batch}-e2e")
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    try:
+        collector = DecisionCollector(ctx, daemon.out_ep)
+        collector.start()
+        handshake_alive(sock, collector, source.data.shape[1:], daemon)
         t0 = time.monotonic()
-        stats = replay(sock, source, sources=["adc00"], events=events, rate=0, events_per_message=per_message,
-                       truth=False)
-        while collector.events() < stats.total_events and time.monotonic() - t0 < 300:
-            time.sleep(0.002)
+        # replay blocks while the daemon holds its input back (PUSH backpressure): a send that waits
+        # 30 s means a dead or stuck daemon, not backpressure
+        sock.setsockopt(zmq.SNDTIMEO, 30_000)
+        try:
+            stats = replay(sock, source, sources=["adc00"], events=events, rate=0, events_per_message=per_message,
+                           truth=False)
+        except zmq.Again:
+            daemon.check()
+            raise TimeoutError("replay could not send for 30 s: the daemon takes no input") from None
+        wait_decided(collector, stats.total_events, daemon, 300)
         elapsed = time.monotonic() - t0
         decided = collector.events()
     finally:
-        collector.stop()
+        if collector is not None:
+            collector.stop()
         sock.close(linger=0)
         code = daemon.stop()
     rate = decided / elapsed
@@ -248,23 +313,28 @@ def end_to_end(ctx, model, source, backend, options, *, events, max_batch, per_m
             "events_per_second": rate, "daemon_exit": code}
 
 
-def latency_at(ctx, model, source, backend, options, *, rate, seconds, max_batch, per_message, workdir) -> dict:
+def latency_at(ctx, model, source, backend, options, *, rate, seconds, max_batch, per_message, workdir,
+               log_dir) -> dict:
     sock = open_socket(ctx, "tcp://127.0.0.1:*", "pub", hwm=1000)
-    daemon = Daemon(model, sock.getsockopt(zmq.LAST_ENDPOINT).decode(), "sub", backend, options, max_batch, 0.1,
-                    workdir)
-    collector = DecisionCollector(ctx, daemon.out_ep)
-    collector.start()
+    collector = None
     try:
-        if not wait_for_subscriber(sock, 600):
+        daemon = Daemon(model, sock.getsockopt(zmq.LAST_ENDPOINT).decode(), "sub", backend, options, max_batch, 0.1,
+                        workdir, log_dir, f"{backend}-{max_batch}-latency")
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    try:
+        collector = DecisionCollector(ctx, daemon.out_ep)
+        collector.start()
+        if not wait_for_subscriber(sock, 60):
+            daemon.check()
             raise RuntimeError("the daemon never subscribed")
-        handshake(sock, collector, source.data.shape[1:], timeout=600)
+        handshake_alive(sock, collector, source.data.shape[1:], daemon)
         stats = replay(sock, source, sources=["adc00"], events=int(rate * seconds), rate=rate,
                        events_per_message=per_message, truth=False)
-        deadline = time.monotonic() + 30
-        while collector.events() < stats.total_events and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_decided(collector, stats.total_events, daemon, 30)
     finally:
-        got = collector.stop()
+        got = collector.stop() if collector is not None else None
         sock.close(linger=0)
         daemon.stop()
     res = {"rate": rate, "max_batch": max_batch, "events_per_message": per_message, "events_sent": stats.total_events,
@@ -373,6 +443,21 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def save(out: Path, result: dict[str, Any], *, complete: bool) -> Path:
+    """Write ``out/gpu.json`` now (atomically: a reader sees the previous file or this one)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "gpu.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"benchmark": "gpu", "complete": complete, **result}, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {"status": "error", "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exception(exc)[-3:]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=DEFAULT_PULSE_MODEL)
@@ -380,28 +465,41 @@ def main() -> int:
     p.add_argument("--backends", help="comma-separated subset of " + ", ".join(backend_specs(Path("."), 1)))
     p.add_argument("--cache-dir", type=Path, help="TensorRT engine cache (default: a folder under the system temp)")
     p.add_argument("--per-message", type=int, default=64, help="events per message")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where gpu.json, gpu.png and the daemon logs go")
+    p.add_argument("--seconds", type=float, help="timed window per model-only batch size (default 3; quick 0.5)")
+    p.add_argument("--batch-sizes", help="comma-separated model-only batch sizes")
+    p.add_argument("--events", type=int, help="events per end-to-end run (default 200000; quick 4096)")
+    p.add_argument("--e2e-batches", help="comma-separated daemon max_batch values end to end (default 64,256,1024)")
+    p.add_argument("--e2e-backends", help="comma-separated subset of --backends to run end to end (default: all run)")
+    p.add_argument("--latency-seconds", type=float, help="length of the half-load latency run (default 10; quick 2)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     quick = a.quick
-    batch_sizes = [1, 8, 64, 256] if quick else [1, 8, 32, 64, 256, 1024, 4096, 16384]
+    batch_sizes = ([int(b) for b in a.batch_sizes.split(",")] if a.batch_sizes else
+                   [1, 8, 64, 256] if quick else [1, 8, 32, 64, 256, 1024, 4096, 16384])
     max_batch = max(batch_sizes)
-    seconds = 0.5 if quick else 3.0
+    seconds = a.seconds or (0.5 if quick else 3.0)
     cache_dir = a.cache_dir or Path(tempfile.gettempdir()) / "trigger-bench-engines"
     specs = backend_specs(cache_dir, max_batch)
     chosen = a.backends.split(",") if a.backends else list(specs)
     unknown = set(chosen) - set(specs)
     if unknown:
         p.error(f"unknown backends {sorted(unknown)}")
+    out = a.out
+    log_dir = out / "gpu-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
     sim = make_simulation("waveform", seed=2024, signal_fraction=0.5)
     source = PoolSource(sim, 512 if quick else 4096)
     repeats = -(-max_batch // len(source.data))
     pool = source.data if repeats == 1 else np.tile(source.data, (repeats, 1))
     gpu = gpu_info()
     result: dict[str, Any] = {"model": a.model.name, "quick": quick, "batch_sizes": batch_sizes,
-                              "machine": {**machine_stamp(), "gpu": gpu,
-                                          "torch": _version("torch"), "tensorrt": _version("tensorrt"),
-                                          "cuda_python": _version("cuda-python")},
+                              "seconds_per_batch_size": seconds,
+                              "machine": {**machine_stamp(), "gpu": gpu, "torch": _version("torch"),
+                                          "tensorrt": _module_version("tensorrt"),
+                                          "cuda_python": _version("cuda-python") or _version("cuda-bindings")},
                               "model_only": {}, "end_to_end": {}}
+    save(out, result, complete=False)
     available: dict[str, tuple[str, dict[str, Any]]] = {}
     for name in chosen:
         backend_name, options = specs[name]
@@ -412,39 +510,74 @@ def main() -> int:
             log.info("  not run: %s", exc)
             result["model_only"][name] = {"status": "not-run", "reason": str(exc)}
             result["end_to_end"][name] = {"status": "not-run", "reason": str(exc)}
+            save(out, result, complete=False)
+            continue
+        except Exception as exc:  # noqa: BLE001 - recorded; the other backends still run
+            log.exception("  failed to start")
+            result["model_only"][name] = result["end_to_end"][name] = _error(exc)
+            save(out, result, complete=False)
             continue
         try:
             entry = {"status": "run", "describe": backend.describe(),
                      "batches": model_only(backend, pool, batch_sizes, seconds)}
             if backend_name == "tensorrt":
                 entry.update(tensorrt_extras(backend, pool, batch_sizes, seconds))
+            available[name] = (backend_name, options)
+        except Exception as exc:  # noqa: BLE001 - recorded; the other backends still run
+            log.exception("  failed")
+            entry = _error(exc)
         finally:
             backend.close()
         result["model_only"][name] = entry
-        available[name] = (backend_name, options)
-    result["host_to_device"] = (copy_bandwidth(64 << 20 if quick else 1 << 30) if gpu and _has_torch_cuda()
-                                else {"status": "not-run", "reason": "no CUDA device visible to torch"})
+        save(out, result, complete=False)
+    try:
+        result["host_to_device"] = (copy_bandwidth(64 << 20 if quick else 1 << 30) if gpu and _has_torch_cuda()
+                                    else {"status": "not-run", "reason": "no CUDA device visible to torch"})
+    except Exception as exc:  # noqa: BLE001
+        result["host_to_device"] = _error(exc)
     ctx = zmq.Context()
-    n_events = 4096 if quick else 200_000
+    n_events = a.events or (4096 if quick else 200_000)
     result["ingest"] = ingest_rate(ctx, source, n_events, a.per_message)
-    e2e_batches = [256] if quick else [64, 256, 1024]
+    save(out, result, complete=False)
+    e2e_batches = ([int(b) for b in a.e2e_batches.split(",")] if a.e2e_batches else [256] if quick
+                   else [64, 256, 1024])
+    e2e_names = [n for n in available if not a.e2e_backends or n in a.e2e_backends.split(",")]
+    for name in available:
+        if name not in e2e_names:
+            result["end_to_end"][name] = {"status": "not-run", "reason": "not chosen for end to end (--e2e-backends)"}
     with tempfile.TemporaryDirectory() as workdir:
-        for name, (backend_name, options) in available.items():
+        for name in e2e_names:
+            backend_name, options = available[name]
             log.info("end to end: %s", name)
-            runs = [end_to_end(ctx, a.model, source, backend_name, options, events=n_events, max_batch=mb,
-                               per_message=a.per_message, workdir=Path(workdir)) for mb in e2e_batches]
-            best = max(r["events_per_second"] for r in runs)
-            lat = latency_at(ctx, a.model, source, backend_name, options, rate=0.5 * best, seconds=2 if quick else 10,
-                             max_batch=64, per_message=16, workdir=Path(workdir))
-            result["end_to_end"][name] = {"status": "run", "runs": runs, "latency_half_load_max_batch_64": lat,
-                                          "over_ingest": best / result["ingest"]["events_per_second"]}
+            entry: dict[str, Any] = {"status": "run", "runs": []}
+            try:
+                for mb in e2e_batches:
+                    entry["runs"].append(end_to_end(ctx, a.model, source, backend_name, options, events=n_events,
+                                                    max_batch=mb, per_message=a.per_message, workdir=Path(workdir),
+                                                    log_dir=log_dir))
+                    result["end_to_end"][name] = entry
+                    save(out, result, complete=False)
+                best = max(r["events_per_second"] for r in entry["runs"])
+                entry["over_ingest"] = best / result["ingest"]["events_per_second"]
+                entry["latency_half_load_max_batch_64"] = latency_at(
+                    ctx, a.model, source, backend_name, options, rate=0.5 * best,
+                    seconds=a.latency_seconds or (2 if quick else 10), max_batch=64, per_message=16,
+                    workdir=Path(workdir), log_dir=log_dir)
+            except Exception as exc:  # noqa: BLE001 - the model-only figures and other backends are kept
+                log.error("  end to end %s failed: %s", name, exc)
+                entry = {**entry, **_error(exc)} if entry["runs"] else _error(exc)
+            result["end_to_end"][name] = entry
+            save(out, result, complete=False)
     ctx.term()
     result["targets"] = evaluate_targets(result)
-    path = write_result("gpu", result)
-    plot(result, RESULTS / "gpu.png")
+    path = save(out, result, complete=True)
+    try:
+        plot(result, out / "gpu.png")
+    except Exception as exc:  # noqa: BLE001 - the figures are in the JSON already
+        log.error("plot failed: %s", exc)
     for name, t in result["targets"].items():
         log.info("target %s: %s", name, {k: v for k, v in t.items() if k not in ("definition",)})
-    log.info("wrote %s and %s", path, RESULTS / "gpu.png")
+    log.info("wrote %s and %s", path, out / "gpu.png")
     return 0
 
 
@@ -454,6 +587,14 @@ def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
+        return None
+
+
+def _module_version(module: str) -> str | None:
+    """``module.__version__`` (TensorRT's distribution is tensorrt-cu12/-cu13, its module ``tensorrt``)."""
+    try:
+        return str(importlib.import_module(module).__version__)
+    except Exception:  # noqa: BLE001 - absent, or a wheel whose libraries cannot load
         return None
 
 
