@@ -272,7 +272,7 @@ def _message_item(msg, layout: Layout | None) -> tuple[str, Any]:
     truth = meta.get("truth") if isinstance(meta, dict) else None
     truth = truth if isinstance(truth, dict) else None
     if layout is None:
-        layout = Layout.of(kind, arrays, truth, segment_sources=seg is not None)
+        layout = Layout.of(kind, arrays, truth, segment_sources=seg is not None, header=h)
     else:
         if kind != layout.kind:
             return "reject", "kind_change"

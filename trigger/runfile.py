@@ -34,7 +34,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,8 @@ class Layout:
     segment_sources: bool = False
     events_per_message: int = 0
     """Events in the first message: chunks of the per-event arrays then hold whole messages."""
+    array_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Attributes of per-event datasets (``hillas`` gets ``columns`` from the header's ``hillas_columns``)."""
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -223,14 +225,19 @@ class Layout:
 
     @classmethod
     def of(cls, kind: str, arrays: Mapping[str, np.ndarray], truth: Mapping[str, list] | None,
-           segment_sources: bool = False) -> Layout:
+           segment_sources: bool = False, header: Mapping[str, Any] | None = None) -> Layout:
         tr = {}
         for key, values in (truth or {}).items():
             dt = _truth_dtype(values) if isinstance(values, list) else None
             if dt is not None:
                 tr[key] = dt
-        n = len(next(iter(arrays.values())))
-        return cls(kind, {n: (a.dtype, tuple(a.shape[1:])) for n, a in arrays.items()}, tr, segment_sources, n)
+        m = len(next(iter(arrays.values())))
+        attrs: dict[str, dict[str, Any]] = {}
+        cols = (header or {}).get("hillas_columns")
+        if "hillas" in arrays and isinstance(cols, list) and all(isinstance(c, str) for c in cols):
+            attrs["hillas"] = {"columns": json.dumps(cols)}
+        return cls(kind, {n: (a.dtype, tuple(a.shape[1:])) for n, a in arrays.items()}, tr, segment_sources, m,
+                   attrs)
 
 
 def primary_array(names: Sequence[str]) -> str:
@@ -311,6 +318,9 @@ class RunWriter:
 
         m = layout.events_per_message
         self._arrays = {n: per_event(n, dt, shape, m) for n, (dt, shape) in layout.arrays.items()}
+        for name, extra in layout.array_attrs.items():
+            for key, value in extra.items():
+                self._arrays[name].ds.attrs[key] = value
         self._columns = {n: per_event(n, dt, ()) for n, dt in COLUMN_DTYPES.items()}
         self._chunk_bytes = chunk_bytes
         self._truth = {k: per_event(f"truth/{_key_to_h5(k)}", dt, ()) for k, dt in layout.truth.items()}

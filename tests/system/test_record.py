@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zmq
 
-from trigger.protocol import encode_input
+from trigger.protocol import decode, encode_input
 from trigger.runfile import open_run, open_runs, write_run
 from trigger.testing import ManagedProcess, free_port, handshake, wait_until
 
@@ -197,6 +197,68 @@ def test_decisions_of_a_real_daemon_are_recorded(tmp_path, chain_factory):
         eor = r.attrs["end_of_run"]  # the daemon's dec._eor header, kept whole
         assert eor["kind"] == "end_of_run" and eor["pipeline"] == "pulse"
         assert eor["sources"]["adc"]["decided_events"] == 96
+
+
+def test_segment_decisions_keep_their_source_rows_with_global_event_index(tmp_path, chain_factory,
+                                                                          tiny_segment_model):
+    from tests.conftest import TINY_FRAME
+
+    chain = chain_factory("--pipeline", "segment", "--model", str(tiny_segment_model), probe=False,
+                          shape=TINY_FRAME, kind="image")
+    out = tmp_path / "seg.h5"
+    rec = start_recorder("--input", chain.daemon.output, "--topic", "dec.cam", "--output", str(out))
+    handshake(chain.pub, chain.collector, TINY_FRAME, "image")
+    time.sleep(0.5)
+    rng = np.random.default_rng(5)
+    sizes = [3, 1, 5, 2]
+    for seq, n in enumerate(sizes):
+        chain.pub.send_multipart(encode_input("image", "cam", seq, time.time_ns(),
+                                              rng.integers(0, 8, (n, *TINY_FRAME)).astype("<u2")))
+    assert wait_until(lambda: chain.collector.messages() >= len(sizes), 30), "daemon did not decide"
+    time.sleep(1.0)
+    assert rec.stop(signal.SIGTERM) == 0, rec.text()
+    rec.close()
+    got = chain.collector.out.arrays
+    with open_run(out) as r:
+        assert r.kind == "decision" and r.primary == "mask" and r.event_shape == TINY_FRAME and r.n_events == 11
+        assert np.array_equal(r.read()[0], np.concatenate([got[("cam", q)]["mask"] for q in range(4)]))
+        m = r.messages()
+        with h5py.File(out, "r") as f:
+            rows = f["messages/sources"][:]
+            for q in range(4):
+                mine = rows[m["sources_first"][q]:m["sources_first"][q] + m["sources_count"][q]]
+                expect = got[("cam", q)]["sources"].copy()
+                expect[:, 0] += m["first"][q]  # the event index made global
+                assert np.array_equal(mine, expect)
+            assert set(m["working_point"]) == {b"p_0.5"}
+
+
+def test_replay_paces_a_recording_at_its_recorded_spacing_or_a_rate(tmp_path):
+    from trigger.replay import replay_run
+
+    t0 = 1_700_000_000_000_000_000
+    path = write_run(tmp_path / "paced.h5", np.arange(40 * 16, dtype="<i2").reshape(40, 16),
+                     {"k": np.arange(40)}, t_ns=[t0 + int(i * 0.3e9) for i in range(4)], events_per_message=10)
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    pull.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        with open_runs(path) as run:
+            for kwargs, least, most in (({"realtime": True}, 0.85, 2.0), ({"rate": 100.0}, 0.28, 1.5),
+                                        ({"rate": 0.0}, 0.0, 0.5)):
+                t = time.monotonic()
+                stats = replay_run(push, run, keep_time=True, **kwargs)
+                took = time.monotonic() - t
+                assert stats.total_events == 40 and least <= took <= most, (kwargs, took)
+                for seq in range(4):
+                    msg = decode(pull.recv_multipart())
+                    assert (msg.seq, msg.t_ns) == (seq, t0 + int(seq * 0.3e9))
+                    assert msg.meta["truth"]["k"] == list(range(seq * 10, seq * 10 + 10))
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
 
 
 def test_sigkill_under_load_leaves_every_message_up_to_the_last_flush(tmp_path):

@@ -191,7 +191,7 @@ def test_a_killed_writer_leaves_a_file_readable_up_to_its_last_flush(tmp_path):
 
 def test_decision_layout_with_segment_sources(tmp_path):
     lay = Layout.of("decision", {"mask": np.zeros((1, 4, 4), "|u1"), "hillas": np.zeros((1, 10), "<f4")},
-                    {"is_signal": [True]}, segment_sources=True)
+                    {"is_signal": [True]}, segment_sources=True, header={"hillas_columns": list("abcdefghij")})
     with RunWriter(tmp_path / "dec.h5", lay) as w:
         for seq in range(3):
             n = seq + 1
@@ -207,6 +207,7 @@ def test_decision_layout_with_segment_sources(tmp_path):
         assert f["messages/sources_count"][:].tolist() == [0, 1, 2]
         assert f["messages/working_point"][0] == b"p_0.5" and f["messages/threshold"][2] == 0.5
         assert f["messages/model_sha256"][0] == b"ab" * 32
+        assert json.loads(f["hillas"].attrs["columns"]) == list("abcdefghij")
     with open_run(tmp_path / "dec.h5") as r:
         assert r.kind == "decision" and r.primary == "mask" and r.event_shape == (4, 4) and r.n_events == 6
         assert r.attrs["end_of_run"] == {"kind": "end_of_run", "rejected": {}} and r.attrs["pipeline"] == "segment"
