@@ -472,6 +472,8 @@ def main() -> int:
     p.add_argument("--e2e-batches", help="comma-separated daemon max_batch values end to end (default 64,256,1024)")
     p.add_argument("--e2e-backends", help="comma-separated subset of --backends to run end to end (default: all run)")
     p.add_argument("--latency-seconds", type=float, help="length of the half-load latency run (default 10; quick 2)")
+    p.add_argument("--cpu-max-batch", type=int, default=1024,
+                   help="largest model-only batch for CPU backends (a batch of 16384 waveforms is 640 MB)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     quick = a.quick
@@ -518,8 +520,10 @@ def main() -> int:
             save(out, result, complete=False)
             continue
         try:
+            on_cpu = backend.describe().get("device") == "cpu"
+            sizes = [b for b in batch_sizes if not on_cpu or b <= a.cpu_max_batch]
             entry = {"status": "run", "describe": backend.describe(),
-                     "batches": model_only(backend, pool, batch_sizes, seconds)}
+                     "batches": model_only(backend, pool, sizes, seconds)}
             if backend_name == "tensorrt":
                 entry.update(tensorrt_extras(backend, pool, batch_sizes, seconds))
             available[name] = (backend_name, options)
