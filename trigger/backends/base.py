@@ -19,6 +19,7 @@ _REGISTRY: dict[str, type[Backend]] = {}
 # Where each known backend lives; importing the module registers it.
 _MODULES = {
     "onnxruntime": "trigger.backends.onnxruntime",
+    "numba": "trigger.backends.numba_cpu",  # the pulse encoder as a fused CPU kernel (numba)
     "tensorrt": "trigger.backends.tensorrt",  # optional: the gpu extra (TensorRT, cuda-python)
     "torch": "trigger.backends.pytorch",  # optional: PyTorch (CUDA build for the GPU)
 }
