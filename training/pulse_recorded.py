@@ -184,7 +184,19 @@ def encode_torch(model: VCAE, x: np.ndarray, batch_size: int = 1024) -> np.ndarr
     return np.concatenate(out) if out else np.zeros((0, model.config.latent_dim), np.float32)
 
 
-def trigger_curve(encode: Callable[[np.ndarray], np.ndarray], noise: np.ndarray, signal: np.ndarray,
+def encode_injected(encode: Callable[[np.ndarray], np.ndarray], base: np.ndarray, amplitude: np.ndarray,
+                    template: np.ndarray, seed: int, chunk: int = 2048) -> np.ndarray:
+    """Latent means of ``amplitude[i] * template`` injected into random rows of the noise ``base``.
+
+    Built and encoded ``chunk`` signals at a time, so memory does not grow with their number.
+    """
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base), len(amplitude))
+    return np.concatenate([encode(inject(base[idx[i:i + chunk]], amplitude[i:i + chunk], template, rng))
+                           for i in range(0, len(amplitude), chunk)])
+
+
+def trigger_curve(encode: Callable[[np.ndarray], np.ndarray], noise: np.ndarray, z_signal: np.ndarray,
                   amp_sigma: np.ndarray, profile: DataProfile, centre: np.ndarray | None = None,
                   threshold: float | None = None) -> dict[str, Any]:
     """Efficiency vs injected amplitude (noise-RMS units) and A50 at fpr 0.01.
@@ -198,30 +210,37 @@ def trigger_curve(encode: Callable[[np.ndarray], np.ndarray], noise: np.ndarray,
     d_noise = distances(z_noise, centre)
     if threshold is None:
         threshold = float(np.quantile(d_noise, 0.99, method="higher"))
-    passed = distances(encode(signal), centre) > threshold
+    passed = distances(z_signal, centre) > threshold
     curve = efficiency_curve(amp_sigma, passed, lo=profile.amp_range[0], hi=profile.amp_range[1],
                              n_bins=profile.eff_bins)
     return {"a50_sigma": a50(curve), "efficiency": curve, "threshold": threshold,
-            "fpr_measured": float(np.mean(d_noise > threshold)), "n_noise": len(noise), "n_signal": len(signal)}
+            "fpr_measured": float(np.mean(d_noise > threshold)), "n_noise": len(noise), "n_signal": len(z_signal)}
 
 
 # ------------------------------------------------------------------------------------- training
 
 def _batches(profile: DataProfile, rec: Recording, labels: np.ndarray, x_train: np.ndarray | None,
-             gen: torch.Generator, rng: np.random.Generator) -> Iterator[torch.Tensor]:
+             gen: torch.Generator, rng: np.random.Generator, seen: list[np.ndarray] | None = None
+             ) -> Iterator[torch.Tensor]:
     if x_train is not None:
         perm = torch.randperm(len(x_train), generator=gen).numpy()
         for i in range(0, len(perm), profile.batch_size):
             yield torch.from_numpy(x_train[np.sort(perm[i:i + profile.batch_size])])
     else:
-        for b in rec.shuffled_batches(labels, "train", profile.batch_size, rng, buffer_events=profile.buffer_events):
+        for b in rec.shuffled_batches(labels, "train", profile.batch_size, rng, buffer_events=profile.buffer_events,
+                                      seen=seen):
             yield torch.from_numpy(b)
 
 
-def _epoch(model: VCAE, opt: torch.optim.Optimizer, batches: Iterator[torch.Tensor]) -> dict[str, float]:
+def _epoch(model: VCAE, opt: torch.optim.Optimizer, batches: Iterator[torch.Tensor], deadline: float
+           ) -> dict[str, float]:
+    """One pass over ``batches``, cut short at ``deadline`` (``time.perf_counter``): a recording can be
+    so large that one epoch outlasts the profile's time budget."""
     model.train()
     tot, n = np.zeros(3), 0
     for xb in batches:
+        if n and time.perf_counter() > deadline:
+            break
         opt.zero_grad(set_to_none=True)
         loss, sse, kl = vae_loss(model, xb)
         loss.backward()
@@ -257,10 +276,12 @@ def train(profile: DataProfile, rec: Recording, labels: np.ndarray, stats: dict[
     rng = np.random.default_rng(SEEDS["shuffle"] * 1000 + seed)
     starts = []
     history: list[dict] = []
+    seen: list[np.ndarray] = []  # the streamed training rows read in the first epoch
 
     def one_epoch(model: VCAE, opt: torch.optim.Optimizer, gen: torch.Generator, epoch: int, init: int) -> dict:
         e0 = time.perf_counter()
-        rec_ = {"epoch": epoch, "init": init, **_epoch(model, opt, _batches(profile, rec, labels, x_train, gen, rng))}
+        batches = _batches(profile, rec, labels, x_train, gen, rng, seen if not history else None)
+        rec_ = {"epoch": epoch, "init": init, **_epoch(model, opt, batches, t0 + profile.max_train_seconds)}
         rec_["train_seconds"] = time.perf_counter() - e0
         rec_["val_loss"] = _val_loss(model, x_val)
         rec_["val_a50_sigma"] = select(model)
@@ -302,7 +323,8 @@ def train(profile: DataProfile, rec: Recording, labels: np.ndarray, stats: dict[
     model.load_state_dict(keep["state"])
     model.eval()
     return {"model": model, "history": history, "best": keep["record"], "init_seed": best_start["seed"],
-            "chosen_init": best_start["init"], "stopped_by": stopped, "train_seconds": time.perf_counter() - t0}
+            "chosen_init": best_start["init"], "stopped_by": stopped, "train_seconds": time.perf_counter() - t0,
+            "streamed_rows": np.sort(np.concatenate(seen)) if seen else None}
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -353,20 +375,21 @@ def run(paths: list[Path], export: Path, profile: DataProfile, run_dir: Path, *,
     if len(x_val) < 100:
         raise DataError(f"only {len(x_val)} noise-only validation rows; need >= 100")
 
-    # Selection signals: injected into the validation noise with their own seed.
-    rng = np.random.default_rng(SEEDS["select_inject"])
-    sel_idx = rng.integers(0, len(x_val), profile.n_select)
-    sel_amp = log_uniform(profile.n_select, *profile.amp_range, rng)
-    sel_signal = inject(x_val[sel_idx], sel_amp * stats["rms"], template, rng)
+    # Selection signals: injected into the validation noise with their own seed (the same every epoch).
+    sel_amp = log_uniform(profile.n_select, *profile.amp_range, np.random.default_rng(SEEDS["select_inject"]))
 
     def select(model: VCAE) -> float:
-        return trigger_curve(lambda d: encode_torch(model, d), x_val, sel_signal, sel_amp, profile)["a50_sigma"]
+        def enc(d: np.ndarray) -> np.ndarray:
+            return encode_torch(model, d)
+
+        z_sig = encode_injected(enc, x_val, sel_amp * stats["rms"], template, SEEDS["select_inject"] + 1)
+        return trigger_curve(enc, x_val, z_sig, sel_amp, profile)["a50_sigma"]
 
     result = train(profile, rec, labels, stats, x_val, select, seed=seed, x_train=x_train)
     model: VCAE = result["model"]
     del x_train
     if not in_memory:
-        used["train"] = np.nonzero(labels == SPLITS.index("train"))[0]  # all of them (less signal rows)
+        used["train"] = result["streamed_rows"]
 
     history = result["history"]
     (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
@@ -398,14 +421,13 @@ def run(paths: list[Path], export: Path, profile: DataProfile, run_dir: Path, *,
             raise DataError(f"only {len(z_cal)} noise-only calibration rows; fpr 0.01 needs >= 1000")
 
         used["test"], x_test = rec.load(labels, "test", max_events=profile.max_test)
-        rng = np.random.default_rng(SEEDS["report_inject"])
-        idx = rng.integers(0, len(x_test), profile.n_eff)
-        amp = log_uniform(profile.n_eff, *profile.amp_range, rng)
-        signal = inject(x_test[idx], amp * stats["rms"], template, rng)
+        amp = log_uniform(profile.n_eff, *profile.amp_range, np.random.default_rng(SEEDS["report_inject"]))
+        z_signal = encode_injected(encode, x_test, amp * stats["rms"], template, SEEDS["report_inject"] + 1)
 
         counts = {s: int(len(used[s])) for s in SPLITS}
         per_file = {str(p): {s: rec.per_file(used[s])[i] for s in SPLITS} for i, p in enumerate(rec.paths)}
-        dropped = int(sum(planned[s] for s in SPLITS) - sum(counts.values()))
+        # Train and calibration are read whole (validation and test up to their limits).
+        dropped = int(sum(planned[s] - counts[s] for s in ("train", "calibration")))
         seeds = {**SEEDS, "base": seed}
         template_info = ({"file": str(template_path), "sha256": sha256_file(template_path), "samples": len(template)}
                          if template_path else {"default": f"positive log-normal, tau = L/{DEFAULT_TEMPLATE_FRACTION}"
@@ -413,9 +435,9 @@ def run(paths: list[Path], export: Path, profile: DataProfile, run_dir: Path, *,
                                                 f"{DEFAULT_TEMPLATE_SIGMA}", "samples": len(template)})
         provenance = {
             "command": command, "profile": dataclasses.asdict(profile), "seeds": seeds,
-            "data": data_files(rec.paths, per_file), "events_per_split": counts,
+            "data": data_files(rec.paths, per_file), "events_per_split": counts, "rows_assigned_per_split": planned,
             "events_per_split_limit": {"validation": profile.max_validation, "test": profile.max_test},
-            "signal_rows_dropped": dropped if rec.has_signal_truth else 0,
+            "signal_rows_dropped_train_calibration": dropped,
             "noise_only_assumption": "unsupervised: rows whose truth says signal (is_signal or amplitude > 0) are "
                                      "dropped; without truth every row is taken as noise",
             "trace": {"samples": length, "dtype": str(rec.dtype), "network_samples": model.config.n_samples,
@@ -430,7 +452,7 @@ def run(paths: list[Path], export: Path, profile: DataProfile, run_dir: Path, *,
                                           provenance=provenance)
         cal.save(calibration_path_for(onnx_tmp))
 
-        report = trigger_curve(encode, x_test, signal, amp, profile, centre=np.asarray(cal.centre, np.float32),
+        report = trigger_curve(encode, x_test, z_signal, amp, profile, centre=np.asarray(cal.centre, np.float32),
                                threshold=cal.threshold(WORKING_POINT))
         report["a50_adc"] = report["a50_sigma"] * stats["rms"]
         report["working_point"] = WORKING_POINT

@@ -175,11 +175,12 @@ class Recording:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def shuffled_batches(self, labels: np.ndarray, split: str, batch_size: int, rng: np.random.Generator, *,
-                         buffer_events: int) -> Iterator[np.ndarray]:
+                         buffer_events: int, seen: list[np.ndarray] | None = None) -> Iterator[np.ndarray]:
         """One epoch of the noise-only rows of ``split`` in random batches, streamed from disk.
 
         Blocks are read in a random order into a shuffle buffer of ``buffer_events`` rows; each batch
-        is drawn at random from the buffer. Memory: the buffer plus one block.
+        is drawn at random from the buffer. Memory: the buffer plus one block. The global rows that go
+        into the buffer are appended to ``seen``, block by block, when it is given.
         """
         want = SPLITS.index(split)
         buf = np.empty((buffer_events, *self.event_shape), np.float32)
@@ -193,6 +194,8 @@ class Recording:
                 continue
             data, sig = self.read(a, b)
             rows = data[sel & ~sig]
+            if seen is not None:
+                seen.append(a + np.nonzero(sel & ~sig)[0])
             rows = rows[rng.permutation(len(rows))]
             while len(rows):
                 take = min(len(rows), buffer_events - fill)

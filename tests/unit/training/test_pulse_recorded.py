@@ -131,13 +131,19 @@ def test_card_records_data_splits_command_and_seeds(trained, foreign_noise):
     assert f["name"] == foreign_noise.name
     assert f["sha256"] == hashlib.sha256(foreign_noise.read_bytes()).hexdigest()
     assert f["events"] == train["events_per_split"] == metrics["events_per_split"]
-    assert train["signal_rows_dropped"] > 0  # the recording's signal rows (truth) were left out
+    assert train["signal_rows_dropped_train_calibration"] > 0  # the recording's signal rows (truth) left out
+    assert counts_ok(train)
     counts = train["events_per_split"]
     assert counts["calibration"] == load_for_model(model, kind=PulseCalibration).n_noise
     assert train["command"] == "pytest" and train["seeds"]["split"] == pr.SEEDS["split"]
     assert train["profile"]["name"] == "tiny" and "padded" in train["trace"]["pad_or_crop"]
     assert card["input"]["shape"] == ["batch", FOREIGN_SAMPLES]
     assert card["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+
+
+def counts_ok(train: dict) -> bool:
+    used, assigned = train["events_per_split"], train["rows_assigned_per_split"]
+    return all(used[s] <= assigned[s] for s in used) and sum(assigned.values()) == 4400
 
 
 def _refusal(argv, capsys):
