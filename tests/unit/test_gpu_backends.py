@@ -170,6 +170,16 @@ def test_torch_cpu_agrees_with_onnxruntime_on_10000_waveforms(torch_cpu, wavefor
     assert_parity("torch cpu fp32", z, ort_reference, "fp32")
 
 
+@needs_torch
+def test_torch_cpu_bf16_agrees_with_onnxruntime_within_bfloat16_tolerance(waveforms, ort_reference):
+    be = create_backend("torch", DEFAULT_PULSE_MODEL, threads=1, device="cpu", precision="bf16")
+    try:
+        z = infer_all(be, waveforms[:3000])
+    finally:
+        be.close()
+    assert_parity("torch cpu bf16", z, ort_reference[:3000], "bf16")
+
+
 def test_pulse_pipeline_decides_the_same_on_torch_and_onnxruntime(torch_cpu, waveforms):
     cal = load_for_model(DEFAULT_PULSE_MODEL)
     ort_pipe = PulsePipeline(create_backend("onnxruntime", DEFAULT_PULSE_MODEL, threads=2), cal)
