@@ -368,7 +368,10 @@ class Daemon:
             if data.shape[1:] != pipeline.event_shape:
                 raise ProtocolError(Reason.SHAPE, f"events of shape {list(data.shape[1:])}, the "
                                                   f"{pipeline.name} model takes {list(pipeline.event_shape)}")
-            data = as_float32(data, self.config.pipeline.pedestal, self.config.pipeline.gain)
+            if data.dtype.kind == "f":
+                data = as_float32(data)  # float16 widened here; float32 stays the frame's own memory
+            # Integer ADC counts stay as received (half the bytes of float32 for int16) and become
+            # (adc - pedestal) * gain in the one copy into the batch buffer (BatchBuffer.assemble).
         except ProtocolError as exc:
             self._reject(frames, exc, t_recv_ns)
             return
@@ -487,6 +490,7 @@ class Daemon:
                     if not batch:
                         continue
                     pipeline = self.pipeline  # one pipeline per batch, so a swap never splits a batch
+                    adc = (self.config.pipeline.pedestal, self.config.pipeline.gain)  # and its ADC calibration
                     ticket = turns.take()
                     if self._retired:
                         with self._reload_lock:
@@ -499,9 +503,9 @@ class Daemon:
                     m.stage_latency.labels("queue").observe(t_start - it.t_queued_mono)
                 n = sum(it.n for it in batch)
                 if n <= cfg.max_batch:
-                    result = pipeline.decide(buffer.assemble(batch))
+                    result = pipeline.decide(buffer.assemble(batch, *adc))
                 else:  # one message larger than a batch: infer it in max_batch slices
-                    data = batch[0].data
+                    data = as_float32(batch[0].data, *adc)
                     starts = range(0, n, cfg.max_batch)
                     parts = [pipeline.decide(data[i:i + cfg.max_batch]) for i in starts]
                     result = pipeline.merge(parts, [min(cfg.max_batch, n - i) for i in starts])
