@@ -1221,6 +1221,19 @@ def test_torch_cuda_matches_onnxruntime(precision, waveforms, ort_reference):
 
 @pytest.mark.gpu
 @needs_cuda
+def test_torch_cuda_without_graphs_first_batch_is_not_raced_by_the_zero_fill(waveforms, ort_reference):
+    """Without CUDA graphs and without warm-up, the very first copy into the static input runs on the
+    backend's stream right after the zero-fill on the default stream: it must wait for it."""
+    be = create_backend("torch", DEFAULT_PULSE_MODEL, device="cuda", cuda_graphs=False, warmup=False, max_batch=256)
+    try:
+        z = be.infer(waveforms[:256])["z_mean"]
+    finally:
+        be.close()
+    assert_parity("torch cuda fp32, no graphs, first batch", z, ort_reference[:256], "fp32")
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_torch_cuda_backend_built_on_one_thread_runs_on_another():
     """A reload builds the next backend on the reloader thread while the inference thread runs."""
     import torch
