@@ -119,6 +119,7 @@ def test_trained_model_serves_and_holds_its_fpr_on_unseen_noise(trained, tmp_pat
     assert abs(trig["fpr_measured"] - 0.01) < 4 * trig["fpr_error"] + 0.002
     eff = np.asarray(trig["efficiency"]["efficiency"])
     assert eff[-2:].mean() > 0.9 and eff[:2].mean() < 0.3  # rises with amplitude
+    assert trig["matched_filter"]["a50_sigma"] > 0 and trig["a50_ratio_to_matched_filter"] > 0
     assert np.isfinite(trig["a50_sigma"]) and trig["a50_adc"] == pytest.approx(trig["a50_sigma"]
                                                                                * metrics["noise"]["rms"])
 
@@ -187,3 +188,17 @@ def test_cli_refusal_is_one_line_on_stderr_with_a_nonzero_exit(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("train_pulse: error:"), r.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_signal_template_file_is_checked_and_scaled(tmp_path):
+    good = tmp_path / "pulse.npy"
+    np.save(good, -3.0 * np.exp(-np.arange(80) / 20.0))  # a negative-going pulse keeps its sign
+    t = pr.load_template(good, 700)
+    assert t.min() == pytest.approx(-1.0) and len(t) == 80
+    for bad in (np.zeros(10), np.ones((3, 3)), np.ones(701), np.array([1.0, np.nan])):
+        np.save(tmp_path / "bad.npy", bad)
+        with pytest.raises(pr.DataError, match="--signal-template"):
+            pr.load_template(tmp_path / "bad.npy", 700)
+    (tmp_path / "junk.npy").write_text("junk")
+    with pytest.raises(pr.DataError, match="cannot read"):
+        pr.load_template(tmp_path / "junk.npy", 700)
