@@ -35,7 +35,7 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write_result  # noqa: E402
+from _common import RESULTS, machine_stamp, write_result  # noqa: E402
 
 from trigger.backends import create_backend, usable_cores  # noqa: E402
 from trigger.config import PACKAGE_MODELS, Config  # noqa: E402
@@ -50,41 +50,127 @@ IDLE_LIMIT_S = 30.0  # no decision arriving for this long while some are missing
 WAIT_LIMIT_S = 900.0  # and never wait longer than this for one run's decisions
 
 
+def rate_of(backend, batch: np.ndarray, seconds: float, workers: int = 1) -> float:
+    """Events/s of ``workers`` threads calling ``backend.infer(batch)`` at once for ``seconds``."""
+    counts = [0] * workers
+    t0 = time.perf_counter()
+
+    def loop(k: int) -> None:
+        while time.perf_counter() - t0 < seconds:
+            backend.infer(batch)
+            counts[k] += len(batch)
+
+    threads_ = [threading.Thread(target=loop, args=(k,)) for k in range(1, workers)]
+    for t in threads_:
+        t.start()
+    loop(0)
+    for t in threads_:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
 def bare_backend(model: Path, pool: np.ndarray, batch_sizes: list[int], seconds: float, workers: int | None = None,
-                 threads: int | None = None) -> dict[int, float]:
+                 threads: int | None = None, backend_name: str | None = None,
+                 options: dict | None = None) -> dict[int, float]:
     """Events/s of the backend alone per batch size (best of 3 timed windows, after warm-up), run
     as the daemon runs it: ``workers`` threads calling ``infer`` at once, each call on ``threads``
     intra-op threads (default: the daemon's own resolution of its configuration)."""
     workers = WORKERS if workers is None else workers
     threads = THREADS if threads is None else threads
-    backend = create_backend("onnxruntime", model, threads=threads, **BACKEND_OPTIONS)
+    backend_name = backend_name or BACKEND
+    options = BACKEND_OPTIONS if options is None else options
+    backend = create_backend(backend_name, model, threads=threads, **options)
     out = {}
-    for bs in batch_sizes:
-        batch = np.ascontiguousarray(pool[:bs])
-        backend.infer(batch)
-        best = 0.0
-        for _ in range(3):
-            counts = [0] * workers
-            t0 = time.perf_counter()
+    try:
+        for bs in batch_sizes:
+            batch = np.ascontiguousarray(pool[:bs])
+            backend.infer(batch)
+            best = max(rate_of(backend, batch, seconds / 3, workers) for _ in range(3))
+            out[bs] = best
+            log.info("bare %s (%d x %d threads, %s), batch %4d: %8.0f events/s", backend_name, workers, threads,
+                     Path(model).name, bs, best)
+    finally:
+        backend.close()
+    return out
 
-            def loop(k: int, t0: float, batch: np.ndarray, counts: list[int]) -> None:
-                while time.perf_counter() - t0 < seconds / 3:
-                    backend.infer(batch)
-                    counts[k] += len(batch)
 
-            threads_ = [threading.Thread(target=loop, args=(k, t0, batch, counts)) for k in range(1, workers)]
-            for t in threads_:
-                t.start()
-            loop(0, t0, batch, counts)
-            for t in threads_:
-                t.join()
-            best = max(best, sum(counts) / (time.perf_counter() - t0))
-        out[bs] = best
-        log.info("bare backend (%d x %d threads), batch %4d: %8.0f events/s", workers, threads, bs, best)
+# The yardstick of issue 16: the pulse model shipped at commit 8f08e6d (byte for byte), on ONNX
+# Runtime with the daemon's default configuration (1 caller on all cores, no spinning), measured in
+# the same run as whatever it is compared with.
+YARDSTICK = Path(__file__).resolve().parent / "yardstick" / "pulse_default_8f08e6d.onnx"
+YARDSTICK_SHA256 = "bc89b960872f2632d35350b693a148d544a0306490db6ee5bb0c13611a430edd"
+
+
+def yardstick_backend():
+    return create_backend("onnxruntime", YARDSTICK, threads=usable_cores())
+
+
+def paired_ratios(candidate, batch: np.ndarray, pairs: int, window: float, workers: int = 1) -> dict:
+    """Alternate windows of the yardstick and ``candidate`` (a backend, called by ``workers``
+    threads) on the same batch; each pair's ratio cancels the machine's drift between minutes."""
+    yard = yardstick_backend()
+    try:
+        yard.infer(batch)
+        candidate.infer(batch)
+        ratios, ys, cs = [], [], []
+        for _ in range(pairs):
+            y = rate_of(yard, batch, window)
+            c = rate_of(candidate, batch, window, workers)
+            ratios.append(c / y)
+            ys.append(y)
+            cs.append(c)
+    finally:
+        yard.close()
+    return {"ratio_median": float(np.median(ratios)), "ratio_range": [float(min(ratios)), float(max(ratios))],
+            "ratios": ratios, "yardstick_events_per_second": ys, "candidate_events_per_second": cs,
+            "pairs": pairs, "window_seconds": window, "batch": len(batch)}
+
+
+def levers(model: Path, pool: np.ndarray, pairs: int, window: float, batch_size: int = 256) -> list[dict]:
+    """Each lever of issue 16 on its own against the yardstick, bare, paired, at one batch size."""
+    cores = usable_cores()
+    batch = np.ascontiguousarray(pool[:batch_size])
+    plan: list[tuple[str, str, Path, dict, int, int]] = [
+        ("onnxruntime, the shipped graph (the yardstick against itself: the noise floor)", "onnxruntime", model, {},
+         1, cores),
+        ("onnxruntime, spinning intra-op threads", "onnxruntime", model, {"spin": True}, 1, cores),
+        (f"onnxruntime, {cores} callers x 1 thread (batching.workers {cores})", "onnxruntime", model, {}, cores, 1),
+    ]
+    tmp = None
+    try:
+        import onnx
+
+        from training.optimize_pulse import rewrite
+
+        tmp = tempfile.NamedTemporaryFile(suffix=".onnx", prefix="pulse-rewritten-")
+        tmp.write(rewrite(onnx.load(str(model))).SerializeToString())
+        tmp.flush()
+        plan.append(("onnxruntime, exact graph rewrite (training/optimize_pulse.py: polyphase convs, /scale folded)",
+                     "onnxruntime", Path(tmp.name), {}, 1, cores))
+    except ImportError as exc:  # the onnx package comes with the train/test extras
+        log.warning("graph rewrite lever not measured: %s", exc)
+    plan.append(("numba backend (fused polyphase kernel)", "numba", model, {}, 1, cores))
+    out = []
+    try:
+        for what, name, path, options, workers, threads in plan:
+            be = create_backend(name, path, threads=threads, **options)
+            try:
+                r = paired_ratios(be, batch, pairs, window, workers)
+            finally:
+                be.close()
+            r.update(lever=what, backend=name, options=options, workers=workers, threads=threads)
+            log.info("lever %-90s %.2fx the yardstick [%.2f, %.2f] (median %.0f vs %.0f events/s)", what,
+                     r["ratio_median"], *r["ratio_range"], np.median(r["candidate_events_per_second"]),
+                     np.median(r["yardstick_events_per_second"]))
+            out.append(r)
+    finally:
+        if tmp is not None:
+            tmp.close()
     return out
 
 
 PIPELINE = "pulse"  # set by main()
+BACKEND = "onnxruntime"  # set by main(): the backend under test, bare and in the daemon
 BACKEND_OPTIONS: dict = {}  # set by main(): the same for the bare backend and the daemon
 WORKERS = 1  # set by main(): the daemon's inference workers (batching.workers, resolved)
 THREADS = 1  # and its intra-op threads per call (backend.threads, resolved)
@@ -94,13 +180,14 @@ DAEMON_CONFIG: dict = {}  # set by main(): the daemon's configuration beyond the
 class Daemon(ServeProcess):
     """``trigger serve`` of the pipeline under test, with this run's configuration."""
 
-    def __init__(self, model: Path, in_ep: str, pattern: str, max_batch: int):
+    def __init__(self, model: Path, in_ep: str, pattern: str, max_batch: int, extra: dict | None = None):
         self.out_ep = f"tcp://127.0.0.1:{free_port()}"
         args = ["--pipeline", PIPELINE, "--model", str(model), "--input", in_ep, "--output", self.out_ep,
                 "--input-pattern", pattern, "--max-batch", str(max_batch)]
-        if DAEMON_CONFIG:
+        config = {**DAEMON_CONFIG, **(extra or {})}
+        if config:
             self._config = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="throughput-")
-            json.dump(DAEMON_CONFIG, self._config)  # JSON is YAML
+            json.dump(config, self._config)  # JSON is YAML
             self._config.flush()
             args += ["--config", self._config.name]
         super().__init__(*args, startup_timeout=180)
@@ -140,10 +227,11 @@ class Daemon(ServeProcess):
         return code
 
 
-def chain(ctx: zmq.Context, model: Path, pattern: str, max_batch: int, shape: tuple[int, ...]):
+def chain(ctx: zmq.Context, model: Path, pattern: str, max_batch: int, shape: tuple[int, ...],
+          extra: dict | None = None):
     sock = open_socket(ctx, "tcp://127.0.0.1:*", pattern, hwm=64)
     in_ep = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
-    daemon = Daemon(model, in_ep, "sub" if pattern == "pub" else "pull", max_batch)
+    daemon = Daemon(model, in_ep, "sub" if pattern == "pub" else "pull", max_batch, extra)
     collector = DecisionCollector(ctx, daemon.out_ep)
     collector.start()
     if pattern == "pub" and not wait_for_subscriber(sock, 60):
@@ -187,9 +275,10 @@ def wait_for_decisions(collector: DecisionCollector, daemon: Daemon, sent: int, 
     return counts, last
 
 
-def end_to_end(ctx, model, source, events: int, max_batch: int, per_message: int, shape) -> dict:
+def end_to_end(ctx, model, source, events: int, max_batch: int, per_message: int, shape,
+               extra: dict | None = None) -> dict:
     """Sustained rate with backpressure and no loss: everything sent must come back decided."""
-    sock, daemon, collector = chain(ctx, model, "push", max_batch, shape)
+    sock, daemon, collector = chain(ctx, model, "push", max_batch, shape, extra)
     try:
         cpu0 = cpu_seconds(daemon.proc.pid)
         t0 = time.monotonic()
@@ -206,11 +295,13 @@ def end_to_end(ctx, model, source, events: int, max_batch: int, per_message: int
         code = daemon.stop()  # before the readout closes, so a dropped input in its log means a real drop
         sock.close(linger=0)
     rate = decided / elapsed
-    log.info("end to end, max_batch %4d: %8.0f events/s (%d of %d decided), daemon peak RSS %.0f MB; cores busy: "
-             "daemon %.2f (ZeroMQ I/O %.2f), readout + collector %.2f", max_batch, rate, decided, stats.total_events,
+    log.info("end to end, %s, max_batch %4d: %8.0f events/s (%d of %d decided), daemon peak RSS %.0f MB; cores busy: "
+             "daemon %.2f (ZeroMQ I/O %.2f), readout + collector %.2f", source.data.dtype, max_batch, rate, decided,
+             stats.total_events,
              rss / 2**20, cpu["daemon"] / elapsed, cpu["daemon_zmq_io"] / elapsed,
              cpu["readout_and_collector"] / elapsed)
-    return {"max_batch": max_batch, "events_per_message": per_message, "events_sent": stats.total_events,
+    return {"max_batch": max_batch, "events_per_message": per_message, "wire_dtype": str(source.data.dtype),
+            "events_sent": stats.total_events,
             "events_decided": decided, "lost": stats.total_events - decided, "seconds": elapsed,
             "events_per_second": rate, "daemon_counts": counts, "daemon_peak_rss_bytes": rss, "daemon_exit": code,
             # Where the machine's CPU went (cores busy on average over the run): what the daemon spends
@@ -311,11 +402,112 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+# int16 streams: ADC counts of a digitizer with this pedestal and gain (counts per unit); the
+# daemon converts them back with pedestal and 1/gain while it assembles its batches.
+ADC_PEDESTAL = 1000.0
+ADC_GAIN = 10000.0
+
+
+def sources(pipeline: str, size: int = 4096) -> dict[str, PoolSource]:
+    """Pre-simulated pools: float32 and, for the pulse pipeline, int16 ADC counts of the same events."""
+    if pipeline != "pulse":
+        return {"float32": PoolSource(make_simulation("sky", seed=2024), size)}
+    from simulators.waveform import WaveformConfig
+
+    return {"float32": PoolSource(make_simulation("waveform", seed=2024, signal_fraction=0.5), size),
+            "int16": PoolSource(make_simulation("waveform", seed=2024, signal_fraction=0.5,
+                                                config=WaveformConfig(adc="int16", pedestal=ADC_PEDESTAL,
+                                                                      gain=ADC_GAIN)), size)}
+
+
+def adc_config(dtype: str) -> dict:
+    return {"pipeline": {"pedestal": ADC_PEDESTAL, "gain": 1.0 / ADC_GAIN}} if dtype == "int16" else {}
+
+
+def yardstick_rate(pool: np.ndarray, seconds: float) -> float:
+    yard = yardstick_backend()
+    try:
+        batch = np.ascontiguousarray(pool[:256])
+        yard.infer(batch)
+        return rate_of(yard, batch, seconds)
+    finally:
+        yard.close()
+
+
+def e2e_against_yardstick(ctx, model, srcs: dict[str, PoolSource], shape, batches: list[int], repeats: int,
+                          events: int, per_message: int, bracket_s: float) -> list[dict]:
+    """End-to-end runs of each wire dtype and max_batch, each bracketed by bare runs of the backend
+    under test at the same batch size and of the yardstick at batch 256."""
+    pool = srcs["float32"].data
+    out = []
+    for _ in range(repeats):
+        for dtype, src in srcs.items():
+            for mb in batches:
+                before = bare_backend(model, pool, [mb], seconds=bracket_s)[mb]
+                y_before = yardstick_rate(pool, bracket_s / 3)
+                r = end_to_end(ctx, model, src, events, mb, per_message, shape, adc_config(dtype))
+                after = bare_backend(model, pool, [mb], seconds=bracket_s)[mb]
+                y_after = yardstick_rate(pool, bracket_s / 3)
+                r["bare_same_batch_events_per_second"] = (before + after) / 2
+                r["ratio_to_bare"] = r["events_per_second"] / r["bare_same_batch_events_per_second"]
+                r["yardstick_bare_events_per_second"] = (y_before + y_after) / 2
+                r["ratio_to_yardstick"] = r["events_per_second"] / r["yardstick_bare_events_per_second"]
+                log.info("  %s, max_batch %d: paired ratio to bare %.2f, to the yardstick's bare rate %.2f", dtype,
+                         mb, r["ratio_to_bare"], r["ratio_to_yardstick"])
+                out.append(r)
+    return out
+
+
+def dtype_summary(runs: list[dict]) -> dict:
+    out = {}
+    for dtype in sorted({r["wire_dtype"] for r in runs}):
+        rs = [r for r in runs if r["wire_dtype"] == dtype]
+        ratios = sorted(r["ratio_to_yardstick"] for r in rs)
+        best = max(rs, key=lambda r: r["events_per_second"])
+        out[dtype] = {"ratio_to_yardstick_median": float(np.median(ratios)),
+                      "ratio_to_yardstick_range": [ratios[0], ratios[-1]], "runs": len(rs),
+                      "best_events_per_second": best["events_per_second"], "best_max_batch": best["max_batch"],
+                      "median_events_per_second": float(np.median([r["events_per_second"] for r in rs])),
+                      "lost_events": sum(r["lost"] for r in rs),
+                      "cores_busy_median": {k: float(np.median([r["cores_busy"][k] for r in rs]))
+                                            for k in rs[0]["cores_busy"]}}
+    return out
+
+
+def ci_check(a, model: Path) -> dict:
+    """The short regression check: bare backend and end to end (float32 and int16) as ratios to the
+    yardstick measured in the same run (tests/perf/test_throughput_regression.py sets the floors)."""
+    srcs = sources("pulse", 1024)
+    pool = srcs["float32"].data
+    be = create_backend(BACKEND, model, threads=THREADS)
+    try:
+        bare = paired_ratios(be, np.ascontiguousarray(pool[:256]), a.pairs, a.window, WORKERS)
+    finally:
+        be.close()
+    log.info("bare %s / yardstick: %.2f [%.2f, %.2f]", BACKEND, bare["ratio_median"], *bare["ratio_range"])
+    ctx = zmq.Context()
+    try:
+        e2e = e2e_against_yardstick(ctx, model, srcs, (pool.shape[1],), [256], 1, a.events, a.per_message,
+                                    bracket_s=1.0)
+    finally:
+        ctx.term()
+    return {"pipeline": "pulse", "backend": BACKEND, "model": model.name, "yardstick": YARDSTICK.name,
+            "bare": bare, "end_to_end": e2e, "end_to_end_by_dtype": dtype_summary(e2e)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pipeline", choices=["pulse", "segment", "denoise"], default="pulse")
     p.add_argument("--model", type=Path, help="default: the pipeline's shipped model")
+    p.add_argument("--backend", help="backend under test, bare and in the daemon (default: numba for the pulse "
+                                     "pipeline, onnxruntime for the image pipelines)")
     p.add_argument("--quick", action="store_true", help="short runs (smoke test of the benchmark itself)")
+    p.add_argument("--ci", action="store_true",
+                   help="only the regression check: bare and end-to-end ratios to the yardstick (< 1 min)")
+    p.add_argument("--out", type=Path, help="--ci: write the result here (default: results/throughput_ci.json)")
+    p.add_argument("--pairs", type=int, default=7, help="yardstick/candidate pairs per bare comparison")
+    p.add_argument("--window", type=float, default=0.4, help="seconds per window of a pair")
+    p.add_argument("--events", type=int, default=40000, help="events per end-to-end run")
     p.add_argument("--per-message", type=int, default=64, help="events per message")
     p.add_argument("--workers", type=int, default=0,
                    help="the daemon's batching.workers (0 = its default); the bare backend runs the same way")
@@ -323,22 +515,34 @@ def main() -> int:
                    help="ONNX Runtime runs batches in slices of at most this many events (0 = whole batch)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    global PIPELINE, WORKERS, THREADS
+    global PIPELINE, WORKERS, THREADS, BACKEND
     PIPELINE = a.pipeline
+    BACKEND = a.backend or ("numba" if a.pipeline == "pulse" else "onnxruntime")
+    if BACKEND != "onnxruntime":
+        DAEMON_CONFIG["backend"] = {"name": BACKEND}
     if a.max_run_batch:
         BACKEND_OPTIONS["max_run_batch"] = a.max_run_batch
-        DAEMON_CONFIG["backend"] = {"options": BACKEND_OPTIONS}
+        DAEMON_CONFIG["backend"] = {**DAEMON_CONFIG.get("backend", {}), "options": BACKEND_OPTIONS}
     if a.workers:
         DAEMON_CONFIG["batching"] = {"workers": a.workers}
     daemon_config = Config.model_validate(DAEMON_CONFIG)
     WORKERS, THREADS = inference_workers(daemon_config), backend_threads(daemon_config)
     a.model = a.model or PACKAGE_MODELS / f"{a.pipeline}_default.onnx"
+    if a.ci:
+        if a.pipeline != "pulse":
+            p.error("--ci measures the pulse pipeline")
+        result = ci_check(a, a.model)
+        if a.out is None:
+            path = write_result("throughput_ci", result)
+        else:
+            path = a.out
+            path.write_text(json.dumps({"benchmark": "throughput_ci", "machine": machine_stamp(), **result},
+                                       indent=1, default=float) + "\n")
+        log.info("wrote %s", path)
+        return 0
     scale = 0.2 if a.quick else 1.0
-    if a.pipeline == "pulse":
-        sim = make_simulation("waveform", seed=2024, signal_fraction=0.5)
-    else:
-        sim = make_simulation("sky", seed=2024)
-    source = PoolSource(sim, 4096)
+    srcs = sources(a.pipeline)
+    source = srcs["float32"]
     shape = source.data.shape[1:]
     batch_sizes = [1, 8, 32, 64, 128, 256, 512]
     bare = bare_backend(a.model, source.data, batch_sizes, seconds=3.0 * scale)
@@ -347,21 +551,28 @@ def main() -> int:
     cores = usable_cores()
     one_caller = bare if (WORKERS, THREADS) == (1, cores) else \
         bare_backend(a.model, source.data, batch_sizes, seconds=3.0 * scale, workers=1, threads=cores)
+    lever_results = levers(a.model, source.data, max(3, int(a.pairs * scale) + 1), a.window) \
+        if a.pipeline == "pulse" else []
     ctx = zmq.Context()
     # The machine's speed drifts minute to minute (shared cores), so each end-to-end run is
     # bracketed by bare-backend runs at the same batch size and judged by that paired ratio.
-    e2e = []
-    for _ in range(2):
-        for mb in (128, 256, 512):
-            before = bare_backend(a.model, source.data, [mb], seconds=2.0 * scale)[mb]
-            r = end_to_end(ctx, a.model, source, int(40000 * scale), mb, a.per_message, shape)
-            after = bare_backend(a.model, source.data, [mb], seconds=2.0 * scale)[mb]
-            r["bare_same_batch_events_per_second"] = (before + after) / 2
-            r["ratio_to_bare"] = r["events_per_second"] / r["bare_same_batch_events_per_second"]
-            log.info("  paired ratio at max_batch %d: %.2f", mb, r["ratio_to_bare"])
-            e2e.append(r)
-    best = max(e2e, key=lambda r: r["events_per_second"])
-    ratios = sorted(r["ratio_to_bare"] for r in e2e)
+    if a.pipeline == "pulse":
+        e2e = e2e_against_yardstick(ctx, a.model, srcs, shape, [128, 256, 512], 2, int(a.events * scale),
+                                    a.per_message, bracket_s=2.0 * scale)
+    else:
+        e2e = []
+        for _ in range(2):
+            for mb in (128, 256, 512):
+                before = bare_backend(a.model, source.data, [mb], seconds=2.0 * scale)[mb]
+                r = end_to_end(ctx, a.model, source, int(a.events * scale), mb, a.per_message, shape)
+                after = bare_backend(a.model, source.data, [mb], seconds=2.0 * scale)[mb]
+                r["bare_same_batch_events_per_second"] = (before + after) / 2
+                r["ratio_to_bare"] = r["events_per_second"] / r["bare_same_batch_events_per_second"]
+                log.info("  paired ratio at max_batch %d: %.2f", mb, r["ratio_to_bare"])
+                e2e.append(r)
+    f32 = [r for r in e2e if r.get("wire_dtype", "float32") == "float32"]
+    best = max(f32, key=lambda r: r["events_per_second"])
+    ratios = sorted(r["ratio_to_bare"] for r in f32)
     half = 0.5 * best["events_per_second"]
     lat = latency_at(ctx, a.model, source, half, 20 * scale, 256, 16, shape)
     ctx.term()
@@ -369,6 +580,7 @@ def main() -> int:
     result = {
         "pipeline": a.pipeline,
         "model": str(a.model.name),
+        "backend": BACKEND,
         "backend_options": BACKEND_OPTIONS,
         "workers": WORKERS,
         "threads_per_call": THREADS,
@@ -382,7 +594,7 @@ def main() -> int:
             "end_to_end_best_max_batch": best["max_batch"],
             "ratio_end_to_end_over_bare": float(np.median(ratios)),
             "ratio_end_to_end_over_bare_range": [ratios[0], ratios[-1]],
-            "cores_busy_median": {k: float(np.median([r["cores_busy"][k] for r in e2e])) for k in e2e[0]["cores_busy"]},
+            "cores_busy_median": {k: float(np.median([r["cores_busy"][k] for r in f32])) for k in f32[0]["cores_busy"]},
             "best_bare_any_configuration_events_per_second": max(*bare.values(), *one_caller.values()),
             "ratio_best_end_to_end_over_best_bare_any_configuration":
                 best["events_per_second"] / max(*bare.values(), *one_caller.values()),
@@ -394,6 +606,14 @@ def main() -> int:
             "lost_events": sum(r["lost"] for r in e2e),
         },
     }
+    if a.pipeline == "pulse":
+        result["yardstick"] = {"model": str(YARDSTICK.relative_to(Path(__file__).resolve().parent.parent)),
+                               "sha256": YARDSTICK_SHA256, "backend": "onnxruntime",
+                               "threads": cores, "workers": 1}
+        result["levers"] = lever_results
+        result["end_to_end_by_dtype"] = dtype_summary(e2e)
+        result["summary"]["target_bare_over_yardstick"] = 2.6
+        result["summary"]["target_end_to_end_over_yardstick"] = 1.2
     name = "throughput" if a.pipeline == "pulse" else f"throughput_{a.pipeline}"
     path = write_result(name, result)
     result["machine"] = __import__("json").loads(path.read_text())["machine"]
@@ -404,6 +624,9 @@ def main() -> int:
              s["ratio_end_to_end_over_bare"], s["end_to_end_best_events_per_second"],
              s["p99_latency_half_load_seconds"] * 1e3,
              s["daemon_peak_rss_bytes"] / 2**20, s["lost_events"])
+    for dtype, d in result.get("end_to_end_by_dtype", {}).items():
+        log.info("end to end %s / yardstick bare: %.2f [%.2f, %.2f] (target >= 1.2); best %.0f events/s", dtype,
+                 d["ratio_to_yardstick_median"], *d["ratio_to_yardstick_range"], d["best_events_per_second"])
     return 0
 
 

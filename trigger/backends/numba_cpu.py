@@ -389,6 +389,13 @@ class NumbaBackend(Backend):
             if self._threads > 1 else None
         self._lock = threading.Lock()
         self._closed = False
+        # Compile (or load from numba's cache) now, for both kinds of batch the daemon passes: its
+        # own writable buffer and a message's read-only array (numba types them apart), so no
+        # batch waits for a compiler.
+        one = np.zeros((1, weights["length"]), np.float32)
+        _encode(one, *self._args, np.empty((1, len(weights["dense"][1])), np.float32))
+        one.setflags(write=False)
+        _encode(one, *self._args, np.empty((1, len(weights["dense"][1])), np.float32))
 
     @property
     def input_name(self) -> str:
