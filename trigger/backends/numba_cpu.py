@@ -331,23 +331,28 @@ def _encode(x, offset, w1, b1, w2, b2, w3, b3, wd, bd, out):  # pragma: no cover
     n2 = n1 // 8
     n3 = n2 // 8
     n4 = n3 // 2
-    p1 = np.zeros((4, n1 + 2 * _PAD), np.float32)
-    y1 = np.empty((w1.shape[0], n1), np.float32)
-    p2 = np.zeros((w1.shape[0] * 4, n2 + 2 * _PAD), np.float32)
-    y2 = np.empty((w2.shape[0], n2), np.float32)
-    p3 = np.zeros((w2.shape[0] * 4, n3 + 2 * _PAD), np.float32)
-    y3 = np.empty((w3.shape[0], n3), np.float32)
+    # Each convolution computes a whole number of 8-lane vectors of outputs (the ones past n are
+    # never read): a scalar remainder loop costs as much as the vectors (38 outputs: 14 us -> 9 us).
+    m1 = -(-n1 // 8) * 8
+    m2 = -(-n2 // 8) * 8
+    m3 = -(-n3 // 8) * 8
+    p1 = np.zeros((4, m1 + 2 * _PAD), np.float32)
+    y1 = np.empty((w1.shape[0], m1), np.float32)
+    p2 = np.zeros((w1.shape[0] * 4, m2 + 2 * _PAD), np.float32)
+    y2 = np.empty((w2.shape[0], m2), np.float32)
+    p3 = np.zeros((w2.shape[0] * 4, m3 + 2 * _PAD), np.float32)
+    y3 = np.empty((w3.shape[0], m3), np.float32)
     h = np.empty(w3.shape[0] * n4, np.float32)
     for e in range(x.shape[0]):
         xe = x[e]
         for t in range(n1):
             for r in range(4):
                 p1[r, _PAD + t] = np.float32(xe[4 * t + r]) - offset
-        _conv(p1, w1, b1, y1, n1)
+        _conv(p1, w1, b1, y1, m1)
         _relu_pool_phases(y1, n1, p2)
-        _conv(p2, w2, b2, y2, n2)
+        _conv(p2, w2, b2, y2, m2)
         _relu_pool_phases(y2, n2, p3)
-        _conv(p3, w3, b3, y3, n3)
+        _conv(p3, w3, b3, y3, m3)
         for c in range(w3.shape[0]):
             for q in range(n4):
                 h[c * n4 + q] = (max(y3[c, 2 * q], zero) + max(y3[c, 2 * q + 1], zero)) / two
