@@ -246,7 +246,8 @@ def cmd_replay(a: argparse.Namespace) -> int:
     try:
         if a.curve_clients:
             auth = curve.start_authenticator(ctx, a.curve_clients)
-        sock = open_socket(ctx, a.output, a.pattern, connect=a.connect, curve_secret_key=a.curve_secret_key)
+        sock = open_socket(ctx, a.output, a.pattern, connect=a.connect, curve_secret_key=a.curve_secret_key,
+                           hwm=_send_hwm(run if run is not None else source, a.batch))
     except (OSError, ValueError, zmq.ZMQError) as exc:
         logger.error("cannot open %s: %s", a.output, exc)
         if auth is not None:
@@ -271,6 +272,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
                 replay_run(sock, run, sources=[a.source] if a.source_given else None, rate=a.rate,
                            realtime=a.realtime, events=a.events, duration=a.duration, truth=not a.no_truth,
                            keep_time=a.keep_time, stop=lambda: stop["now"], progress=bar.update)
+            _deliver(sock, stop["now"])
             return 0
         events = a.events if a.events else int(a.rate * a.duration) if a.rate and a.duration else 0
         if events <= 0:
@@ -280,6 +282,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
                   disable=not sys.stderr.isatty()) as bar:
             replay(sock, source, sources=sources, events=events, rate=a.rate, events_per_message=a.batch,
                    truth=not a.no_truth, stop=lambda: stop["now"], progress=bar.update)
+        _deliver(sock, stop["now"])
     finally:
         sock.close()
         if auth is not None:
@@ -288,6 +291,31 @@ def cmd_replay(a: argparse.Namespace) -> int:
         if run is not None:
             run.close()
     return 0
+
+
+def _send_hwm(source: Any, batch: int, queue_bytes: int = 64 << 20) -> int:
+    """Messages the readout socket may queue: about ``queue_bytes`` of them (4 to 1000), so large
+    messages neither fill memory nor wait long in a queue that closing the socket would drop."""
+    import numpy as np
+
+    if hasattr(source, "n_events"):  # a recording: its mean message
+        a = source.attrs
+        per_message = max(1, int(a.get("events") or 1) // max(1, int(a.get("messages") or 1)))
+        event = int(np.prod(source.event_shape)) * source.dtype.itemsize
+    elif getattr(source, "data", None) is not None:  # a file or pool
+        per_message, event = batch, source.data[0].nbytes
+    else:
+        return 1000
+    return int(min(1000, max(4, queue_bytes // max(1, per_message * event))))
+
+
+def _deliver(sock: Any, interrupted: bool) -> None:
+    """A PUSH replay that ran to its end waits (up to a minute) for its queue to reach the peer,
+    so every message it counted as sent arrives; an interrupted one keeps the 5 s linger."""
+    import zmq
+
+    if not interrupted and sock.type == zmq.PUSH:
+        sock.setsockopt(zmq.LINGER, 60_000)
 
 
 def _byte_size(text: str) -> int:

@@ -337,7 +337,9 @@ class Recorder:
         self.sock = ctx.socket(zmq.SUB if pattern == "sub" else zmq.PULL)
         try:
             self.sock.setsockopt(zmq.LINGER, 0)
-            self.sock.setsockopt(zmq.RCVHWM, 1000)
+            # The receiving thread empties the socket into the byte-bounded queue at once; ZeroMQ's own
+            # queue fills only while that waits for the disk, so a short one is enough (and bounds memory).
+            self.sock.setsockopt(zmq.RCVHWM, 100)
             if curve_server_key or curve_secret_key:
                 if not (curve_server_key and curve_secret_key):
                     raise ValueError("CURVE needs both --curve-server-key and --curve-secret-key")
