@@ -295,7 +295,8 @@ def test_sigkill_under_load_leaves_every_message_up_to_the_last_flush(tmp_path):
         m = r.messages()
         assert int(m["first"][-1] + m["count"][-1]) == n and m["seq"].tolist() == list(range(n // 32))
         last_sent = int(r.columns(n - 1, n)["t_ns"][0])
-        assert t_kill - last_sent < 1.5e9, f"the last recorded message was sent {(t_kill - last_sent) / 1e9:.2f} s " \
+        # flushes every 0.5 s; the rest of the margin is time in the sockets and queues of a loaded machine
+        assert t_kill - last_sent < 2.0e9, f"the last recorded message was sent {(t_kill - last_sent) / 1e9:.2f} s " \
                                             "before the kill: more than a flush interval lost"
 
 
