@@ -19,6 +19,11 @@ with HDF5's ``h5clear -s FILE``. Files are written as ``NAME.h5.writing`` and re
 ``NAME.h5`` on a clean close, which also clears the flag; a reader takes the shortest per-event
 dataset as the number of events N, and only messages wholly below N.
 
+No dataset or attribute can be created in SWMR mode: all exist from the first message on (``closed``
+is empty until a clean close, ``end_of_run`` until one arrives). A truth key first seen later is the
+one exception: the writer leaves SWMR for the milliseconds it takes to add its dataset; a SIGKILL in
+exactly that window leaves a file that only ``h5clear -s`` reopens.
+
 Readers: :func:`open_run` (one file) and :func:`open_runs` (rotated parts or several files as
 one). Both stream: nothing reads the whole file unless asked to.
 """
