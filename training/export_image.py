@@ -1,7 +1,15 @@
 """Export the sky-image models to ONNX, check them with ONNX Runtime, and write their calibration files.
 
-Every graph takes RAW images, ``image`` float32 [batch, 64, 64] (dynamic batch), with the per-image
-max normalisation and the channel axis inside (training.image_models.normalise_max), and returns
+Every graph takes RAW images, ``image`` float32 [batch, height, width] (dynamic batch; 64 x 64 for
+the shipped models, the recording's frame size for models trained on recorded backgrounds), with the
+pedestal (if any), the per-image max normalisation and the channel axis inside
+(training.image_models.normalise_max), and returns
+
+The frame size is fixed in the exported file, not a dynamic axis, although the U-nets take any size:
+the calibration's working points (pixel false-positive rates) hold for the frames they were measured
+on, the per-pixel pedestal is a [height, width] buffer, and the daemon refuses a model whose input
+shape differs from its calibration's (``trigger.pipelines.base.check_io``), so the calibration
+declares the one shape the daemon serves.
 
 * segment: ``prob`` float32 [batch, 64, 64]; ``<stem>.calib.json`` (``trigger.segment-calibration/1``)
   holds the probability cuts at which the pixel false-positive rate on independent calibration
@@ -47,15 +55,25 @@ P_WORKING_POINTS = (0.02, 0.5)
 DEFAULT_WORKING_POINT = "fpr_0.01"
 
 
-def export_onnx(model: nn.Module, task: str, path: str | Path, *, check_images: int = 32) -> dict[str, Any]:
-    """Write ``model`` (a raw-image module of ``task``) to ``path`` as one self-contained file and check it
-    against torch on simulated raw images (plus an all-zero one); returns ``{"path", "sha256", "opset",
-    "bytes"}`` and the differences of :func:`compare_with_torch`; raises if the scaled difference exceeds
-    :data:`TOLERANCE`."""
+def model_frame(model: nn.Module) -> tuple[int, int]:
+    """(height, width) the model is exported with (its config's, 64 x 64 for configs without one)."""
+    c = model.config
+    return int(getattr(c, "height", 64)), int(getattr(c, "width", 64))
+
+
+def export_onnx(model: nn.Module, task: str, path: str | Path, *, check_images: int = 32,
+                frames: np.ndarray | None = None) -> dict[str, Any]:
+    """Write ``model`` (a raw-image module of ``task``) to ``path`` as one self-contained file, with the
+    model's frame size, and check it against torch on raw images (``frames``, by default simulated ones)
+    plus an all-zero one; returns ``{"path", "sha256", "opset", "bytes"}`` and the differences of
+    :func:`compare_with_torch`; raises if the scaled difference exceeds :data:`TOLERANCE`."""
     if task not in OUTPUT_NAMES:
         raise ValueError(f"task must be one of {sorted(OUTPUT_NAMES)}, got {task!r}")
-    path = write_onnx(model, {"image": torch.rand(2, 64, 64) * 100}, path, [OUTPUT_NAMES[task]], [INPUT_NAME])
-    diffs = compare_with_torch(path, model, task, check_images)
+    h, w = model_frame(model)
+    if frames is not None and tuple(frames.shape[1:]) != (h, w):
+        raise ValueError(f"check frames of shape {list(frames.shape[1:])} for a model of {h} x {w} frames")
+    path = write_onnx(model, {"image": torch.rand(2, h, w) * 100}, path, [OUTPUT_NAMES[task]], [INPUT_NAME])
+    diffs = compare_with_torch(path, model, task, check_images, frames)
     if not diffs["max_scaled_diff"] <= TOLERANCE:
         raise RuntimeError(f"ONNX Runtime and torch disagree on {path}: {diffs}; max |diff| / max(1, |torch|) "
                            f"must stay below {TOLERANCE}")
@@ -65,15 +83,26 @@ def export_onnx(model: nn.Module, task: str, path: str | Path, *, check_images: 
     return info
 
 
-def compare_with_torch(path: str | Path, model: nn.Module, task: str, n: int = 32) -> dict[str, float]:
-    """ORT vs torch on ``n`` simulated raw images, the same images max-normalised and an all-zero image:
-    ``max_abs_diff`` (all of them), ``max_abs_diff_normalised`` (the normalised and zero images) and
-    ``max_scaled_diff``, the difference in the output's natural scale (see :data:`TOLERANCE`)."""
-    from training.train_image import SEEDS, simulate_sky
+def compare_with_torch(path: str | Path, model: nn.Module, task: str, n: int = 32,
+                       frames: np.ndarray | None = None) -> dict[str, float]:
+    """ORT vs torch on ``n`` raw images (``frames``, or simulated ones of the model's frame size), the same
+    images max-normalised and an all-zero image: ``max_abs_diff`` (all of them), ``max_abs_diff_normalised``
+    (the normalised and zero images) and ``max_scaled_diff``, the difference in the output's natural scale
+    (see :data:`TOLERANCE`)."""
+    from training.train_image import SEEDS, simulate_frames
 
-    raw = simulate_sky(n, SEEDS["export_check"], progress=False).counts
-    peak = raw.max(axis=(1, 2), keepdims=True)
-    x = np.concatenate([raw, raw / peak, np.zeros((1, *raw.shape[1:]), np.float32)]).astype(np.float32)
+    if frames is not None:
+        raw = np.asarray(frames[:n], np.float32)
+        n = len(raw)
+    else:
+        raw = simulate_frames(n, SEEDS["export_check"], model_frame(model), progress=False).counts
+    ped = getattr(model, "pedestal", None)
+    if ped is None:
+        peak = raw.max(axis=(1, 2), keepdims=True)
+        x = np.concatenate([raw, raw / peak, np.zeros((1, *raw.shape[1:]), np.float32)]).astype(np.float32)
+    else:  # frames on a pedestal: the same frames with half the signal above it (an empty frame divides by ~0)
+        p = ped.detach().numpy()
+        x = np.concatenate([raw, p + 0.5 * (raw - p)]).astype(np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     got = ort_runner(path, OUTPUT_NAMES[task])(x)
@@ -82,8 +111,9 @@ def compare_with_torch(path: str | Path, model: nn.Module, task: str, n: int = 3
     diff = np.abs(got.astype(np.float64) - ref)
     if task == "segment":
         scale = np.ones_like(diff)
-    elif task == "denoise":
-        scale = np.maximum(1.0, x.max(axis=(1, 2), keepdims=True))
+    elif task == "denoise":  # the frame's scale: its maximum, or the pedestal it sits on
+        scale = np.maximum(1.0, np.maximum(x.max(axis=(1, 2), keepdims=True), np.abs(ref).max(axis=(1, 2),
+                                                                                             keepdims=True)))
     else:
         scale = np.maximum(1.0, np.abs(ref))
     return {"max_abs_diff": float(diff.max()), "max_abs_diff_normalised": float(diff[n:].max()),
@@ -148,15 +178,22 @@ def calibrate_denoise(path: str | Path, test_sets: Mapping[str, tuple[np.ndarray
     mse = {name: float(np.mean((run(noisy) - clean) ** 2)) for name, (clean, noisy) in test_sets.items()}
     identity = {name: float(np.mean((noisy - clean) ** 2)) for name, (clean, noisy) in test_sets.items()}
     clean0 = next(iter(test_sets.values()))[0]
+    if noise == "recorded":
+        how = {"validation_images": len(clean0), "validation_seed": SEEDS["test"],
+               "validation_mse_noisy_input": identity, "evaluated_with": "onnxruntime",
+               "mse_definition": "mean over pixels and frames of (denoised - clean)^2 in the input's units; clean = "
+                                 "pedestal + simulated counts x signal_scale, noisy = simulated counts x "
+                                 "signal_scale + a recorded background frame of the test split"}
+    else:
+        how = {"noise_levels": dict(NOISE_LEVELS), "validation_images": len(clean0), "validation_seed": SEEDS["test"],
+               "validation_noise_seeds": {n: SEEDS["noise_test"] * 10 + k for k, n in enumerate(test_sets)},
+               "validation_mse_noisy_input": identity, "evaluated_with": "onnxruntime",
+               "mse_definition": "mean over pixels and images of (denoised - clean)^2, clean = counts / "
+                                 "max(counts), noisy = simulators.sky.add_noise(clean, model, level)"}
     cal = {"format": FORMATS["denoise"], "model_sha256": sha256_file(path), "input_name": INPUT_NAME,
            "output_name": OUTPUT_NAMES["denoise"], "event_shape": [int(s) for s in clean0.shape[1:]],
            "noise_model": noise, "validation_mse": mse,
-           "training": {**training_provenance(provenance), "noise_levels": dict(NOISE_LEVELS),
-                        "validation_images": len(clean0), "validation_seed": SEEDS["test"],
-                        "validation_noise_seeds": {n: SEEDS["noise_test"] * 10 + k for k, n in enumerate(test_sets)},
-                        "validation_mse_noisy_input": identity, "evaluated_with": "onnxruntime",
-                        "mse_definition": "mean over pixels and images of (denoised - clean)^2, clean = counts / "
-                                          "max(counts), noisy = simulators.sky.add_noise(clean, model, level)"}}
+           "training": {**training_provenance(provenance), **how}}
     out = write_json(calibration_path_for(path), cal)
     logger.info("denoise calibration %s: MSE %s", out, {k: f"{v:.3g}" for k, v in mse.items()})
     return cal

@@ -1,8 +1,13 @@
-"""Torch modules of the 64x64 sky-image pipelines: U-net segmentation, denoising autoencoder, parameter CNN.
+"""Torch modules of the sky-image pipelines: U-net segmentation, denoising autoencoder, parameter CNN.
 
-Every model takes RAW images, ``image`` float32 [batch, 64, 64] (counts as the readout sends them),
-and does the per-image max normalisation and the channel axis itself (:func:`normalise_max`), so the
-module that is trained is the module that is exported and served:
+Every model takes RAW images, ``image`` float32 [batch, height, width] (counts as the readout sends
+them; 64 x 64 for the shipped models), and does the per-image max normalisation and the channel axis
+itself (:func:`normalise_max`), so the module that is trained is the module that is exported and served.
+Models trained on recorded backgrounds (``pedestal`` in their config) first subtract a per-pixel
+pedestal learned from the recording (a buffer, so it lives in the exported graph and a stream of
+integer ADC counts needs no daemon option). The two U-nets are fully convolutional: a frame whose
+sides are not multiples of ``2 ** depth`` is zero-padded to the next multiple inside the graph
+(after normalisation, at the bottom and right) and the output cropped back (:func:`pad_to_multiple`):
 
 * :class:`SegmentUNet`: ``prob`` [batch, 64, 64], the sigmoid probability that a pixel belongs to a
   point source (``logits`` gives the pre-sigmoid values the loss is computed from). Invariant to
@@ -30,6 +35,28 @@ HEIGHT = WIDTH = 64
 SCALE_FLOOR = 1e-12
 """The per-image max is clamped to this, so an all-zero image normalises to zeros, not NaN."""
 REGRESSION_OUTPUTS = ("amp_dm", "n_disk", "n_gc", "n_total")
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the last two axes of ``x`` at the bottom and right to multiples of ``multiple`` (no-op when
+    they already are, so a 64 x 64 frame runs exactly the graph it always did)."""
+    h, w = x.shape[-2], x.shape[-1]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
+def frame_pedestal(module: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """``image`` less the module's per-pixel ``pedestal`` buffer [H, W] where it has one."""
+    ped = getattr(module, "pedestal", None)
+    return image if ped is None else image - ped
+
+
+def register_pedestal(module: nn.Module, config: object) -> None:
+    """A ``pedestal`` buffer [height, width] (zeros until trained or loaded) when ``config.pedestal``."""
+    if getattr(config, "pedestal", False):
+        module.register_buffer("pedestal", torch.zeros(config.height, config.width))
+    else:
+        module.pedestal = None
 
 
 def normalise_max(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +109,13 @@ class UNetConfig:
     prior: float = 0.03
     """Initial source probability of every pixel (the output bias starts at its logit): starting at
     p = 0.5 costs epochs of pushing 95% background pixels down before anything is learned."""
+    height: int = 64
+    """Frame height the model is exported with (the network itself takes any size)."""
+    width: int = 64
+    """Frame width the model is exported with."""
+    pedestal: bool = False
+    """Subtract a per-pixel pedestal buffer [height, width] (the mean recorded background frame)
+    before normalising."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,8 +134,9 @@ class SegmentUNet(nn.Module):
     def __init__(self, config: UNetConfig | None = None):
         super().__init__()
         self.config = c = config or UNetConfig()
-        if HEIGHT % (2 ** c.depth):
-            raise ValueError(f"depth {c.depth} does not divide the {HEIGHT}-pixel image")
+        if c.depth < 1 or min(c.height, c.width) < 1:
+            raise ValueError(f"need depth >= 1 and a frame of at least 1 x 1 pixels: {c}")
+        register_pedestal(self, c)
         ch = [c.base_channels * 2 ** i for i in range(c.depth + 1)]
         cin = 2 if c.sqrt_channel else 1
         self.down = nn.ModuleList(_block(a, b, c.slope) for a, b in zip([cin, *ch[:-2]], ch[:-1], strict=True))
@@ -112,9 +147,10 @@ class SegmentUNet(nn.Module):
         nn.init.constant_(self.head.bias, math.log(c.prior / (1 - c.prior)))
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Raw images [B, 64, 64] -> pre-sigmoid source logits [B, 64, 64]."""
-        x, _ = normalise_max(image)
-        h = input_channels(x, self.config.sqrt_channel)
+        """Raw images [B, H, W] -> pre-sigmoid source logits [B, H, W]."""
+        x, _ = normalise_max(frame_pedestal(self, image))
+        height, width = x.shape[-2], x.shape[-1]
+        h = pad_to_multiple(input_channels(x, self.config.sqrt_channel), 2 ** self.config.depth)
         skips = []
         for block in self.down:
             h = block(h)
@@ -123,10 +159,10 @@ class SegmentUNet(nn.Module):
         h = self.bottom(h)
         for up, block, skip in zip(self.up, self.dec, reversed(skips), strict=True):
             h = block(torch.cat([up(h), skip], dim=1))
-        return self.head(h).squeeze(1)
+        return self.head(h).squeeze(1)[:, :height, :width]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Raw images [B, 64, 64] -> probability per pixel [B, 64, 64]."""
+        """Raw images [B, H, W] -> probability per pixel [B, H, W]."""
         return torch.sigmoid(self.logits(image))
 
 
@@ -184,6 +220,13 @@ class DenoiseConfig:
     ``x``, the fills of ``fill_sigmas`` and the network's own estimate. Pixels the network judges
     uncorrupted can be passed through exactly, flagged ones taken from the right fill, instead of being
     re-synthesised; without fills it is ``m * estimate + (1 - m) * x``. Off: the estimate alone."""
+    height: int = 64
+    """Frame height the model is exported with (the network itself takes any size)."""
+    width: int = 64
+    """Frame width the model is exported with."""
+    pedestal: bool = False
+    """Subtract a per-pixel pedestal buffer [height, width] before normalising and add it back to the
+    output (the mean recorded background frame: the denoised frame is on the detector's pedestal)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -240,6 +283,7 @@ class DenoisingAE(nn.Module):
         if min(c.fill_sigmas, default=1.0) <= 0:
             raise ValueError(f"fill_sigmas must be > 0, got {c.fill_sigmas}")
         self.register_buffer("fill_kernels", gaussian_kernels(c.fill_sigmas) if c.fill_sigmas else None)
+        register_pedestal(self, c)
         cin = 1 + int(c.sqrt_channel) + 2 * int(c.indicator_channels) + 2 * len(c.fill_sigmas)
         self.enc = nn.ModuleList()
         self.down = nn.ModuleList()
@@ -264,6 +308,8 @@ class DenoisingAE(nn.Module):
     def normalised(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised noisy images [B, 1, H, W] -> denoised normalised images [B, 1, H, W]."""
         c = self.config
+        height, width = x.shape[-2], x.shape[-1]
+        x = pad_to_multiple(x, 2 ** len(c.channels))
         h = inp = denoise_channels(x, c.sqrt_channel, c.indicator_channels, self.fill_kernels)
         skips = []
         for enc, down in zip(self.enc, self.down, strict=True):
@@ -276,17 +322,18 @@ class DenoisingAE(nn.Module):
             h = dec(torch.cat([h, skip], dim=1) if c.skips else h)
         out = self.head(h)
         if not c.gate:
-            return out
+            return out[..., :height, :width]
         n_fill = 2 * len(c.fill_sigmas)
         fills = inp[:, inp.shape[1] - n_fill:] if n_fill else inp[:, :0]
         candidates = torch.cat([x, fills, out[:, :1]], dim=1)
         weights = torch.softmax(out[:, 1:], dim=1)
-        return torch.sum(weights * candidates, dim=1, keepdim=True)
+        return torch.sum(weights * candidates, dim=1, keepdim=True)[..., :height, :width]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Raw images [B, 64, 64] -> denoised images [B, 64, 64] in the same units."""
-        x, s = normalise_max(image)
-        return (self.normalised(x) * s).squeeze(1)
+        """Raw images [B, H, W] -> denoised images [B, H, W] in the same units."""
+        x, s = normalise_max(frame_pedestal(self, image))
+        out = (self.normalised(x) * s).squeeze(1)
+        return out if self.pedestal is None else out + self.pedestal
 
 
 # ------------------------------------------------------------------------------------ regression
@@ -317,8 +364,16 @@ class RegressorConfig:
     the head: a diffuse component's share of the counts is a linear functional of that image (what a
     template fit computes), which the pooled CNN features only approximate. 0 leaves it out."""
     outputs: tuple[str, ...] = field(default=REGRESSION_OUTPUTS)
+    height: int = HEIGHT
+    """Frame height (the head's width depends on it)."""
+    width: int = WIDTH
+    """Frame width."""
+    pedestal: bool = False
+    """Subtract a per-pixel pedestal buffer [height, width] before everything else (see UNetConfig.pedestal)."""
 
     def __post_init__(self) -> None:
+        if min(self.height, self.width) < 2 ** len(self.channels):
+            raise ValueError(f"a {self.height} x {self.width} frame cannot take {len(self.channels)} poolings")
         n = len(self.outputs)
         if not len(self.per_count) == len(self.log_targets) == len(self.target_mean) == len(self.target_std) == n:
             raise ValueError(f"per_count, log_targets, target_mean and target_std need {n} entries "
@@ -338,10 +393,10 @@ class SkyRegressor(nn.Module):
         self.config = c = config or RegressorConfig()
         self.features = conv_pool_features(2, c.channels, c.slope)
         cin = c.channels[-1] if c.channels else 2
-        side = HEIGHT // 2 ** len(c.channels)
-        self.linear = nn.Linear(HEIGHT * WIDTH, c.linear_features) if c.linear_features else None
+        cells = (c.height // 2 ** len(c.channels)) * (c.width // 2 ** len(c.channels))
+        self.linear = nn.Linear(c.height * c.width, c.linear_features) if c.linear_features else None
         self.head = nn.Sequential(nn.Dropout(c.dropout),
-                                  nn.Linear(cin * side * side + 2 + c.linear_features, c.hidden),
+                                  nn.Linear(cin * cells + 2 + c.linear_features, c.hidden),
                                   nn.LeakyReLU(c.slope), nn.Linear(c.hidden, len(c.outputs)))
         self.register_buffer("feature_mean", torch.tensor(c.feature_mean, dtype=torch.float32))
         self.register_buffer("feature_std", torch.tensor(c.feature_std, dtype=torch.float32))
@@ -349,6 +404,7 @@ class SkyRegressor(nn.Module):
         self.register_buffer("target_std", torch.tensor(c.target_std, dtype=torch.float32))
         self.register_buffer("count_mask", torch.tensor(c.per_count, dtype=torch.bool))
         self.register_buffer("log_mask", torch.tensor(c.log_targets, dtype=torch.bool))
+        register_pedestal(self, c)
 
     @staticmethod
     def total_counts(image: torch.Tensor) -> torch.Tensor:
@@ -356,7 +412,8 @@ class SkyRegressor(nn.Module):
         return torch.clamp(image.sum(dim=(1, 2)), min=SCALE_FLOOR).unsqueeze(1)
 
     def standardised(self, image: torch.Tensor) -> torch.Tensor:
-        """Raw images [B, 64, 64] -> standardised (transformed) targets [B, n_outputs]: what the loss sees."""
+        """Raw images [B, H, W] -> standardised (transformed) targets [B, n_outputs]: what the loss sees."""
+        image = frame_pedestal(self, image)
         x, s = normalise_max(image)
         total = self.total_counts(image)
         bright = torch.cat([torch.log(s.flatten(1)), torch.log(total)], dim=1)
@@ -364,19 +421,20 @@ class SkyRegressor(nn.Module):
         parts = [self.features(input_channels(x, True)).flatten(1), bright]
         if self.linear is not None:
             # x / sum(x) is ~1/4096 per pixel: rescaled so the branch starts at the usual activation scale.
-            parts.append(self.linear(image.flatten(1) * (HEIGHT * WIDTH / total)))
+            parts.append(self.linear(image.flatten(1) * (self.config.height * self.config.width / total)))
         return self.head(torch.cat(parts, dim=1))
 
     def transform_targets(self, y: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Physical targets [B, n] of raw ``image`` -> the standardised values the network is trained to predict."""
+        image = frame_pedestal(self, image)
         t = torch.where(self.count_mask, y / self.total_counts(image), y)
         t = torch.where(self.log_mask, torch.log1p(torch.clamp(t, min=0.0)), t)
         return (t - self.target_mean) / self.target_std
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Raw images [B, 64, 64] -> params [B, n_outputs] in physical units."""
+        """Raw images [B, H, W] -> params [B, n_outputs] in physical units."""
         t = self.standardised(image) * self.target_std + self.target_mean
         t = torch.where(self.log_mask, torch.expm1(t), t)
-        return torch.where(self.count_mask, t * self.total_counts(image), t)
+        return torch.where(self.count_mask, t * self.total_counts(frame_pedestal(self, image)), t)
 
 

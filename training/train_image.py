@@ -4,6 +4,7 @@
     python -m training.train_image --task denoise --noise mix --profile default \\
         --export trigger/models/denoise_default.onnx
     python -m training.train_image --task regress --profile default --export trigger/models/skyparams_default.onnx
+    python -m training.train_image --task segment --profile quick --noise-data noise_run.h5 --export seg.onnx
 
 Data come from :mod:`simulators.sky`, simulated in chunks from independent seeds (:data:`SEEDS`):
 training, validation (model selection), test (the reported metrics) and calibration (the
@@ -17,7 +18,24 @@ Every run writes ``runs/<name>/``: ``config.json``, ``history.json`` + ``history
 ``metrics.json`` and plots (``loss.png`` and per task: ``panels.png`` + ``roc.png``;
 ``denoise_panels.png``, a row per noise model; ``residuals.png``). With ``--export`` the model is
 written to ONNX, checked against torch with ONNX Runtime, and its calibration file or card is
-written beside it from the exported file's outputs (:mod:`training.export_image`).
+written beside it from the exported file's outputs (:mod:`training.export_image`). The export goes
+to ``X.partial.onnx`` first and replaces ``X.onnx`` and its calibration only once everything passed
+(:mod:`training.core.staging`): a failed run leaves an existing model as it was.
+
+Recorded backgrounds (``--noise-data run.h5``, :mod:`training.core.backgrounds`): the labels still come
+from the simulator, the background from the detector. The recording's frame size (any height x width)
+sets the model's; the sky is simulated at ``max(height, width)`` pixels a side and centre-cropped to
+it, its counts multiplied by ``--signal-scale`` (counts -> the recording's units), and a recorded
+background frame (float32 as recorded, any dtype) is added to each simulated frame: a fresh frame of
+the ``train`` split every time a training image is seen, a fixed held-out frame for validation,
+calibration and test (their own splits of the recording). The model subtracts the per-pixel mean of
+the training frames (a buffer in the graph) before its per-image normalisation. Segment: the target
+masks are the simulator's; augmentation flips the simulated signal and its mask, never the
+background (a pedestal belongs to its pixel). Denoise: the clean frame is pedestal + simulated
+counts; the loss is the MSE in units of the frame's maximum above the pedestal; the calibration's
+``noise_model`` is ``recorded``. Regress: fixed background pairings, amplitude targets scaled with
+the signal. Cards and calibration files record the files (sha256, events per split), the command
+and the seeds.
 """
 
 from __future__ import annotations
@@ -41,9 +59,12 @@ from tqdm import tqdm
 
 from simulators.sky import NOISE_MODELS, SkyConfig, SkySimulator, add_noise, normalize_max
 from training.core import checkpoint
-from training.core.loop import Profile, predict, segmentation_step, train_loop, write_history
+from training.core.backgrounds import Backgrounds, load_backgrounds
+from training.core.loop import Profile, predict, random_symmetry, segmentation_step, train_loop, write_history
 from training.core.metrics import roc_auc, roc_curve
 from training.core.plots import plot_history
+from training.core.recorded import DataError
+from training.core.staging import staged_export
 from training.image_models import (
     REGRESSION_OUTPUTS,
     SCALE_FLOOR,
@@ -63,7 +84,7 @@ TASKS = ("segment", "denoise", "regress")
 # Independent simulator streams: training never sees a validation, test or calibration image.
 SEEDS = {"train": 201, "validation": 202, "test": 203, "calibration": 204, "noise_train": 211,
          "noise_validation": 212, "noise_test": 213, "noise_mix_choice": 214, "init": 221, "shuffle": 222,
-         "augment": 223, "export_check": 231}
+         "augment": 223, "export_check": 231, "background_split": 241, "background_draw": 242}
 NOISE_LEVELS = {"gaussian": 0.2, "poisson": 10.0, "masked": 0.5, "salt_pepper": 0.5}
 """The reference's noise settings (gaussian factor 0.2, 50% masked, 50% salt-and-pepper). Poisson: the
 reference gives no scale; ``Poisson(10 x) / 10`` (the brightest pixel expects 10 counts) corrupts the
@@ -115,12 +136,14 @@ def sky_source_sha256() -> str:
 
 @dataclass
 class SkyData:
-    """Images of one seeded stream: counts float32 [n, 64, 64], masks bool [n, 64, 64], per-image truth."""
+    """Images of one seeded stream: counts float32 [n, H, W] (64 x 64 unless cropped), masks bool [n, H, W],
+    per-image truth; ``clean`` the signal alone where a recorded background was added to it."""
 
     counts: np.ndarray
     mask_all: np.ndarray
     mask_bright: np.ndarray
     truth: dict[str, np.ndarray]
+    clean: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -151,6 +174,52 @@ def simulate_sky(n: int, seed: int, desc: str | None = None, chunk: int = 1024, 
                 truth.setdefault(k, []).append(v)
             bar.update(m)
     return SkyData(counts, mask_all, mask_bright, {k: np.concatenate(v) for k, v in truth.items()})
+
+
+def simulate_frames(n: int, seed: int, frame: tuple[int, int], desc: str | None = None, progress: bool = True
+                    ) -> SkyData:
+    """``n`` images of the stream seeded ``seed`` at ``frame`` = (height, width): simulated at
+    ``max(height, width)`` pixels a side (the default 64 exactly as :func:`simulate_sky`) and
+    centre-cropped. The per-image truth still describes the whole simulated square."""
+    h, w = frame
+    size = max(h, w, 8)
+    data = simulate_sky(n, seed, desc, progress=progress, config=None if size == 64 else SkyConfig(size=size))
+    if (h, w) == (size, size):
+        return data
+    top, left = (size - h) // 2, (size - w) // 2
+
+    def crop(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a[:, top:top + h, left:left + w])
+
+    return SkyData(crop(data.counts), crop(data.mask_all), crop(data.mask_bright), data.truth)
+
+
+SCALED_TRUTH = ("amp_dm", "amp_gas", "amp_ic", "amp_bubbles", "flux_gc", "flux_disk")
+"""Truth in counts: multiplied by ``--signal-scale`` with the image."""
+
+
+def scaled(data: SkyData, scale: float) -> SkyData:
+    """``data`` with its counts (and the truth in counts) multiplied by ``scale``: simulated counts in the
+    recording's units."""
+    if scale == 1.0:
+        return data
+    truth = {k: (v * scale).astype(v.dtype) if k in SCALED_TRUTH else v for k, v in data.truth.items()}
+    return SkyData((data.counts * scale).astype(np.float32), data.mask_all, data.mask_bright, truth)
+
+
+def with_background(data: SkyData, bg: Backgrounds, split: str) -> SkyData:
+    """``data`` (the signal) plus recorded background frames of ``split``, in a fixed pairing (image i gets
+    frame i of the split, cycled); ``clean`` keeps the signal alone."""
+    frames = bg.cycle(split, len(data))
+    return SkyData((data.counts + frames).astype(np.float32), data.mask_all, data.mask_bright, data.truth,
+                   clean=data.counts)
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator, *others: torch.Tensor) -> list[torch.Tensor]:
+    """One of the 4 flips of a rectangle (none, x, y, both), the same for ``x`` and ``others`` [B, H, W]."""
+    k = int(torch.randint(0, 4, (1,), generator=gen))
+    dims = [d for bit, d in ((1, 2), (2, 1)) if k & bit]
+    return [t.flip(dims).contiguous() if dims else t for t in (x, *others)]
 
 
 def noisy_images(clean: np.ndarray, noise: str, rng: np.random.Generator, mix_rng: np.random.Generator | None = None
@@ -221,19 +290,56 @@ def relative_errors(pred: np.ndarray, true: np.ndarray, outputs: tuple[str, ...]
 
 # ---------------------------------------------------------------------------------------- tasks
 
-def make_segment_model(profile: Profile) -> SegmentUNet:
-    return SegmentUNet(UNetConfig(**profile.model))
+def frame_settings(bg: Backgrounds | None) -> dict[str, Any]:
+    """Config entries of a model trained on recorded backgrounds: their frame size and a pedestal buffer."""
+    if bg is None:
+        return {}
+    return {"height": int(bg.event_shape[0]), "width": int(bg.event_shape[1]), "pedestal": True}
 
 
-def train_segment(profile: Profile, target: str, seed: int, progress: bool, datasets: dict[str, SkyData]
-                  ) -> tuple[SegmentUNet, list[dict], dict]:
+def set_pedestal(model: nn.Module, bg: Backgrounds | None) -> None:
+    """Copy the recording's per-pixel pedestal (the mean training frame) into the model's buffer."""
+    if bg is not None:
+        with torch.no_grad():
+            model.pedestal.copy_(torch.from_numpy(bg.pedestal_frame()))
+
+
+def make_segment_model(profile: Profile, bg: Backgrounds | None = None) -> SegmentUNet:
+    model = SegmentUNet(UNetConfig(**{**profile.model, **frame_settings(bg)}))
+    set_pedestal(model, bg)
+    return model
+
+
+def background_segmentation_step(model: SegmentUNet, s_all: torch.Tensor, m_all: torch.Tensor, profile: Profile,
+                                 bg: Backgrounds, rng: np.random.Generator):
+    """:func:`train_loop`'s step on simulated signal ``s_all`` + a fresh recorded training frame per image:
+    the signal and its mask get a random symmetry (only flips for a non-square frame), the background none."""
+    square = s_all.shape[1] == s_all.shape[2]
+
+    def step(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        x, m = s_all[idx], m_all[idx]
+        if profile.augment:
+            x, m = random_symmetry(x, gen, m) if square else random_flip(x, gen, m)
+        x = x + torch.from_numpy(bg.draw("train", len(idx), rng))
+        loss, bce, pen = segmentation_loss(model.logits(x), m, profile.count_weight)
+        return loss, {"bce": bce.item(), "count_penalty": pen.item()}
+
+    return step
+
+
+def train_segment(profile: Profile, target: str, seed: int, progress: bool, datasets: dict[str, SkyData],
+                  bg: Backgrounds | None = None) -> tuple[SegmentUNet, list[dict], dict]:
     train, val = datasets["train"], datasets["validation"]
     x_all = torch.from_numpy(train.counts)
     m_all = torch.from_numpy(train.mask(target))
     torch.manual_seed(SEEDS["init"] * 1000 + seed)
-    model = make_segment_model(profile)
+    model = make_segment_model(profile, bg)
     logger.info("U-net %s: %d parameters, target %s", model.config, count_parameters(model), target)
-    step = segmentation_step(model, x_all, m_all, profile)
+    if bg is None:
+        step = segmentation_step(model, x_all, m_all, profile)
+    else:
+        step = background_segmentation_step(model, x_all, m_all, profile, bg,
+                                            np.random.default_rng(SEEDS["background_draw"] * 1000 + seed))
     val_mask = val.mask(target)
 
     def validate(model: nn.Module) -> dict:
@@ -247,8 +353,11 @@ def train_segment(profile: Profile, target: str, seed: int, progress: bool, data
     return model, history, best
 
 
-def make_denoise_model(profile: Profile) -> DenoisingAE:
-    return DenoisingAE(DenoiseConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in profile.model.items()}))
+def make_denoise_model(profile: Profile, bg: Backgrounds | None = None) -> DenoisingAE:
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in profile.model.items()}
+    model = DenoisingAE(DenoiseConfig(**{**kw, **frame_settings(bg)}))
+    set_pedestal(model, bg)
+    return model
 
 
 def train_denoise(profile: Profile, noise: str, seed: int, progress: bool, datasets: dict[str, SkyData]
@@ -278,6 +387,46 @@ def train_denoise(profile: Profile, noise: str, seed: int, progress: bool, datas
     return model, history, best
 
 
+PASS_THROUGH_LOGIT = 6.0
+"""Initial extra logit of the denoiser gate's input candidate when training on recorded backgrounds."""
+
+
+def train_denoise_recorded(profile: Profile, seed: int, progress: bool, datasets: dict[str, SkyData],
+                           bg: Backgrounds) -> tuple[DenoisingAE, list[dict], dict]:
+    """The denoiser on simulated signal + recorded background frames (a fresh training frame every time).
+
+    Loss and validation score: the MSE of ``denoised - pedestal`` against the simulated signal in units of
+    the recorded noise variance (the noisy input scores about 1), so every frame weighs as it does in the
+    reported MSE in the input's units."""
+    clean_t = torch.from_numpy(datasets["train"].counts)
+    val = datasets["validation"]
+    rng = np.random.default_rng(SEEDS["background_draw"] * 1000 + seed)
+    torch.manual_seed(SEEDS["init"] * 1000 + seed)
+    model = make_denoise_model(profile, bg)
+    if model.config.gate:
+        # Start by passing the input through (the gate's weight on x at ~95%): a recorded background may be
+        # far from the simulated noise models, and from the identity every step can only improve on the input.
+        with torch.no_grad():
+            model.head.bias[1] += PASS_THROUGH_LOGIT
+    ped = model.pedestal
+    var = max(bg.noise_rms(bg.pedestal_frame()) ** 2, SCALE_FLOOR)
+    logger.info("denoising AE %s: %d parameters, recorded noise (RMS %.4g)", model.config, count_parameters(model),
+                var ** 0.5)
+
+    def step(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        clean = clean_t[idx]
+        noisy = clean + torch.from_numpy(bg.draw("train", len(idx), rng))
+        return torch.mean((model(noisy) - ped - clean) ** 2) / var, {}
+
+    def validate(model: nn.Module) -> dict:
+        pred = predict(model, val.counts)
+        mse = float(np.mean((pred - ped.numpy() - val.clean) ** 2) / var)
+        return {"mse": mse, "score": mse}
+
+    return (model, *train_loop(model, step, validate, len(clean_t), profile, seed=SEEDS["shuffle"] * 1000 + seed,
+                               progress=progress, desc="denoise (recorded)"))
+
+
 def denoise_test_sets(data: SkyData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per noise model: (clean normalised, noisy) test images, each model from its own noise stream."""
     clean = normalize_max(data.counts)
@@ -285,25 +434,30 @@ def denoise_test_sets(data: SkyData) -> dict[str, tuple[np.ndarray, np.ndarray]]
             for k, name in enumerate(NOISE_MODELS)}
 
 
-def make_regress_model(profile: Profile, train: SkyData | None = None) -> SkyRegressor:
-    """A regressor whose target and brightness standardisation are fitted to ``train`` (if given)."""
+def make_regress_model(profile: Profile, train: SkyData | None = None, bg: Backgrounds | None = None
+                       ) -> SkyRegressor:
+    """A regressor whose target and brightness standardisation are fitted to ``train`` (if given); on
+    recorded backgrounds, of their frame size and with their pedestal."""
     kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in profile.model.items()}
+    kw.update(frame_settings(bg))
     if train is not None:
         cfg = RegressorConfig(**kw)
         y = regression_targets(train.truth, cfg.outputs).astype(np.float64)
-        f = brightness_features(train.counts)
+        f = brightness_features(train.counts if bg is None else train.counts - bg.pedestal_frame())
         t = np.where(np.asarray(cfg.per_count), y / np.exp(f[:, 1:2]), y)
         t = np.where(np.asarray(cfg.log_targets), np.log1p(np.maximum(t, 0)), t)
         kw.update(target_mean=tuple(t.mean(0).tolist()), target_std=tuple(t.std(0).tolist()),
                   feature_mean=tuple(f.mean(0).tolist()), feature_std=tuple(f.std(0).tolist()))
-    return SkyRegressor(RegressorConfig(**kw))
+    model = SkyRegressor(RegressorConfig(**kw))
+    set_pedestal(model, bg)
+    return model
 
 
-def train_regress(profile: Profile, seed: int, progress: bool, datasets: dict[str, SkyData]
-                  ) -> tuple[SkyRegressor, list[dict], dict]:
+def train_regress(profile: Profile, seed: int, progress: bool, datasets: dict[str, SkyData],
+                  bg: Backgrounds | None = None) -> tuple[SkyRegressor, list[dict], dict]:
     train, val = datasets["train"], datasets["validation"]
     torch.manual_seed(SEEDS["init"] * 1000 + seed)
-    model = make_regress_model(profile, train)
+    model = make_regress_model(profile, train, bg)
     logger.info("regressor %s: %d parameters", model.config, count_parameters(model))
     x_all = torch.from_numpy(train.counts)
     t_all = model.transform_targets(torch.from_numpy(regression_targets(train.truth, model.config.outputs)), x_all)
@@ -435,28 +589,67 @@ def load_checkpoint(path: str | Path) -> tuple[str, nn.Module, dict]:
         "regress": lambda c: SkyRegressor(RegressorConfig(**checkpoint.lists_to_tuples(c)))})
 
 
-def simulate_splits(profile: Profile, splits: tuple[str, ...], progress: bool) -> dict[str, SkyData]:
+def simulate_splits(profile: Profile, splits: tuple[str, ...], progress: bool,
+                    frame: tuple[int, int] = (64, 64)) -> dict[str, SkyData]:
     sizes = {"train": profile.n_train, "validation": profile.n_val, "test": profile.n_test,
              "calibration": profile.n_calib}
     out = {}
     for s in splits:
         t0 = time.perf_counter()
-        out[s] = simulate_sky(sizes[s], SEEDS[s], desc=f"simulating {s}", progress=progress)
+        out[s] = simulate_frames(sizes[s], SEEDS[s], frame, desc=f"simulating {s}", progress=progress)
         logger.info("simulated %d %s images (seed %d) in %.1f s", sizes[s], s, SEEDS[s], time.perf_counter() - t0)
+    return out
+
+
+def splits_with_background(profile: Profile, splits: tuple[str, ...], progress: bool, bg: Backgrounds | None,
+                           signal_scale: float, keep_train_signal: bool = False) -> dict[str, SkyData]:
+    """Simulated splits; with a recorded background each gets its own split's frames added (a fixed
+    pairing), except ``train`` when ``keep_train_signal`` (the step draws fresh frames)."""
+    if bg is None:
+        return simulate_splits(profile, splits, progress)
+    frame = (int(bg.event_shape[0]), int(bg.event_shape[1]))
+    out = {s: scaled(d, signal_scale) for s, d in simulate_splits(profile, splits, progress, frame).items()}
+    for s in splits:
+        if s == "train" and keep_train_signal:
+            bg.use("train", len(bg.events["train"]))
+        else:
+            out[s] = with_background(out[s], bg, s)
     return out
 
 
 def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", noise: str = "mix", seed: int = 0,
         export: Path | None = None, threads: int = 2, command: str | None = None, progress: bool = True,
-        plots: bool = True) -> dict:
-    """Train ``task`` with ``profile``, fill ``run_dir``, optionally export + calibrate; returns the metrics."""
+        plots: bool = True, noise_data: list[Path] | None = None, signal_scale: float = 1.0) -> dict:
+    """Train ``task`` with ``profile``, fill ``run_dir``, optionally export + calibrate; returns the metrics.
+
+    Args:
+        noise_data: recorded background runs (``--noise-data``): their frames are added to the simulated
+            signal, their frame size is the model's (see the module docstring).
+        signal_scale: simulated counts -> the recording's units (with ``noise_data``).
+
+    Raises:
+        DataError: unusable ``noise_data`` (one line), before anything is written.
+    """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if target not in SEGMENT_TARGETS or noise not in NOISE_CHOICES:
         raise ValueError(f"target must be one of {SEGMENT_TARGETS} and noise one of {NOISE_CHOICES}: "
                          f"{target!r}, {noise!r}")
+    if not signal_scale > 0:
+        raise DataError(f"--signal-scale must be > 0, got {signal_scale}")
     t_start = time.perf_counter()
     torch.set_num_threads(threads)
+    bg = None
+    if noise_data:
+        bg = load_backgrounds(noise_data, kind="image", seed=SEEDS["background_split"], min_shape=(8, 8),
+                              need=("train", "validation", "test", "calibration") if task == "segment"
+                              else ("train", "validation", "test"))
+        if task == "regress":
+            n_pool = len(profile.model.get("channels", RegressorConfig.channels))
+            if min(bg.event_shape) < 2 ** n_pool:
+                raise DataError(f"{bg.paths[0].name}: frames of {list(bg.event_shape)}; the regressor's {n_pool} "
+                                f"poolings need at least {2 ** n_pool} pixels a side")
+        noise = "recorded"
     run_dir.mkdir(parents=True, exist_ok=True)
     command = command or "python -m training.train_image " + shlex.join(sys.argv[1:])
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -465,19 +658,26 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
                   "seeds": SEEDS, "threads": threads, "command": command, "torch": torch.__version__,
                   "sky_config": dataclasses.asdict(SkyConfig()), "sky_py_sha256": sky_source_sha256(),
                   "started": started}
+    if bg is not None:
+        config_out.update(noise_data=[str(p) for p in bg.paths], signal_scale=signal_scale,
+                          frame=list(bg.event_shape))
     (run_dir / "config.json").write_text(json.dumps(config_out, indent=2) + "\n")
     logger.info("run %s/%s: folder %s", task, profile.name, run_dir)
 
-    data = simulate_splits(profile, ("train", "validation"), progress)
+    data = splits_with_background(profile, ("train", "validation"), progress, bg, signal_scale,
+                                  keep_train_signal=task != "regress")
     t_train = time.perf_counter()
     if task == "segment":
-        model, history, best = train_segment(profile, target, seed, progress, data)
+        model, history, best = train_segment(profile, target, seed, progress, data, bg)
         keys: tuple[str, ...] = ("loss", "bce", "count_penalty", "auc")
     elif task == "denoise":
-        model, history, best = train_denoise(profile, noise, seed, progress, data)
+        if bg is None:
+            model, history, best = train_denoise(profile, noise, seed, progress, data)
+        else:
+            model, history, best = train_denoise_recorded(profile, seed, progress, data, bg)
         keys = ("loss", "mse")
     else:
-        model, history, best = train_regress(profile, seed, progress, data)
+        model, history, best = train_regress(profile, seed, progress, data, bg)
         keys = ("loss",)
     train_s = time.perf_counter() - t_train
     del data
@@ -496,7 +696,15 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
                   "train_seconds": round(train_s, 1), "torch": torch.__version__,
                   "sky_py_sha256": config_out["sky_py_sha256"]}
 
-    test = simulate_splits(profile, ("test",), progress)["test"]
+    splits = ("test", "calibration") if task == "segment" and export is not None else ("test",)
+    held_out = splits_with_background(profile, splits, progress, bg, signal_scale)
+    test = held_out["test"]
+    if bg is not None:
+        # Every file by sha256 with the events of each split this run used: the model can be rebuilt.
+        provenance.update(data=bg.files(), noise_data=bg.provenance(), signal_scale=signal_scale,
+                          signal="simulators.sky, centre-cropped to the recording's frame, counts x signal_scale")
+        metrics["noise_data"] = {**bg.provenance(), "data": bg.files()}
+    check = test.counts[:32] if bg is not None else None
     if task == "segment":
         metrics["target"] = target
         prob = predict(model, test.counts)
@@ -508,12 +716,13 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
         if export is not None:
             from training import export_image as ex
 
-            calib = simulate_splits(profile, ("calibration",), progress)["calibration"]
-            info = ex.export_onnx(model, task, export)
-            cal = ex.calibrate_segment(export, calib, test, target=target,
-                                       provenance={**provenance, "ort_vs_torch": ex.diff_summary(info),
-                                                   "n_calibration_images": len(calib)})
-            metrics["onnx"] = {**info, "calibration": str(ex.calibration_path_for(export))}
+            calib = held_out["calibration"]
+            with staged_export(export) as part:
+                info = ex.export_onnx(model, task, part, frames=check)
+                cal = ex.calibrate_segment(part, calib, test, target=target,
+                                           provenance={**provenance, "ort_vs_torch": ex.diff_summary(info),
+                                                       "n_calibration_images": len(calib)})
+            metrics["onnx"] = {**info, "path": str(export), "calibration": str(ex.calibration_path_for(export))}
             metrics["calibration"] = {"working_points": cal["working_points"], "validation": cal["validation"]}
             wps = cal["working_points"]
         if plots:
@@ -524,11 +733,14 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
                     metrics["test"][f"accuracy_all_p{P_CUT:g}"], metrics["test"][f"accuracy_bright_p{P_CUT:g}"])
     elif task == "denoise":
         metrics["noise"] = noise
-        sets = denoise_test_sets(test)
+        if bg is None:
+            sets = denoise_test_sets(test)
+        else:  # in the input's units: the clean frame sits on the pedestal, as the model's output does
+            sets = {"recorded": (test.clean + model.pedestal.numpy(), test.counts)}
         denoised = {name: predict(model, noisy) for name, (_, noisy) in sets.items()}
         mse = {name: float(np.mean((denoised[name] - clean) ** 2)) for name, (clean, _) in sets.items()}
         identity = {name: float(np.mean((noisy - clean) ** 2)) for name, (clean, noisy) in sets.items()}
-        if plots:
+        if plots and bg is None:
             plot_denoise_panels(run_dir / "denoise_panels.png", sets, denoised, mse, identity,
                                 f"denoising AE trained on {noise}: test images per noise model")
         metrics["test_mse"] = mse
@@ -536,13 +748,15 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
         if export is not None:
             from training import export_image as ex
 
-            info = ex.export_onnx(model, task, export)
-            cal = ex.calibrate_denoise(export, sets, noise=noise,
-                                       provenance={**provenance, "ort_vs_torch": ex.diff_summary(info),
-                                                   "n_test_images": len(test)})
-            metrics["onnx"] = {**info, "calibration": str(ex.calibration_path_for(export)),
+            with staged_export(export) as part:
+                info = ex.export_onnx(model, task, part, frames=check)
+                cal = ex.calibrate_denoise(part, sets, noise=noise,
+                                           provenance={**provenance, "ort_vs_torch": ex.diff_summary(info),
+                                                       "n_test_images": len(test)})
+            metrics["onnx"] = {**info, "path": str(export), "calibration": str(ex.calibration_path_for(export)),
                                "validation_mse": cal["validation_mse"]}
-        logger.info("test MSE (model trained on %s): %s", noise, {k: f"{v:.3g}" for k, v in mse.items()})
+        logger.info("test MSE (model trained on %s): %s (noisy input %s)", noise,
+                    {k: f"{v:.3g}" for k, v in mse.items()}, {k: f"{v:.3g}" for k, v in identity.items()})
     else:
         outputs = model.config.outputs
         true = regression_targets(test.truth, outputs)
@@ -553,11 +767,12 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
         if export is not None:
             from training import export_image as ex
 
-            info = ex.export_onnx(model, task, export)
-            card = ex.write_regression_card(export, test, outputs,
-                                            provenance={**provenance, "n_test_images": len(test),
-                                                        "ort_vs_torch": ex.diff_summary(info)})
-            metrics["onnx"] = {**info, "card": str(ex.card_path_for(export)),
+            with staged_export(export) as part:
+                info = ex.export_onnx(model, task, part, frames=check)
+                card = ex.write_regression_card(part, test, outputs,
+                                                provenance={**provenance, "n_test_images": len(test),
+                                                            "ort_vs_torch": ex.diff_summary(info)})
+            metrics["onnx"] = {**info, "path": str(export), "card": str(ex.card_path_for(export)),
                                "test_mean_relative_error": card["test_mean_relative_error"]}
         if plots:
             plot_residuals(run_dir / "residuals.png", pred, true, errors, outputs)
@@ -581,6 +796,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--n-train", type=int, help="override the profile's training images")
     p.add_argument("--seed", type=int, default=0, help="offset of the initialisation, shuffling and noise seeds")
+    p.add_argument("--noise-data", type=Path, action="append", metavar="RUN.h5",
+                   help="recorded background run(s) (trigger record, no signal): added to the simulated signal; "
+                        "their frame size is the model's (repeat for more files)")
+    p.add_argument("--signal-scale", type=float, default=1.0,
+                   help="with --noise-data: simulated counts x this = the recording's units (default 1)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (this machine has 2 cores)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="INFO")
@@ -593,8 +813,14 @@ def main(argv: list[str] | None = None) -> int:
     profile = dataclasses.replace(profile, **overrides)
     suffix = {"segment": f"-{args.target}", "denoise": f"-{args.noise}", "regress": ""}[args.task]
     name = args.name or f"{args.task}{suffix}-{profile.name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
-    run(args.task, profile, args.runs / name, target=args.target, noise=args.noise, seed=args.seed,
-        export=args.export, threads=args.threads, progress=not args.no_progress)
+    try:
+        run(args.task, profile, args.runs / name, target=args.target, noise=args.noise, seed=args.seed,
+            export=args.export, threads=args.threads, progress=not args.no_progress, noise_data=args.noise_data,
+            signal_scale=args.signal_scale)
+    except DataError as exc:
+        # One line on stderr and exit status 1; an existing model (if any) is untouched.
+        raise SystemExit(f"train_image: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                         ) from None
     return 0
 
 
