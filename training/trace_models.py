@@ -25,6 +25,11 @@ predicts the noise and the model returns ``x - noise``: at the pulse the error o
 peak is then a fraction of the noise there rather than of the pulse, which is what lets the peak
 height come back within a few percent (pilot runs: ~20% more traces within 2% at the same MSE). The
 trace is zero-padded to a multiple of ``2 ** levels`` inside the graph and cropped back.
+
+Recorded noise (``pedestal``, ``sample_period_ns``): a model trained on a recording of any length
+subtracts the recording's baseline (a constant in the graph) before normalising and adds it back to
+its output, so integer ADC counts on a pedestal need no daemon option; the line remover's time axis
+follows the recording's sample period.
 """
 
 from __future__ import annotations
@@ -78,6 +83,11 @@ class TraceDAEConfig:
     """Samples either side of the trace's largest |value| left out of the line fits (where the pulse is)."""
     line_band_mhz: tuple[float, float] = (16.0, 104.0)
     """Frequencies searched for lines (coarse grid 0.5 MHz, then refined to ~0.01 MHz)."""
+    pedestal: float = 0.0
+    """Baseline subtracted from the raw trace before everything else and added back to the output (the
+    median sample of a recorded noise run); 0: none (the graph has no such step)."""
+    sample_period_ns: float = 1.0
+    """Sampling interval of the traces (the line remover's time axis)."""
 
     def __post_init__(self) -> None:
         if len(self.channels) < 2 or self.kernel % 2 == 0 or self.n_samples < 2 ** len(self.channels):
@@ -185,8 +195,8 @@ class TraceDAE(nn.Module):
         self.levels = len(ch) - 1
         step = 2 ** self.levels
         self.padded = -(-c.n_samples // step) * step
-        self.lines = (LineRemover(c.line_iterations, c.line_guard, tuple(c.line_band_mhz))
-                      if c.line_iterations else None)
+        self.lines = (LineRemover(c.line_iterations, c.line_guard, tuple(c.line_band_mhz),
+                                  dt_us=c.sample_period_ns * 1e-3) if c.line_iterations else None)
         self.stem = _conv(2 if self.lines is not None else 1, ch[0], c)
         self.down = nn.ModuleList(nn.Sequential(_conv(ch[i], ch[i + 1], c, stride=2), _conv(ch[i + 1], ch[i + 1], c))
                                   for i in range(self.levels))
@@ -216,7 +226,9 @@ class TraceDAE(nn.Module):
 
     def forward(self, trace: torch.Tensor) -> torch.Tensor:
         """Raw traces [B, samples] -> denoised traces [B, samples] in the same units."""
-        x, s = normalise_absmax(trace)
-        return (self.normalised(x) * s).squeeze(1)
+        ped = self.config.pedestal
+        x, s = normalise_absmax(trace - ped if ped else trace)
+        out = (self.normalised(x) * s).squeeze(1)
+        return out + ped if ped else out
 
 
