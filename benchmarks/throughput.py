@@ -487,26 +487,26 @@ def parity(model: Path, backend_name: str, events: int, chunk: int = 4096) -> di
     """The backend under test against the yardstick on ``events`` simulated events (half signal):
     the largest relative deviation of the latent means and the decisions at every working point of
     the shipped calibration, so d* and the FPR measured with ONNX Runtime carry over."""
-    from trigger.calibration import PulseCalibration, calibration_path_for
-    from trigger.pipelines.pulse import PulsePipeline
+    from trigger.calibration import PulseCalibration, calibration_path_for, distances
 
     calibration = PulseCalibration.load(calibration_path_for(model))
     points = sorted(calibration.working_points)
+    centre = np.asarray(calibration.centre, dtype=np.float32)
+    whitening = calibration.whitening_array()
     cand = create_backend(backend_name, model, threads=usable_cores())
     yard = yardstick_backend()
     sim = make_simulation("waveform", seed=4242, signal_fraction=0.5)
     worst, flips, accepted = 0.0, dict.fromkeys(points, 0), dict.fromkeys(points, 0)
     try:
-        pipes = {wp: (PulsePipeline(cand, calibration, working_point=wp), PulsePipeline(yard, calibration,
-                                                                                        working_point=wp))
-                 for wp in points}
         done = 0
         while done < events:
             x, _ = sim.next(min(chunk, events - done))
             zc, zy = cand.infer(x)["z_mean"], yard.infer(x)["z_mean"]
             worst = max(worst, float(np.max(np.abs(zc - zy) / (1 + np.abs(zy)))))
-            for wp, (pc, py) in pipes.items():
-                ac, ay = pc.decide(x)["accept"], py.decide(x)["accept"]
+            # The pulse pipeline's decision (PulsePipeline.decide) at every working point.
+            dc, dy = distances(zc, centre, whitening), distances(zy, centre, whitening)
+            for wp in points:
+                ac, ay = dc > calibration.threshold(wp), dy > calibration.threshold(wp)
                 flips[wp] += int(np.count_nonzero(ac != ay))
                 accepted[wp] += int(np.count_nonzero(ay))
             done += len(x)
