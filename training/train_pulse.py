@@ -596,8 +596,8 @@ def _main_data(p: argparse.ArgumentParser, args: argparse.Namespace, name: str, 
         pulse_recorded.run(args.data, args.export, profile, args.runs / name, seed=args.seed,
                            template_path=args.signal_template, threads=args.threads,
                            command="python -m training.train_pulse " + shlex.join(argv))
-    except (pulse_recorded.DataError, RunFileError) as exc:
-        # One line on stderr and exit status 1; the existing model (if any) is untouched.
+    except (pulse_recorded.DataError, RunFileError, OSError) as exc:
+        # One line on stderr and exit status 1 (a full disk included); the existing model (if any) is untouched.
         raise SystemExit(f"train_pulse: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                          ) from None
     return 0
