@@ -32,7 +32,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from trigger import build
 from trigger.backends import BackendUnavailable, create_backend
 from trigger.backends.pytorch import (
     PT2_FORMAT,
@@ -48,6 +47,7 @@ from trigger.backends.tensorrt import engine_cache as cache
 from trigger.backends.tensorrt import library as trt_library
 from trigger.backends.tensorrt import runtime as trt_runtime
 from trigger.calibration import load_for_model
+from trigger.cli import build
 from trigger.config import DEFAULT_PULSE_MODEL
 from trigger.pipelines.pulse import PulsePipeline
 
@@ -612,7 +612,7 @@ def test_trigger_build_without_tensorrt_fails_with_the_install_line(tmp_path, ca
 def test_daemon_imports_with_torch_and_tensorrt_hidden():
     code = ("import sys\n"
             "for m in ('torch', 'tensorrt', 'cuda', 'cuda.bindings', 'cuda.cudart'): sys.modules[m] = None\n"
-            "import trigger.cli, trigger.backends.base, trigger.build, trigger.backends.tensorrt, "
+            "import trigger.cli, trigger.backends.base, trigger.cli.build, trigger.backends.tensorrt, "
             "trigger.backends.pytorch\n"
             "from trigger.backends import create_backend, BackendUnavailable, available_backends\n"
             "assert {'tensorrt', 'torch', 'onnxruntime'} <= set(available_backends())\n"

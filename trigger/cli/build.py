@@ -11,9 +11,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .backends.tensorrt.builder import build_recipe, build_serialized_engine
-from .backends.tensorrt.engine_cache import DEFAULT_PROFILE, DEFAULT_WORKSPACE_MIB, PRECISIONS, Profile, ensure_engine
-from .backends.tensorrt.runtime import current_target
+from .._log import configure
+from .._log import logger as root
+from ..backends.tensorrt.builder import build_recipe, build_serialized_engine
+from ..backends.tensorrt.engine_cache import DEFAULT_PROFILE, DEFAULT_WORKSPACE_MIB, PRECISIONS, Profile, ensure_engine
+from ..backends.tensorrt.runtime import current_target
+from ..config import DEFAULT_PULSE_MODEL
+from ._common import add_log_level
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -22,8 +26,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     Args:
         subparsers: what ``ArgumentParser.add_subparsers`` returned.
     """
-    from .config import DEFAULT_PULSE_MODEL
-
     b = subparsers.add_parser("build", help="build (or check) the TensorRT engine of a model into the engine cache",
                               description="Build the TensorRT engine of an ONNX model for this GPU into the engine "
                                           "cache, or check that the cached one fits (trigger/backends/tensorrt/).")
@@ -39,16 +41,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="builder workspace memory pool limit, MiB (part of the engine's key)")
     b.add_argument("--device", type=int, default=0, help="CUDA device index")
     b.add_argument("--force", action="store_true", help="rebuild even if a good engine is cached")
-    b.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level(b, choices=True)
     b.set_defaults(func=run)
     return b
 
 
 def run(args: argparse.Namespace) -> int:
     """``trigger build``: 0 when the engine is in the cache (built or found good), 1 when it cannot be."""
-    from ._log import configure
-    from ._log import logger as root
-
     configure(args.log_level)
     try:
         profile = Profile(args.min_batch, args.opt_batch, args.max_batch)
