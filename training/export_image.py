@@ -232,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     torch.set_num_threads(2)
     task, model, extra = load_checkpoint(args.checkpoint)
+    if getattr(model, "pedestal", None) is not None or model_frame(model) != (64, 64):
+        # Its calibration needs the recording's held-out frames, which only its training run pairs with signal.
+        raise SystemExit(f"export_image: error: {args.checkpoint} was trained on recorded backgrounds "
+                         f"({'x'.join(map(str, model_frame(model)))} frames); export it with train_image --export "
+                         "and the same --noise-data")
     profile = PROFILES[task][args.profile or extra.get("profile", "default")]
     info = export_onnx(model, task, args.output)
     prov = {"command": "python -m training.export_image " + shlex.join(sys.argv[1:]),

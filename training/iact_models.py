@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.image_models import SegmentUNet, UNetConfig, conv_bn, conv_pool_features
+from training.image_models import SegmentUNet, UNetConfig, conv_bn, conv_pool_features, pad_to_multiple
 
 SIZE = 32
 """Camera image side in pixels (simulators.iact.IACTConfig.size)."""
@@ -69,16 +69,16 @@ class CameraUNet(SegmentUNet):
         config = config or UNetConfig(base_channels=8, depth=3)
         if not config.sqrt_channel:
             raise ValueError("CameraUNet feeds two input channels: UNetConfig.sqrt_channel must be True")
-        if SIZE % (2 ** config.depth):
-            raise ValueError(f"depth {config.depth} does not divide the {SIZE}-pixel camera image")
         super().__init__(config)
         if not pe_scale > 0:
             raise ValueError(f"pe_scale must be > 0, got {pe_scale}")
         self.pe_scale = float(pe_scale)
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Raw camera images [B, H, W] in p.e. -> pre-sigmoid signal logits [B, H, W]."""
-        h = camera_channels(image, self.pe_scale)
+        """Raw camera images [B, H, W] in p.e. -> pre-sigmoid signal logits [B, H, W] (any H, W: zero-padded to
+        a multiple of ``2 ** depth`` inside the graph and cropped back; the 32 x 32 camera runs unpadded)."""
+        height, width = image.shape[-2], image.shape[-1]
+        h = pad_to_multiple(camera_channels(image, self.pe_scale), 2 ** self.config.depth)
         skips = []
         for block in self.down:
             h = block(h)
@@ -87,7 +87,7 @@ class CameraUNet(SegmentUNet):
         h = self.bottom(h)
         for up, block, skip in zip(self.up, self.dec, reversed(skips), strict=True):
             h = block(torch.cat([up(h), skip], dim=1))
-        return self.head(h).squeeze(1)
+        return self.head(h).squeeze(1)[:, :height, :width]
 
     def settings(self) -> dict:
         return {"unet": self.config.to_dict(), "pe_scale": self.pe_scale}

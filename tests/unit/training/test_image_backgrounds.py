@@ -177,6 +177,24 @@ def test_daemon_serves_frames_of_the_recording_shape(trained):
         ctx.term()
 
 
+def test_regressor_takes_the_recording_frame_and_its_card_names_the_file(recording, tmp_path):
+    onnx_path = tmp_path / "sky_params.onnx"
+    profile = dataclasses.replace(ti.PROFILES["regress"]["quick"], n_train=64, n_val=32, n_test=32, epochs=2)
+    m = ti.run("regress", profile, tmp_path / "run", export=onnx_path, threads=1,
+               progress=False, plots=False, command="pytest regress", noise_data=[recording], signal_scale=1.0)
+    assert m["model_config"]["height"] == 48 and m["model_config"]["width"] == 80 and m["model_config"]["pedestal"]
+    assert m["onnx"]["max_scaled_diff"] < 1e-4
+    assert all(np.isfinite(v) for v in m["test_mean_relative_error"].values())
+    card = json.loads((tmp_path / "sky_params.card.json").read_text())
+    assert card["training"]["data"][0]["sha256"] == hashlib.sha256(recording.read_bytes()).hexdigest()
+    # A recorded-background checkpoint cannot be re-exported against simulated 64 x 64 calibration frames.
+    from training import export_image as ex
+
+    with pytest.raises(SystemExit, match="trained on recorded backgrounds"):
+        ex.main([str(tmp_path / "run" / "model.pt"), "-o", str(tmp_path / "again.onnx")])
+    assert not (tmp_path / "again.onnx").exists()
+
+
 # ------------------------------------------------------------------------------------------ refusals
 
 def test_unusable_noise_data_is_refused_in_one_line_and_leaves_the_model(tmp_path, recording):
