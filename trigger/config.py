@@ -8,6 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .pipelines import available_pipelines, is_pipeline
+
 PACKAGE_MODELS = Path(__file__).parent / "models"
 DEFAULT_PULSE_MODEL = PACKAGE_MODELS / "pulse_default.onnx"
 
@@ -100,7 +102,8 @@ class MetricsConfig(_Model):
 
 
 class PipelineConfig(_Model):
-    name: Literal["pulse", "segment", "denoise"] = "pulse"
+    name: str = "pulse"
+    """A registered pipeline (trigger.pipelines): pulse, segment, denoise, or one a plug-in adds."""
     model: Path | None = None
     """ONNX model file; default: the shipped model of the pipeline. A bare name that is not a file
     here (``iact_clean``, ``radio_denoise.onnx``) names a shipped model (``trigger/models/``);
@@ -109,6 +112,13 @@ class PipelineConfig(_Model):
     """Calibration file; default: beside the model (model.calib.json)."""
     working_point: str | None = None
     """Calibrated working point, e.g. fpr_0.01; default: the calibration's default."""
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if not is_pipeline(value):
+            raise ValueError(f"unknown pipeline {value!r}; known: {', '.join(available_pipelines())}")
+        return value
 
     @field_validator("model", mode="before")
     @classmethod

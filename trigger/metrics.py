@@ -4,6 +4,10 @@ Names carry the ``trigger_`` prefix and base units (seconds, bytes); counters en
 ``_total``. Every series with a known label set is created at start so it reads 0 rather than
 being absent. The ``source`` label comes from the wire, so its cardinality is capped: past
 ``MAX_SOURCES`` distinct sources, new ones are counted under ``source="~other"``.
+
+A pipeline's own series and its outcome labels live with the pipeline (``own_metrics``,
+``outcome_labels``); every daemon has the series of every registered pipeline, so a reload that
+switches pipeline finds them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from .health import HttpEndpoint, ReadyCheck
+from .pipelines import PipelineMetric, available_pipelines, is_pipeline, pipeline_class
 from .protocol import Reason
 
 MAX_SOURCES = 256
@@ -33,9 +38,6 @@ OTHER_SOURCE = "~other"  # "~" is not allowed in source names, so no real source
 LATENCY_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 STAGES = ("decode", "queue", "inference", "publish")
-OUTCOMES = {"pulse": ("accept", "reject"), "segment": ("sources", "empty"), "denoise": ("decided",)}
-# d / d*: below 1 is noise-like, above 1 is accepted; fine steps below 1 show a drifting noise cloud.
-DISTANCE_RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 class BulkHistogram(Collector):
@@ -63,6 +65,37 @@ class BulkHistogram(Collector):
         buckets = [(repr(float(b)), int(c)) for b, c in zip(self.bounds, cum[:-1], strict=True)]
         buckets.append(("+Inf", int(cum[-1])))
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
+def outcome_labels(pipeline: str) -> tuple[str, ...]:
+    """The outcome labels of pipeline ``pipeline`` (``decided`` for a name no pipeline has).
+
+    Args:
+        pipeline: the pipeline's name.
+    """
+    return pipeline_class(pipeline).outcome_labels if is_pipeline(pipeline) else ("decided",)
+
+
+def _pipeline_metrics() -> list[PipelineMetric]:
+    """The own series of every registered pipeline; two pipelines may share one only if they declare it alike."""
+    specs: dict[str, PipelineMetric] = {}
+    for name in available_pipelines():
+        for spec in pipeline_class(name).own_metrics:
+            if specs.setdefault(spec.attr, spec) != spec:
+                raise ValueError(f"pipeline {name!r} declares metric {spec.attr!r} unlike another pipeline: "
+                                 f"{spec} vs {specs[spec.attr]}")
+    return list(specs.values())
+
+
+def _create(spec: PipelineMetric, registry: CollectorRegistry) -> Counter | Gauge | BulkHistogram:
+    if spec.kind == "counter":
+        return Counter(spec.name, spec.documentation, registry=registry)
+    if spec.kind == "bulk_histogram":
+        return BulkHistogram(spec.name, spec.documentation, spec.buckets, registry)
+    gauge = Gauge(spec.name, spec.documentation, registry=registry)
+    if spec.initial is not None:
+        gauge.set(spec.initial)
+    return gauge
 
 
 class Metrics:
@@ -128,35 +161,18 @@ class Metrics:
                                    "Unix time of the last decision, per source", ["source"], registry=reg)
         self.model = Info("trigger_model", "Model, calibration and backend that decide", registry=reg)
         self.ready = Gauge("trigger_ready", "1 when the model is loaded and input is connected", registry=reg)
-        self.distance_ratio = BulkHistogram("trigger_latent_distance_ratio",
-                                            "Latent distance of each decided event over the threshold d*",
-                                            DISTANCE_RATIO_BUCKETS, reg)
-        self.sources_found = Counter("trigger_sources_found_total",
-                                     "Point sources listed by the segment pipeline", registry=reg)
+        for spec in _pipeline_metrics():
+            setattr(self, spec.attr, _create(spec, reg))
         self.threshold = Gauge("trigger_threshold", "Threshold d* of the working point in use", registry=reg)
         self.working_point_fpr = Gauge("trigger_working_point_false_positive_rate",
                                        "False-positive rate the working point in use was calibrated for",
                                        registry=reg)
         self.queue_capacity = Gauge("trigger_queue_capacity_events", "Bound of the receive queue, in events",
                                     registry=reg)
-        self.noise_centre_drift = Gauge(
-            "trigger_noise_centre_drift_ratio",
-            "Distance of the running mean of noise-like latent means from the calibrated centre, over d*",
-            registry=reg)
-        self.noise_scale = Gauge(
-            "trigger_noise_scale_ratio",
-            "Spread of the noise-dominated latent distances over the calibration's (1: noise as calibrated; "
-            "NaN until enough events)", registry=reg)
-        self.fpr_estimate = Gauge(
-            "trigger_false_positive_rate_estimate",
-            "False-positive rate of the working point implied by the live noise scale, without truth "
-            "(NaN until enough events)", registry=reg)
-        self.noise_scale.set(float("nan"))
-        self.fpr_estimate.set(float("nan"))
 
         for reason in Reason:
             self.rejected.labels(reason.value)
-        for outcome in OUTCOMES.get(pipeline, ("decided",)):
+        for outcome in outcome_labels(pipeline):
             self.decisions.labels(pipeline, outcome)
             self.truth_events.labels("signal", outcome)
             self.truth_events.labels("noise", outcome)

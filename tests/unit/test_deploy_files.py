@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from trigger import config
-from trigger.metrics import OUTCOMES, Metrics
+from trigger.metrics import Metrics, outcome_labels
 from trigger.pipelines import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,12 +126,12 @@ def test_dashboard_covers_the_operations_list():
         assert needle in exprs, needle
     assert "sum by (instance, result)" in by_title["Hot reloads by result"]
     assert "source" in json.dumps(next(p for p in dashboard_panels() if p["title"] == "Shed events/s per source"))
-    # frames with and without sources: the segment pipeline's outcomes, exactly as metrics.py names them
+    # frames with and without sources: the segment pipeline's outcomes, exactly as the pipeline names them
     segment = [e for e in by_title.values() if 'pipeline="segment"' in e]
     assert segment, "no panel reads the segment pipeline's decisions"
     for expr in segment:
         for outcome in re.findall(r'outcome="([^"]*)"', expr):
-            assert outcome in OUTCOMES["segment"], outcome
+            assert outcome in outcome_labels("segment"), outcome
 
 
 def test_dashboard_rows_each_hold_panels():

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from trigger.metrics import LATENCY_BUCKETS, MAX_SOURCES, OTHER_SOURCE, OUTCOMES, STAGES, Metrics
+from trigger.metrics import LATENCY_BUCKETS, MAX_SOURCES, OTHER_SOURCE, STAGES, Metrics, outcome_labels
+from trigger.pipelines import available_pipelines
 from trigger.protocol import Reason
 
 SOURCE_COUNTERS = ("trigger_messages_received_total", "trigger_events_received_total",
@@ -43,10 +44,10 @@ def test_every_reason_has_a_rejected_series_at_zero(metrics):
         assert f'trigger_rejected_messages_total{{reason="{reason.value}"}} 0.0' in text
 
 
-@pytest.mark.parametrize("pipeline", sorted(OUTCOMES))
+@pytest.mark.parametrize("pipeline", available_pipelines())
 def test_decision_series_at_zero(pipeline):
     m = Metrics(pipeline, registry=CollectorRegistry())
-    for outcome in OUTCOMES[pipeline]:
+    for outcome in outcome_labels(pipeline):
         assert value(m, "trigger_decisions_total", pipeline=pipeline, outcome=outcome) == 0.0
         for truth in ("signal", "noise"):
             assert value(m, "trigger_truth_events_total", truth=truth, outcome=outcome) == 0.0

@@ -22,6 +22,7 @@ from .._log import configure, logger
 from ..backends import BackendUnavailable
 from ..calibration import CalibrationError
 from ..config import DEFAULT_PULSE_MODEL, Config, ConfigError
+from ..pipelines import available_pipelines
 from ._common import handle_signals
 
 
@@ -67,7 +68,7 @@ OPTIONS = (
     Option("--metrics-port", "metrics.port", {"metavar": "PORT", "help": "Prometheus HTTP port (0 = off)"}),
     Option("--metrics-host", "metrics.host", {"metavar": "ADDR",
                                               "help": "address the metrics endpoint binds (default 127.0.0.1)"}),
-    Option("--pipeline", "pipeline.name"),
+    Option("--pipeline", "pipeline.name", {"choices": available_pipelines}),
     Option("--model", "pipeline.model", {"help": f"ONNX model (default: shipped {DEFAULT_PULSE_MODEL.name})"}),
     Option("--calibration", "pipeline.calibration", {"help": "calibration file (default: beside the model)"}),
     Option("--working-point", "pipeline.working_point", {"help": "e.g. fpr_0.01"}),
@@ -101,6 +102,7 @@ def config_field(key: str) -> Any:
 def argument_kwargs(option: Option) -> dict[str, Any]:
     """``add_argument`` keywords of ``option``: its own, over those its configuration field implies
     (Literal: choices, Path/int/float: type, bool: a flag, the field's first docstring sentence: help).
+    A callable ``choices`` is called now, so that pipelines registered before the parser is built count.
     The default is always unset, so that only what the command line gives overrides the file.
 
     Args:
@@ -117,7 +119,8 @@ def argument_kwargs(option: Option) -> dict[str, Any]:
         implied["type"] = kinds[0]
     if f.description:
         implied["help"] = f.description.split(". ")[0].rstrip(".").replace("%", "%%")
-    return implied | option.kwargs
+    given = {k: v() if k == "choices" and callable(v) else v for k, v in option.kwargs.items()}
+    return implied | given
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:

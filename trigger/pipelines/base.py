@@ -1,16 +1,54 @@
-"""What every pipeline offers the daemon, and how one is built from the configuration."""
+"""What every pipeline offers the daemon, the registry of pipelines, and how one is built from the
+configuration.
+
+Pipelines register under a unique name with :func:`register_pipeline`. The shipped ones are
+listed once, in :mod:`trigger.pipelines`, by the module that registers each; a module is imported
+only when its pipeline is asked for. Others register when their module is imported, or through
+the entry-point group ``trigger.pipelines`` (``name = "package.module"``) of an installed package.
+"""
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
 from ..backends import Backend, BackendUnavailable, backend_class, create_backend, usable_cores
 from ..calibration import load_for_model, sha256_file
-from ..config import Config
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+PIPELINE_GROUP = "trigger.pipelines"
+_REGISTRY: dict[str, type[Pipeline]] = {}
+_MODULES: dict[str, str] = {}  # name -> the module that registers it (filled by trigger/pipelines/__init__.py)
+
+
+@dataclass(frozen=True)
+class PipelineMetric:
+    """A Prometheus series of one pipeline's own, created at 0 by :class:`trigger.metrics.Metrics`
+    and reached by :meth:`Pipeline.monitor` as ``metrics.<attr>``.
+
+    Args:
+        attr: the attribute of the metrics object, e.g. ``sources_found``.
+        kind: counter, gauge, or a histogram fed a whole batch at a time (``observe_many``).
+        name: the series name, ``trigger_`` prefix and base units.
+        documentation: the help line of the series.
+        buckets: upper bounds of a histogram.
+        initial: starting value of a gauge (e.g. NaN: "no estimate yet").
+    """
+
+    attr: str
+    kind: Literal["counter", "gauge", "bulk_histogram"]
+    name: str
+    documentation: str
+    buckets: tuple[float, ...] = ()
+    initial: float | None = None
 
 
 class Pipeline(ABC):
@@ -18,6 +56,15 @@ class Pipeline(ABC):
 
     name: ClassVar[str]
     input_kind: ClassVar[str]  # the protocol kind it decides on ("waveform", "image")
+    outcome_labels: ClassVar[tuple[str, ...]] = ("decided",)
+    """The labels :meth:`outcomes` counts; trigger_decisions_total has each at 0 from the start."""
+    own_metrics: ClassVar[tuple[PipelineMetric, ...]] = ()
+    """The pipeline's own series, which :meth:`monitor` updates."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: Config) -> Pipeline:
+        """Build the pipeline from the daemon configuration (model, calibration, working point)."""
 
     @property
     @abstractmethod
@@ -110,11 +157,74 @@ def check_io(backend: Backend, event_shape: tuple[int, ...], output: str) -> Non
         raise BackendUnavailable(f"model has no output {output!r}; it has {backend.output_names}")
 
 
-def load_pipeline(config: Config) -> Pipeline:
-    """Build the configured pipeline with its model, backend and calibration."""
-    from .denoise import DenoisePipeline
-    from .pulse import PulsePipeline
-    from .segment import SegmentPipeline
+def register_pipeline(cls: type[Pipeline]) -> type[Pipeline]:
+    """Class decorator: make ``cls`` available under ``cls.name``; a second class of that name is an error.
 
-    cls = {"pulse": PulsePipeline, "segment": SegmentPipeline, "denoise": DenoisePipeline}[config.pipeline.name]
-    return cls.from_config(config)
+    Args:
+        cls: a :class:`Pipeline` subclass with a non-empty ``name``.
+    """
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"pipeline {cls.__qualname__} needs a non-empty class attribute 'name'")
+    if not (isinstance(cls, type) and issubclass(cls, Pipeline)):
+        raise TypeError(f"pipeline {name!r}: {cls!r} is not a Pipeline subclass")
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"pipeline name {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def register_pipeline_module(name: str, module: str) -> None:
+    """Name a pipeline whose module registers it, imported on first use.
+
+    Args:
+        name: the pipeline's name (``pipeline.name`` in the configuration).
+        module: the dotted module that registers it.
+    """
+    if _MODULES.get(name, module) != module:
+        raise ValueError(f"pipeline name {name!r} is already listed for module {_MODULES[name]}")
+    _MODULES[name] = module
+
+
+def _installed() -> dict[str, str]:
+    return {ep.name: ep.value.partition(":")[0] for ep in entry_points(group=PIPELINE_GROUP)}
+
+
+def is_pipeline(name: str) -> bool:
+    """Whether ``name`` is a pipeline :func:`pipeline_class` can find (without importing it).
+
+    Args:
+        name: the pipeline's name.
+    """
+    return name in _MODULES or name in _REGISTRY or name in _installed()
+
+
+def available_pipelines() -> list[str]:
+    """Names of every pipeline: listed, registered or installed (entry points), shipped ones first."""
+    return list(dict.fromkeys([*_MODULES, *_REGISTRY, *_installed()]))
+
+
+def pipeline_class(name: str) -> type[Pipeline]:
+    """The class registered as ``name``, its module imported on first use; raises ValueError for an
+    unknown name and ImportError when the module cannot be imported.
+
+    Args:
+        name: the pipeline's name.
+    """
+    if name not in _REGISTRY:
+        module = _MODULES.get(name) or _installed().get(name)
+        if module is None:
+            raise ValueError(f"unknown pipeline {name!r}; known: {', '.join(available_pipelines())}")
+        importlib.import_module(module)
+        if name not in _REGISTRY:
+            raise ValueError(f"module {module} did not register pipeline {name!r} (@register_pipeline)")
+    return _REGISTRY[name]
+
+
+def load_pipeline(config: Config) -> Pipeline:
+    """Build the configured pipeline with its model, backend and calibration.
+
+    Args:
+        config: the daemon configuration; ``pipeline.name`` picks the registered class.
+    """
+    return pipeline_class(config.pipeline.name).from_config(config)

@@ -9,16 +9,19 @@ scale back). Traces (``[samples]`` models) decide ``kind: waveform`` streams, fr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..backends import Backend
 from ..calibration import DenoiseCalibration
-from ..config import Config
-from .base import Pipeline, check_io, model_description, model_header, open_model
+from .base import Pipeline, check_io, model_description, model_header, open_model, register_pipeline
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
+@register_pipeline
 class DenoisePipeline(Pipeline):
     name = "denoise"
     input_kind = "image"  # the class default; an instance with a trace model decides waveforms

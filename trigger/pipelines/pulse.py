@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..backends import Backend
 from ..calibration import PulseCalibration, distances
-from ..config import Config
-from .base import Pipeline, check_io, model_description, model_header, open_model
+from .base import Pipeline, PipelineMetric, check_io, model_description, model_header, open_model, register_pipeline
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+# d / d*: below 1 is noise-like, above 1 is accepted; fine steps below 1 show a drifting noise cloud.
+DISTANCE_RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 class NoiseScaleMonitor:
@@ -101,9 +106,23 @@ class NoiseScaleMonitor:
         return True
 
 
+@register_pipeline
 class PulsePipeline(Pipeline):
     name = "pulse"
     input_kind = "waveform"
+    outcome_labels = ("accept", "reject")
+    own_metrics = (
+        PipelineMetric("distance_ratio", "bulk_histogram", "trigger_latent_distance_ratio",
+                       "Latent distance of each decided event over the threshold d*", DISTANCE_RATIO_BUCKETS),
+        PipelineMetric("noise_centre_drift", "gauge", "trigger_noise_centre_drift_ratio",
+                       "Distance of the running mean of noise-like latent means from the calibrated centre, over d*"),
+        PipelineMetric("noise_scale", "gauge", "trigger_noise_scale_ratio",
+                       "Spread of the noise-dominated latent distances over the calibration's (1: noise as "
+                       "calibrated; NaN until enough events)", initial=float("nan")),
+        PipelineMetric("fpr_estimate", "gauge", "trigger_false_positive_rate_estimate",
+                       "False-positive rate of the working point implied by the live noise scale, without truth "
+                       "(NaN until enough events)", initial=float("nan")),
+    )
 
     def __init__(self, backend: Backend, calibration: PulseCalibration, *, working_point: str | None = None,
                  calibration_path: str | Path | None = None):

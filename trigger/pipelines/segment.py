@@ -21,16 +21,18 @@ pixel (length 0). This array and header key are an extension of protocol v1.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
 
 from ..backends import Backend
 from ..calibration import SegmentCalibration
-from ..config import Config
 from ..hillas import HILLAS_KEYS, hillas_parameters
-from .base import Pipeline, check_io, model_description, model_header, open_model
+from .base import Pipeline, PipelineMetric, check_io, model_description, model_header, open_model, register_pipeline
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 # 8-connectivity inside a frame, none across frames of the batch.
 _STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
@@ -67,9 +69,13 @@ def find_sources(mask: np.ndarray, prob: np.ndarray, frames: np.ndarray) -> np.n
     return np.column_stack([event, x, y, flux, pmax]).astype(np.float32)
 
 
+@register_pipeline
 class SegmentPipeline(Pipeline):
     name = "segment"
     input_kind = "image"
+    outcome_labels = ("sources", "empty")
+    own_metrics = (PipelineMetric("sources_found", "counter", "trigger_sources_found_total",
+                                  "Point sources listed by the segment pipeline"),)
 
     def __init__(self, backend: Backend, calibration: SegmentCalibration, *, working_point: str | None = None,
                  calibration_path: str | Path | None = None):
