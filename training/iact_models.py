@@ -41,7 +41,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.image_models import SegmentUNet, UNetConfig, conv_bn, conv_pool_features, pad_to_multiple
+from training.image_models import (
+    SegmentUNet,
+    UNetConfig,
+    conv_bn,
+    conv_pool_features,
+    frame_pedestal,
+    pad_to_multiple,
+)
 
 SIZE = 32
 """Camera image side in pixels (simulators.iact.IACTConfig.size)."""
@@ -78,7 +85,7 @@ class CameraUNet(SegmentUNet):
         """Raw camera images [B, H, W] in p.e. -> pre-sigmoid signal logits [B, H, W] (any H, W: zero-padded to
         a multiple of ``2 ** depth`` inside the graph and cropped back; the 32 x 32 camera runs unpadded)."""
         height, width = image.shape[-2], image.shape[-1]
-        h = pad_to_multiple(camera_channels(image, self.pe_scale), 2 ** self.config.depth)
+        h = pad_to_multiple(camera_channels(frame_pedestal(self, image), self.pe_scale), 2 ** self.config.depth)
         skips = []
         for block in self.down:
             h = block(h)

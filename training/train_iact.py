@@ -42,6 +42,19 @@ one-cycle learning rate, best validation epoch kept) is the sky models' (trainin
   measured size mismatch). ``--checkpoint runs/<name>/model.pt`` fits the prior and exports a trained
   model without training it again.
 
+Recorded night-sky background (``--task clean --noise-data run.h5``): the camera's own noise (NSB,
+electronics, pedestals, in whatever units and dtype it records, float32 as recorded) under simulated
+shower light. The recording's frame size sets the model's: showers are simulated on a square camera
+of ``max(height, width)`` pixels (the simulator's pixel size) and centre-cropped; their light gets
+photon statistics and the single-p.e. charge resolution but no NSB or electronic noise (those are in
+the recording), times ``--signal-scale`` (p.e. -> the recording's units), and a recorded frame is
+added: a fresh one of the ``train`` split every time a training image is seen, held-out splits for
+validation, calibration and test. The U-net subtracts the per-pixel mean training frame (a buffer in
+the graph) and takes the recording's noise RMS as its fixed input scale (``pe_scale``). Tail cuts
+are tuned on the pedestal-subtracted frames. The calibration's card lists the files by sha256 with
+the events used per split. The served Hillas parameters weigh the raw frame, so they are only right
+for pedestal-subtracted recordings.
+
 Every run writes ``runs/<name>/``: ``config.json``, ``history.json`` + ``history.csv``,
 ``model.pt``, ``metrics.json`` and plots (``loss.png``; ``panels.png`` and ``roc.png`` for
 clean/classify; ``samples.png`` and ``sizes.png`` for the cVAE).
@@ -69,13 +82,16 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from training.core import checkpoint
+from training.core.backgrounds import Backgrounds, load_backgrounds
 from training.core.cards import card_path_for, training_provenance, write_json
 from training.core.loop import Profile as TrainProfile
 from training.core.loop import predict, random_symmetry, segmentation_step, train_loop, write_history
 from training.core.metrics import roc_auc, roc_curve
 from training.core.onnx_export import export_checked
 from training.core.plots import plot_history
+from training.core.recorded import DataError
 from training.core.runtime import ort_session_runner
+from training.core.staging import staged_export
 from training.iact_models import (
     SIZE,
     CameraUNet,
@@ -97,7 +113,8 @@ logger = logging.getLogger("training")
 TASKS = ("clean", "classify", "cvae")
 # Independent simulator streams: training never sees a validation, test or calibration image.
 SEEDS = {"train": 401, "validation": 402, "test": 403, "calibration": 404, "selection": 405, "init": 421,
-         "shuffle": 422, "export_check": 431, "sample": 441, "prior": 451}
+         "shuffle": 422, "export_check": 431, "sample": 441, "prior": 451, "background_split": 461,
+         "background_draw": 462, "photon_stats": 463}
 OPSET = 18
 CLEAN_FORMAT = "trigger.segment-calibration/1"
 CLASSIFIER_FORMAT = "trigger.iact-classifier-card/1"
@@ -215,6 +232,51 @@ def simulate_iact(n: int, seed: int, particle: str = "mix", *, chunk: int = 1024
     return IACTData(*(np.ascontiguousarray(c) for c in cols))
 
 
+def camera_signal(n: int, seed: int, frame: tuple[int, int], scale: float, desc: str | None = None,
+                  progress: bool = True) -> IACTData:
+    """``n`` showers (gamma/proton mix) for a camera of ``frame`` (height, width): simulated on a square
+    camera of ``max(height, width)`` pixels and centre-cropped; ``images`` hold the shower light's photon
+    statistics and charge resolution (no NSB, no electronic noise: the recording brings those) x ``scale``."""
+    from simulators.iact import IACTConfig, readout
+
+    h, w = frame
+    size = max(h, w, 8)
+    d = simulate_iact(n, seed, "mix", desc=desc, progress=progress, size=size)
+    top, left = (size - h) // 2, (size - w) // 2
+
+    def crop(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a[:, top:top + h, left:left + w])
+
+    clean = crop(d.clean)
+    quiet = dataclasses.replace(IACTConfig(size=size), nsb_pe=0.0, electronic_noise_pe=0.0)
+    light = readout(clean, quiet, np.random.default_rng(SEEDS["photon_stats"] * 1000 + seed))
+    return IACTData((light * np.float32(scale)).astype(np.float32), clean, crop(d.mask), d.particle, d.energy_tev)
+
+
+def with_background(data: IACTData, bg: Backgrounds, split: str) -> IACTData:
+    """``data`` (shower light) plus recorded background frames of ``split`` in a fixed pairing (cycled)."""
+    return IACTData((data.images + bg.cycle(split, len(data))).astype(np.float32), data.clean, data.mask,
+                    data.particle, data.energy_tev)
+
+
+def background_splits(profile: Profile, splits: tuple[str, ...], progress: bool, bg: Backgrounds,
+                      signal_scale: float) -> dict[str, IACTData]:
+    """Simulated shower light of each split on the recording's frame; every split but ``train`` (whose
+    step draws fresh frames) gets its own recorded frames added."""
+    sizes = {"train": profile.n_train, "validation": profile.n_val, "test": profile.n_test,
+             "calibration": profile.n_calib}
+    frame = (int(bg.event_shape[0]), int(bg.event_shape[1]))
+    out = {}
+    for s in splits:
+        d = camera_signal(sizes[s], SEEDS[s], frame, signal_scale, desc=f"simulating {s}", progress=progress)
+        if s == "train":
+            bg.use("train", len(bg.events["train"]))
+            out[s] = d
+        else:
+            out[s] = with_background(d, bg, s)
+    return out
+
+
 # ---------------------------------------------------------------------------------------- metrics
 
 def pixel_counts(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -276,13 +338,42 @@ def make_model(task: str, profile: Profile, extra: Mapping[str, Any] | None = No
     return SizeCVAE(CVAEConfig(**kw))
 
 
-def train_clean(profile: Profile, seed: int, progress: bool, train: IACTData, val: IACTData
-                ) -> tuple[CameraUNet, list[dict], dict]:
+def background_model_settings(bg: Backgrounds) -> dict[str, Any]:
+    """CameraUNet settings for a recorded background: its frame, a pedestal buffer, its noise RMS as pe_scale."""
+    rms = bg.noise_rms(bg.pedestal_frame())
+    if not rms > 0:
+        raise DataError(f"{bg.paths[0].name}: the recorded frames are constant (noise RMS 0); nothing to learn from")
+    return {"height": int(bg.event_shape[0]), "width": int(bg.event_shape[1]), "pedestal": True, "pe_scale": rms}
+
+
+def train_clean(profile: Profile, seed: int, progress: bool, train: IACTData, val: IACTData,
+                bg: Backgrounds | None = None) -> tuple[CameraUNet, list[dict], dict]:
     x_all, m_all = torch.from_numpy(train.images), torch.from_numpy(train.mask)
     torch.manual_seed(SEEDS["init"] * 1000 + seed)
-    model = make_model("clean", profile)
+    model = make_model("clean", profile, None if bg is None else background_model_settings(bg))
     logger.info("camera U-net %s: %d parameters", model.settings(), count_parameters(model))
-    step = segmentation_step(model, x_all, m_all, profile)
+    if bg is None:
+        step = segmentation_step(model, x_all, m_all, profile)
+    else:
+        with torch.no_grad():
+            model.pedestal.copy_(torch.from_numpy(bg.pedestal_frame()))
+        rng = np.random.default_rng(SEEDS["background_draw"] * 1000 + seed)
+        square = x_all.shape[1] == x_all.shape[2]
+
+        def step(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+            # The shower light and its mask get a random symmetry (flips only on a non-square camera); the
+            # recorded frame none: a pedestal and a hot pixel belong to their pixel.
+            x, m = x_all[idx], m_all[idx]
+            if profile.augment:
+                k = int(torch.randint(0, 8 if square else 4, (1,), generator=gen))
+                if k & 4:
+                    x, m = x.transpose(1, 2), m.transpose(1, 2)
+                dims = [d for bit, d in ((1, 2), (2, 1)) if k & bit]
+                if dims:
+                    x, m = x.flip(dims), m.flip(dims)
+            x = x.contiguous() + torch.from_numpy(bg.draw("train", len(idx), rng))
+            loss, bce, pen = segmentation_loss(model.logits(x), m.contiguous(), profile.count_weight)
+            return loss, {"bce": bce.item(), "count_penalty": pen.item()}
 
     def validate(model: nn.Module) -> dict:
         logits = torch.from_numpy(predict(model, val.images, fn=model.logits))
@@ -624,9 +715,15 @@ def simulate_splits(task: str, profile: Profile, splits: tuple[str, ...], progre
     return out
 
 
-def calibrate_clean(path: Path, calib: IACTData, test: IACTData, provenance: Mapping[str, Any]) -> dict[str, Any]:
+def calibrate_clean(path: Path, calib: IACTData, test: IACTData, provenance: Mapping[str, Any],
+                    pedestal: np.ndarray | None = None, scale: float = 1.0) -> dict[str, Any]:
     """Working points of the exported U-net from ``calib`` images (ONNX Runtime), validation on ``test``;
-    writes ``<stem>.calib.json`` (trigger.segment-calibration/1)."""
+    writes ``<stem>.calib.json`` (trigger.segment-calibration/1). Tail cuts (thresholds in p.e.) see the
+    images less ``pedestal``, divided by ``scale`` (the recording's units per p.e.)."""
+
+    def pe(images: np.ndarray) -> np.ndarray:
+        return images if pedestal is None else (images - pedestal) / np.float32(scale)
+
     from simulators.iact import IACTConfig
     from training.export_image import fpr_cut
 
@@ -640,7 +737,7 @@ def calibrate_clean(path: Path, calib: IACTData, test: IACTData, provenance: Map
             wps[f"fpr_{f:g}"] = fpr_cut(bg, f)
     tail: dict[str, Any] | None = None
     try:
-        tail = tune_tailcuts(calib.images, calib.mask)
+        tail = tune_tailcuts(pe(calib.images), calib.mask)
     except ImportError:
         logger.warning("trigger.cleaning is missing: no tailcuts_fpr working point")
     if tail is not None and bg.size * tail["fpr"] >= 10:
@@ -654,9 +751,10 @@ def calibrate_clean(path: Path, calib: IACTData, test: IACTData, provenance: Map
                   "evaluated_with": "onnxruntime", "truth": "simulators.iact mask (pixels with shower light)"}
     if tail is not None:
         validation["tailcuts_tuned_on_calibration"] = {
-            **tail, "test": pixel_counts(tailcuts_masks(test.images, tail["picture"], tail["boundary"]), test.mask)}
+            **tail, "test": pixel_counts(tailcuts_masks(pe(test.images), tail["picture"], tail["boundary"]), test.mask)}
     cal = {"format": CLEAN_FORMAT, "model_sha256": sha256_file(path), "input_name": "image", "output_name": "prob",
-           "height": SIZE, "width": SIZE, "target": "shower", "camera": {"pixel_deg": IACTConfig().pixel_deg},
+           "height": int(calib.images.shape[1]), "width": int(calib.images.shape[2]), "target": "shower",
+           "camera": {"pixel_deg": IACTConfig().pixel_deg},
            "working_points": wps, "default_working_point": "f1_max",
            "validation": validation, "training": training_provenance(provenance)}
     out = write_json(calibration_path_for(path), cal)
@@ -667,14 +765,33 @@ def calibrate_clean(path: Path, calib: IACTData, test: IACTData, provenance: Map
 
 def run(task: str, profile: Profile, run_dir: Path, *, seed: int = 0, export: Path | None = None, threads: int = 1,
         command: str | None = None, progress: bool = True, plots: bool = True, checkpoint: Path | None = None,
-        components: tuple[int, ...] = (8, 16, 32)) -> dict:
+        components: tuple[int, ...] = (8, 16, 32), noise_data: list[Path] | None = None,
+        signal_scale: float = 1.0) -> dict:
     """Train ``task`` with ``profile`` (or take the model of a run folder's ``checkpoint``), fill ``run_dir``,
-    optionally export (+ calibration or card); returns the metrics. ``components``: the cVAE latent
-    prior's mixture sizes to choose from."""
+    optionally export (+ calibration or card); returns the metrics.
+
+    Args:
+        components: the cVAE latent prior's mixture sizes to choose from.
+        noise_data: ``clean`` only: recorded camera background runs under simulated shower light (see the
+            module docstring).
+        signal_scale: p.e. -> the recording's units (with ``noise_data``).
+
+    Raises:
+        DataError: unusable ``noise_data`` (one line), before anything is written.
+    """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     t_start = time.perf_counter()
     torch.set_num_threads(threads)
+    bg = None
+    if noise_data:
+        if task != "clean" or checkpoint is not None:
+            raise DataError(f"--noise-data trains --task clean from scratch; not {task}"
+                            + (" with --checkpoint" if checkpoint is not None else ""))
+        if not signal_scale > 0:
+            raise DataError(f"--signal-scale must be > 0, got {signal_scale}")
+        bg = load_backgrounds(noise_data, kind="image", seed=SEEDS["background_split"], min_shape=(8, 8))
+        background_model_settings(bg)  # refuses constant frames before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     command = command or "python -m training.train_iact " + shlex.join(sys.argv[1:])
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -684,12 +801,20 @@ def run(task: str, profile: Profile, run_dir: Path, *, seed: int = 0, export: Pa
                   "threads": threads, "command": command, "torch": torch.__version__,
                   "iact_config": dataclasses.asdict(IACTConfig()), "iact_py_sha256": iact_source_sha256(),
                   "started": started}
+    if bg is not None:
+        config_out.update(noise_data=[str(p) for p in bg.paths], signal_scale=signal_scale, frame=list(bg.event_shape))
     (run_dir / "config.json").write_text(json.dumps(config_out, indent=2, default=str) + "\n")
     logger.info("run %s/%s: folder %s", task, profile.name, run_dir)
 
-    data = simulate_splits(task, profile, ("train", "validation"), progress)
+    if bg is None:
+        data = simulate_splits(task, profile, ("train", "validation"), progress)
+    else:
+        data = background_splits(profile, ("train", "validation"), progress, bg, signal_scale)
     t_train = time.perf_counter()
-    if checkpoint is None:
+    if checkpoint is None and bg is not None:
+        model, history, best = train_clean(profile, seed, progress, data["train"], data["validation"], bg)
+        train_s = time.perf_counter() - t_train
+    elif checkpoint is None:
         trainer = {"clean": train_clean, "classify": train_classify, "cvae": train_cvae}[task]
         model, history, best = trainer(profile, seed, progress, data["train"], data["validation"])
         train_s = time.perf_counter() - t_train
@@ -735,20 +860,37 @@ def run(task: str, profile: Profile, run_dir: Path, *, seed: int = 0, export: Pa
     if checkpoint is not None:
         provenance["checkpoint"] = config_out["checkpoint"]
 
-    test = simulate_splits(task, profile, ("test",), progress)["test"]
-    check_imgs = simulate_iact(16, SEEDS["export_check"], progress=False).images
+    if bg is None:
+        test = simulate_splits(task, profile, ("test",), progress)["test"]
+        check_imgs = simulate_iact(16, SEEDS["export_check"], progress=False).images
+        empty = np.zeros((1, SIZE, SIZE), np.float32)
+        ped = None
+    else:
+        test = background_splits(profile, ("test",), progress, bg, signal_scale)["test"]
+        check_imgs = test.images[:16]
+        ped = bg.pedestal_frame()
+        empty = ped[None]  # a frame with no light on it
+        provenance.update(data=bg.files(), noise_data=bg.provenance(), signal_scale=signal_scale,
+                          signal="simulators.iact shower light (photon statistics, no NSB or electronic noise), "
+                                 "centre-cropped to the recording's frame, x signal_scale")
+        metrics["noise_data"] = {**bg.provenance(), "data": bg.files()}
     if task == "clean":
         prob = predict(model, test.images)
         f1, cut = best_f1(prob, test.mask)
         metrics["test"] = {"auc": roc_auc(prob, test.mask), "best_f1": f1, "best_f1_cut": cut,
                            "at_best_f1": pixel_counts(prob > cut, test.mask)}
         if export is not None:
-            x = np.concatenate([check_imgs, np.zeros((1, SIZE, SIZE), np.float32)])
-            info = export_checked(model, {"image": torch.from_numpy(check_imgs[:2])}, "prob", export, {"image": x})
-            calib = simulate_splits(task, profile, ("calibration",), progress)["calibration"]
-            cal = calibrate_clean(export, calib, test, {**provenance, "ort_vs_torch": info["max_abs_diff"],
-                                                        "model_config": model.settings()})
-            metrics["onnx"] = {**info, "calibration": str(calibration_path_for(export))}
+            x = np.concatenate([check_imgs, empty])
+            if bg is None:
+                calib = simulate_splits(task, profile, ("calibration",), progress)["calibration"]
+            else:
+                calib = background_splits(profile, ("calibration",), progress, bg, signal_scale)["calibration"]
+                provenance["data"] = bg.files()  # now with the calibration frames used
+            with staged_export(export) as part:
+                info = export_checked(model, {"image": torch.from_numpy(check_imgs[:2])}, "prob", part, {"image": x})
+                cal = calibrate_clean(part, calib, test, {**provenance, "ort_vs_torch": info["max_abs_diff"],
+                                                          "model_config": model.settings()}, ped, signal_scale)
+            metrics["onnx"] = {**info, "path": str(export), "calibration": str(calibration_path_for(export))}
             metrics["calibration"] = {"working_points": cal["working_points"]}
         if plots:
             plot_clean_panels(run_dir / "panels.png", test, prob, cut)
@@ -765,10 +907,11 @@ def run(task: str, profile: Profile, run_dir: Path, *, seed: int = 0, export: Pa
         if export is not None:
             wrapped = ClassifierScore(model)
             x = np.concatenate([check_imgs, np.zeros((1, SIZE, SIZE), np.float32)])
-            info = export_checked(wrapped, {"image": torch.from_numpy(check_imgs[:2])}, "score", export, {"image": x})
-            card = write_classifier_card(export, test, {**provenance, "ort_vs_torch": info["max_abs_diff"],
-                                                        "model_config": model.config.to_dict()})
-            metrics["onnx"] = {**info, "card": str(card_path_for(export))}
+            with staged_export(export) as part:
+                info = export_checked(wrapped, {"image": torch.from_numpy(check_imgs[:2])}, "score", part, {"image": x})
+                card = write_classifier_card(part, test, {**provenance, "ort_vs_torch": info["max_abs_diff"],
+                                                          "model_config": model.config.to_dict()})
+            metrics["onnx"] = {**info, "path": str(export), "card": str(card_path_for(export))}
             metrics["card_test"] = {k: card[k] for k in ("test_auc", "mean_score_gamma", "mean_score_proton")}
         if plots:
             plot_scores(run_dir / "scores.png", score, test.particle, auc)
@@ -784,14 +927,15 @@ def run(task: str, profile: Profile, run_dir: Path, *, seed: int = 0, export: Pa
             gen = torch.Generator().manual_seed(SEEDS["export_check"])
             z = torch.randn((64, generator.n_z), generator=gen)
             ls = torch.from_numpy(np.quantile(train_log_size, np.linspace(0, 1, 64)).astype(np.float32)).reshape(-1, 1)
-            info = export_checked(generator, {"z": z[:2], "log10_size": ls[:2]}, "image", export,
-                               {"z": z.numpy(), "log10_size": ls.numpy()},
-                               scale=lambda c: 10.0 ** c["log10_size"].reshape(-1, 1, 1), tolerance=1e-4)
-            card = write_cvae_card(export, generator, train_log_size, test,
-                                   {**provenance, "ort_vs_torch_max_abs_diff": info["max_abs_diff"],
-                                    "ort_vs_torch_max_diff_over_size": info["max_scaled_diff"],
-                                    "model_config": model.config.to_dict(), "latent_prior": prior_choice})
-            metrics["onnx"] = {**info, "card": str(card_path_for(export))}
+            with staged_export(export) as part:
+                info = export_checked(generator, {"z": z[:2], "log10_size": ls[:2]}, "image", part,
+                                      {"z": z.numpy(), "log10_size": ls.numpy()},
+                                      scale=lambda c: 10.0 ** c["log10_size"].reshape(-1, 1, 1), tolerance=1e-4)
+                card = write_cvae_card(part, generator, train_log_size, test,
+                                       {**provenance, "ort_vs_torch_max_abs_diff": info["max_abs_diff"],
+                                        "ort_vs_torch_max_diff_over_size": info["max_scaled_diff"],
+                                        "model_config": model.config.to_dict(), "latent_prior": prior_choice})
+            metrics["onnx"] = {**info, "path": str(export), "card": str(card_path_for(export))}
             metrics["card_validation"] = card["validation"]
         if plots:
             plot_samples(run_dir / "samples.png", test.clean, test.size, fake)
@@ -867,6 +1011,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cvae-output", choices=("softmax", "free"),
                    help="cvae: the decoder's output (default softmax; free is the ablation without the size fix)")
     p.add_argument("--size-weight", type=float, help="cvae with --cvae-output free: the size-consistency penalty")
+    p.add_argument("--noise-data", type=Path, action="append", metavar="RUN.h5",
+                   help="clean: recorded camera background run(s) (no showers) under simulated shower light; "
+                        "their frame size is the model's (repeat for more files)")
+    p.add_argument("--signal-scale", type=float, default=1.0,
+                   help="with --noise-data: p.e. x this = the recording's units (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="INFO")
@@ -880,8 +1029,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides["model"] = {**profile.model, "output": args.cvae_output}
     profile = dataclasses.replace(profile, **overrides)
     name = args.name or f"iact-{args.task}-{profile.name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
-    run(args.task, profile, args.runs / name, seed=args.seed, export=args.export, threads=args.threads,
-        progress=not args.no_progress, checkpoint=args.checkpoint, components=tuple(args.components))
+    try:
+        run(args.task, profile, args.runs / name, seed=args.seed, export=args.export, threads=args.threads,
+            progress=not args.no_progress, checkpoint=args.checkpoint, components=tuple(args.components),
+            noise_data=args.noise_data, signal_scale=args.signal_scale)
+    except DataError as exc:
+        # One line on stderr and exit status 1; an existing model (if any) is untouched.
+        raise SystemExit(f"train_iact: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                         ) from None
     return 0
 
 
