@@ -29,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from . import curve
+from . import zmq_security
 from ._log import logger
 from .protocol import ProtocolError, decode
 
@@ -37,7 +37,10 @@ DEFAULT_HORIZON = 10_000  # messages: far more than the reordering between daemo
 
 
 @dataclass
-class SourceCounts:
+class SourceAudit:
+    """What the audit found for one source of a decision stream (the daemon's own per-source run
+    totals are ``SourceCounts``, in the runtime)."""
+
     decided_messages: int = 0
     decided_events: int = 0
     lost_messages: int = 0
@@ -63,12 +66,12 @@ class DecisionAudit:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1 message, got {horizon}")
         self.horizon = horizon
-        self.counts: dict[str, SourceCounts] = {}
+        self.counts: dict[str, SourceAudit] = {}
         self._runs: dict[str, _Run] = {}
 
     def add(self, source: str, seq: int, events: int) -> bool:
         """Record one decision message; False if ``(source, seq)`` was already decided (a duplicate)."""
-        c = self.counts.setdefault(source, SourceCounts())
+        c = self.counts.setdefault(source, SourceAudit())
         run = self._runs.setdefault(source, _Run())
         if seq < run.settled:
             if seq in run.lost:  # its hole was declared lost too early: it was decided after all
@@ -94,7 +97,7 @@ class DecisionAudit:
         self._settle(c, run, run.top + 1 - self.horizon)
         return True
 
-    def _settle(self, c: SourceCounts, run: _Run, upto: int) -> None:
+    def _settle(self, c: SourceAudit, run: _Run, upto: int) -> None:
         """Advance past the contiguous decided prefix, and past holes below ``upto`` (declared lost)."""
         while True:
             if run.settled in run.pending:
@@ -108,11 +111,11 @@ class DecisionAudit:
         if len(run.lost) > self.horizon:  # a decision more than a horizon late reads as a restart anyway
             run.lost = {q for q in run.lost if q + self.horizon >= run.settled}
 
-    def finish(self, sent: Mapping[str, int] | None = None) -> dict[str, SourceCounts]:
+    def finish(self, sent: Mapping[str, int] | None = None) -> dict[str, SourceAudit]:
         """Settle every source: holes below its highest decided seq (or below ``sent[source]``
         messages, when the readout's count is known) are lost. Returns the counts per source."""
         for source in set(self._runs) | set(sent or {}):
-            c = self.counts.setdefault(source, SourceCounts())
+            c = self.counts.setdefault(source, SourceAudit())
             run = self._runs.setdefault(source, _Run())
             end = run.top + 1 if sent is None or source not in sent else max(sent[source], run.top + 1)
             self._settle(c, run, end)
@@ -133,7 +136,7 @@ class AuditSubscriber(threading.Thread):
         self.sock = ctx.socket(zmq.SUB)
         if curve_keys is not None:
             try:
-                curve.make_client(self.sock, *curve_keys)
+                zmq_security.make_client(self.sock, *curve_keys)
             except BaseException:
                 self.sock.close()
                 raise
@@ -176,7 +179,7 @@ class AuditSubscriber(threading.Thread):
         self.sock.close()
 
 
-def format_table(counts: Mapping[str, SourceCounts]) -> str:
+def format_table(counts: Mapping[str, SourceAudit]) -> str:
     cols = ("decided_messages", "decided_events", "lost_messages", "duplicates", "late", "restarts")
     rows = [("source", *cols)] + [(s, *(str(getattr(c, k)) for k in cols)) for s, c in sorted(counts.items())]
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols) + 1)]

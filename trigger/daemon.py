@@ -44,7 +44,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from . import curve
+from . import zmq_security as curve
 from ._log import logger
 from .batcher import BatchBuffer, Batcher, EventQueue, Item, Turns, TurnsAborted
 from .config import Config

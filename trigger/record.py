@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import curve
+from . import zmq_security as curve
 from ._log import logger
 from .protocol import ProtocolError, decode
 from .runfile import WRITING_SUFFIX, Layout, RunFileError, RunWriter

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from . import curve
+from . import zmq_security as curve
 from ._log import logger
 from .protocol import encode_input
 from .runfile import RunSet

@@ -325,7 +325,7 @@ RECIPE = {"typing": "weak", "fp16": "BuilderFlag.FP16", "tf32": "default", "work
 def key_for(target=H100, precision="fp16", profile=(1, 1024, 4096), sha="ab" * 32, **recipe) -> cache.EngineKey:
     return cache.EngineKey(onnx_sha256=sha, tensorrt=target.tensorrt, gpu=target.gpu,
                            compute_capability=target.compute_capability, precision=precision,
-                           profile=cache.Profile(*profile), recipe=RECIPE | recipe)
+                           profile=cache.BatchProfile(*profile), recipe=RECIPE | recipe)
 
 
 def test_engine_key_changes_with_every_field_and_only_with_them():
@@ -371,7 +371,7 @@ def test_engine_path_layout(tmp_path):
 @pytest.mark.parametrize("bad", [(0, 1, 2), (4, 2, 8), (1, 8, 4), (1.5, 2, 4)])
 def test_profile_must_be_ordered_positive_ints(bad):
     with pytest.raises(ValueError, match="1 <= min <= opt <= max"):
-        cache.Profile(*bad)
+        cache.BatchProfile(*bad)
 
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -446,8 +446,8 @@ class FakeBuilder:
 def test_ensure_engine_builds_once_reuses_and_rebuilds_a_refused_one(tmp_path, tiny_pulse_model):
     onnx_path, _ = tiny_pulse_model
     fake = FakeBuilder()
-    kw = {"precision": "fp16", "profile": cache.Profile(1, 8, 16), "cache_dir": tmp_path / "cache", "builder": fake,
-          "recipe": RECIPE}
+    kw = {"precision": "fp16", "profile": cache.BatchProfile(1, 8, 16), "cache_dir": tmp_path / "cache",
+          "builder": fake, "recipe": RECIPE}
     path, meta = cache.ensure_engine(onnx_path, H100, **kw)
     assert len(fake.calls) == 1 and path.is_file() and meta["onnx_name"] == "tiny.onnx"
     assert fake.calls[0]["recipe"] == RECIPE and meta["recipe"] == RECIPE
@@ -478,7 +478,7 @@ def test_ensure_engine_builds_once_reuses_and_rebuilds_a_refused_one(tmp_path, t
 
 def test_ensure_engine_without_rebuild_refuses_a_missing_engine(tmp_path, tiny_pulse_model):
     with pytest.raises(cache.StaleEngine, match="no TensorRT engine at .*trigger build --model"):
-        cache.ensure_engine(tiny_pulse_model[0], H100, precision="fp32", profile=cache.Profile(1, 8, 16),
+        cache.ensure_engine(tiny_pulse_model[0], H100, precision="fp32", profile=cache.BatchProfile(1, 8, 16),
                             recipe=RECIPE, cache_dir=tmp_path, rebuild=False, builder=FakeBuilder())
 
 
@@ -1075,7 +1075,8 @@ def test_builder_uses_the_tensorrt_api_of_its_version(tmp_path, monkeypatch, ver
     timing = cache.timing_cache_path(tmp_path, target)
     timing.parent.mkdir(parents=True)
     timing.write_bytes(b"OLD TIMING")
-    blob, info = trt_builder.build_serialized_engine(onnx_bytes, precision=precision, profile=cache.Profile(1, 8, 64),
+    blob, info = trt_builder.build_serialized_engine(onnx_bytes, precision=precision,
+                                                     profile=cache.BatchProfile(1, 8, 64),
                                                      recipe=recipe, timing_cache=timing, target=target)
     assert blob == b"ENGINE:" + version.encode() and info["input_name"] == "waveform"
     assert api.network_flags == [flags] and api.set_flags == set_flags and api.cleared_flags == cleared

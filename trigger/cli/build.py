@@ -14,7 +14,13 @@ from typing import Any
 from .._log import configure
 from .._log import logger as root
 from ..backends.tensorrt.builder import build_recipe, build_serialized_engine
-from ..backends.tensorrt.engine_cache import DEFAULT_PROFILE, DEFAULT_WORKSPACE_MIB, PRECISIONS, Profile, ensure_engine
+from ..backends.tensorrt.engine_cache import (
+    DEFAULT_PROFILE,
+    DEFAULT_WORKSPACE_MIB,
+    PRECISIONS,
+    BatchProfile,
+    ensure_engine,
+)
 from ..backends.tensorrt.runtime import current_target
 from ..config import DEFAULT_PULSE_MODEL
 from ._common import add_log_level
@@ -50,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     """``trigger build``: 0 when the engine is in the cache (built or found good), 1 when it cannot be."""
     configure(args.log_level)
     try:
-        profile = Profile(args.min_batch, args.opt_batch, args.max_batch)
+        profile = BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
         target = current_target(args.device)
         recipe = build_recipe(Path(args.model).read_bytes(), precision=args.precision,
                               tensorrt_version=target.tensorrt, workspace_mib=args.workspace)

@@ -1,4 +1,4 @@
-"""``trigger calibrate``: recompute the noise centre and thresholds d* (the work is :mod:`trigger.calibrate`)."""
+"""``trigger calibrate``: recompute the noise centre and thresholds d* (the work is :mod:`trigger.recalibrate`)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(a: argparse.Namespace) -> int:
     """``trigger calibrate``: 0 when the calibration file is written, 1 when it cannot be."""
     from ..backends import create_backend
-    from ..calibrate import (
+    from ..recalibrate import (
         calibrate,
         check_shape,
         noise_chunks_from_run,

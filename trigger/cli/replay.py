@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import curve
+from .. import zmq_security
 from .._log import configure, logger
 from ._common import add_log_level, handle_signals
 
@@ -137,7 +137,7 @@ def run(a: argparse.Namespace) -> int:
     auth = None
     try:
         if a.curve_clients:
-            auth = curve.start_authenticator(ctx, a.curve_clients)
+            auth = zmq_security.start_authenticator(ctx, a.curve_clients)
         sock = open_socket(ctx, a.output, a.pattern, connect=a.connect, curve_secret_key=a.curve_secret_key,
                            hwm=_send_hwm(recording if recording is not None else source, a.batch))
     except (OSError, ValueError, zmq.ZMQError) as exc:

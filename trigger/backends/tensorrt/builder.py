@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base import BackendUnavailable
-from .engine_cache import DEFAULT_WORKSPACE_MIB, PRECISIONS, Profile, Target, atomic_write
+from .engine_cache import DEFAULT_WORKSPACE_MIB, PRECISIONS, BatchProfile, Target, atomic_write
 from .library import require_tensorrt, strongly_typed, trt_logger, version_tuple
 
 logger = logging.getLogger("trigger.backends.tensorrt")
@@ -60,7 +60,7 @@ def build_recipe(onnx_bytes: bytes, *, precision: str, tensorrt_version: str,
             "workspace_mib": int(workspace_mib)}
 
 
-def build_serialized_engine(onnx_bytes: bytes, *, precision: str, profile: Profile, recipe: dict[str, Any],
+def build_serialized_engine(onnx_bytes: bytes, *, precision: str, profile: BatchProfile, recipe: dict[str, Any],
                             timing_cache: Path, target: Target) -> tuple[bytes, dict[str, Any]]:
     """ONNX -> serialized engine with one optimization profile over the batch axis (an
     :data:`.engine_cache.Builder`), built as ``recipe`` says (:func:`build_recipe`)."""

@@ -65,7 +65,7 @@ def default_cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class Profile:
+class BatchProfile:
     """The optimization profile of the dynamic batch axis: the engine takes min..max rows, tuned at opt."""
 
     min: int
@@ -123,7 +123,7 @@ class EngineKey:
     gpu: str
     compute_capability: str
     precision: str
-    profile: Profile
+    profile: BatchProfile
     recipe: Mapping[str, Any]
 
     def __post_init__(self) -> None:
@@ -134,7 +134,7 @@ class EngineKey:
         object.__setattr__(self, "recipe", dict(sorted(self.recipe.items())))
 
     @classmethod
-    def for_model(cls, onnx_path: str | Path, target: Target, precision: str, profile: Profile,
+    def for_model(cls, onnx_path: str | Path, target: Target, precision: str, profile: BatchProfile,
                   recipe: Mapping[str, Any]) -> EngineKey:
         return cls(onnx_sha256=sha256_file(onnx_path), tensorrt=target.tensorrt, gpu=target.gpu,
                    compute_capability=target.compute_capability, precision=precision, profile=profile,
@@ -281,7 +281,7 @@ Builder = Callable[..., tuple[bytes, dict[str, Any]]]
 builds the serialized engine the way ``recipe`` says (:func:`.builder.build_serialized_engine`)."""
 
 
-def ensure_engine(onnx_path: str | Path, target: Target, *, precision: str, profile: Profile,
+def ensure_engine(onnx_path: str | Path, target: Target, *, precision: str, profile: BatchProfile,
                   recipe: Mapping[str, Any], builder: Builder, cache_dir: str | Path | None = None,
                   rebuild: bool = True, force: bool = False) -> tuple[Path, dict[str, Any]]:
     """The cached engine for this model, target and recipe, built (or rebuilt, when stale) if needed.

@@ -52,8 +52,8 @@ from .engine_cache import (
     DEFAULT_PROFILE,
     DEFAULT_WORKSPACE_MIB,
     PRECISIONS,
+    BatchProfile,
     EngineKey,
-    Profile,
     StaleEngine,
     Target,
     check_engine,
@@ -77,7 +77,7 @@ def current_target(device: int = 0) -> Target:
     return target
 
 
-def default_buckets(profile: Profile) -> tuple[int, ...]:
+def default_buckets(profile: BatchProfile) -> tuple[int, ...]:
     """Powers of two within the profile, plus its min and max."""
     out, b = {profile.min, profile.max}, 1
     while b < profile.max:
@@ -151,7 +151,7 @@ class TensorRTBackend(Backend):
         if precision not in PRECISIONS:
             raise BackendUnavailable(f"tensorrt backend: precision {precision!r} not in {PRECISIONS}")
         try:
-            profile = Profile(*profile_args)
+            profile = BatchProfile(*profile_args)
         except ValueError as exc:
             raise BackendUnavailable(f"tensorrt backend: {exc}") from exc
         trt_mod = require_tensorrt()
@@ -167,7 +167,7 @@ class TensorRTBackend(Backend):
                 self.close()  # what was allocated before it
             raise
 
-    def _start(self, trt_mod: Any, precision: str, profile: Profile, cache_dir: Any, workspace_mib: int,
+    def _start(self, trt_mod: Any, precision: str, profile: BatchProfile, cache_dir: Any, workspace_mib: int,
                rebuild: bool, engine_file: Any, buckets: Any, chunk: Any, use_graphs: bool, warm: bool) -> None:
         gpu, cc = self._cuda.device_info()
         self.target = Target(gpu=gpu, compute_capability=cc, tensorrt=trt_mod.__version__)
