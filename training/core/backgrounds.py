@@ -20,6 +20,7 @@ the median sample of the training traces) becomes a buffer of the model.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,8 +52,9 @@ class Backgrounds:
     events: dict[str, np.ndarray]
     rows: dict[str, np.ndarray]
     seed: int
+    fractions: SplitFractions = field(default_factory=SplitFractions)
     used: dict[str, int] = field(default_factory=dict)
-    """Split name -> rows a task actually used (default: all of the split); see :meth:`use`."""
+    """Split name -> rows a task actually used (0 for a split it never touched); see :meth:`use`."""
 
     @property
     def paths(self) -> list[Path]:
@@ -94,18 +96,22 @@ class Backgrounds:
         return ev[np.arange(n) % len(ev)]
 
     def files(self) -> list[dict[str, Any]]:
-        """The data-file records of a card: name, path, bytes, sha256 and the events used per split."""
+        """The data-file records of a card: name, path, bytes, sha256 and the events used per split (the
+        first rows of each split, as :meth:`cycle` and :meth:`use` recorded them)."""
         counts: dict[str, dict[str, int]] = {str(p): {} for p in self.paths}
         for split, rows in self.rows.items():
-            rows = rows[: self.used.get(split, len(rows))]
+            rows = rows[: self.used.get(split, 0)]
             for p, k in zip(self.paths, self.recording.per_file(rows), strict=True):
                 counts[str(p)][split] = int(k)
         return data_files(self.paths, counts)
 
     def provenance(self) -> dict[str, Any]:
-        """The ``noise_data`` block of a card: the files, the split seed and fractions, the dtype."""
-        return {"files": self.files(), "split_seed": self.seed, "event_shape": list(self.event_shape),
-                "dtype": str(self.recording.dtype), "events_per_split": {s: len(v) for s, v in self.events.items()},
+        """The ``noise_data`` block of a card: the split seed and fractions, the events per split, the dtype
+        (the files themselves are :meth:`files`)."""
+        return {"split_seed": self.seed, "split_fractions": dataclasses.asdict(self.fractions),
+                "event_shape": list(self.event_shape), "dtype": str(self.recording.dtype),
+                "events_per_split": {s: len(v) for s, v in self.events.items()},
+                "events_used_per_split": {s: self.used.get(s, 0) for s in self.events},
                 "sample_period_ns": self.sample_period_ns}
 
 
@@ -132,7 +138,8 @@ def load_backgrounds(paths: Sequence[str | Path], *, kind: str, seed: int, min_s
     names = ", ".join(p.name for p in rec.paths)
     if len(min_shape) and any(s < m for s, m in zip(shape, min_shape, strict=False)):
         raise DataError(f"{names}: events of shape {list(shape)}; this task needs at least {list(min_shape)}")
-    labels = rec.assign(fractions or SplitFractions(), seed)
+    fractions = fractions or SplitFractions()
+    labels = rec.assign(fractions, seed)
     events, rows = {}, {}
     for split in SPLITS:
         r, ev = rec.load(labels, split, max_events)
@@ -144,4 +151,4 @@ def load_backgrounds(paths: Sequence[str | Path], *, kind: str, seed: int, min_s
         raise DataError(f"{names}: the recorded samples hold NaN or infinity")
     logger.info("recorded background %s: %d events of shape %s (%s), splits %s", names, rec.n_events,
                 list(shape), rec.dtype, {s: len(v) for s, v in events.items()})
-    return Backgrounds(rec, tuple(shape), events, rows, seed)
+    return Backgrounds(rec, tuple(shape), events, rows, seed, fractions)
