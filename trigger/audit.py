@@ -60,7 +60,11 @@ class _Run:
 
 
 class DecisionAudit:
-    """Feed it ``(source, seq, events)`` of every decision; it counts decided, lost and duplicates."""
+    """Feed it ``(source, seq, events)`` of every decision; it counts decided, lost and duplicates.
+
+    Args:
+        horizon: a missing seq is lost once this many later messages of its source are decided.
+    """
 
     def __init__(self, horizon: int = DEFAULT_HORIZON):
         if horizon < 1:
@@ -70,7 +74,13 @@ class DecisionAudit:
         self._runs: dict[str, _Run] = {}
 
     def add(self, source: str, seq: int, events: int) -> bool:
-        """Record one decision message; False if ``(source, seq)`` was already decided (a duplicate)."""
+        """Record one decision message; False if ``(source, seq)`` was already decided (a duplicate).
+
+        Args:
+            source: the decision's source.
+            seq: its sequence number.
+            events: events it decided.
+        """
         c = self.counts.setdefault(source, SourceAudit())
         run = self._runs.setdefault(source, _Run())
         if seq < run.settled:
@@ -113,7 +123,11 @@ class DecisionAudit:
 
     def finish(self, sent: Mapping[str, int] | None = None) -> dict[str, SourceAudit]:
         """Settle every source: holes below its highest decided seq (or below ``sent[source]``
-        messages, when the readout's count is known) are lost. Returns the counts per source."""
+        messages, when the readout's count is known) are lost. Returns the counts per source.
+
+        Args:
+            sent: messages the readout sent per source, where known.
+        """
         for source in set(self._runs) | set(sent or {}):
             c = self.counts.setdefault(source, SourceAudit())
             run = self._runs.setdefault(source, _Run())
@@ -122,16 +136,24 @@ class DecisionAudit:
         return self.counts
 
     def snapshot(self) -> dict[str, dict[str, int]]:
+        """The counts per source as plain dicts (for JSON)."""
         return {s: asdict(c) for s, c in sorted(self.counts.items())}
 
 
 class AuditSubscriber(threading.Thread):
     """Subscribes to decisions on ``endpoints`` (a proxy's backend, or each daemon's output) and
-    audits them. Probe and end-of-run messages (sources starting with ``_``) are not audited."""
+    audits them. Probe and end-of-run messages (sources starting with ``_``) are not audited.
+
+    Args:
+        ctx: the ZeroMQ context.
+        endpoints: decision endpoints to connect to.
+        horizon: see :class:`DecisionAudit`.
+        topic: the subscription prefix.
+        curve_keys: (the publisher's public key file, this subscriber's key pair file), or None.
+    """
 
     def __init__(self, ctx: zmq.Context, endpoints: list[str], horizon: int = DEFAULT_HORIZON,
                  topic: bytes = b"dec.", curve_keys: tuple[Path, Path] | None = None):
-        """``curve_keys``: (the publisher's public key file, this subscriber's key pair file)."""
         super().__init__(name="audit", daemon=True)
         self.sock = ctx.socket(zmq.SUB)
         if curve_keys is not None:
@@ -180,6 +202,11 @@ class AuditSubscriber(threading.Thread):
 
 
 def format_table(counts: Mapping[str, SourceAudit]) -> str:
+    """The counts as an aligned text table, one row per source.
+
+    Args:
+        counts: what :meth:`DecisionAudit.finish` returned.
+    """
     cols = ("decided_messages", "decided_events", "lost_messages", "duplicates", "late", "restarts")
     rows = [("source", *cols)] + [(s, *(str(getattr(c, k)) for k in cols)) for s, c in sorted(counts.items())]
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols) + 1)]

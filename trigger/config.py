@@ -150,8 +150,8 @@ class BatchingConfig(_Model):
     max_delay_ms: float = Field(0.0, ge=0)
     """Longest an event waits for a batch to fill before inference runs anyway. 0: a free worker
     takes whatever is queued at once; batches still grow under load, from what queues up while
-    the workers are busy (at half load this saved 0.4 ms of the 1.7 ms median latency, measured).
-    Raise it for a model whose cost per call dwarfs its cost per event, fed small messages."""
+    the workers are busy, and latency is lower than with a delay (benchmarks/README.md). Raise it
+    for a model whose cost per call dwarfs its cost per event, fed small messages."""
     queue_events: int = Field(1024, ge=1)
     """Bound of the queue between receiver and inference, in events; when full the receiver
     waits, so ZeroMQ's high-water mark pushes back (PULL) or drops (SUB, seen as gaps). A few
@@ -159,13 +159,11 @@ class BatchingConfig(_Model):
     latency."""
     workers: int = Field(1, ge=1)
     """Batches inferred at the same time, each by its own thread (backends that allow concurrent
-    calls: ONNX Runtime); decisions are still published in batch order. With 2 workers of one
-    thread each instead of 1 worker of two threads, on 2 cores (measured): bare throughput +3% for
-    the pulse VCAE, +7% for the segment and +13% for the denoise U-net, and far less loss when
-    another process takes CPU time (a multi-threaded call waits for its slowest thread: -15%
-    instead of -40% beside a process using 60% of a core); but each batch runs on fewer threads,
-    so latency grows (pulse p99 at half load 15 ms instead of 2 ms). Throughput over latency:
-    raise it."""
+    calls: ONNX Runtime); decisions are still published in batch order. Several workers of one
+    thread each, instead of one worker of several threads, raise throughput a little and lose far
+    less when another process takes CPU time (a multi-threaded call waits for its slowest
+    thread); but each batch runs on fewer threads, so latency grows. Throughput over latency:
+    raise it. Measurements: benchmarks/README.md."""
     overload: Literal["block", "shed_oldest", "shed_newest"] = "block"
     """What happens when the queue is full. block: the receiver waits (PULL backpressure reaches
     the readout; SUB publishers drop, seen as gaps). shed_oldest / shed_newest: the receiver never
@@ -222,7 +220,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """The YAML file (if any) with ``overrides`` (nested dict, e.g. from the CLI) on top."""
+    """The YAML file (if any) with ``overrides`` on top; raises :class:`ConfigError` naming each bad key.
+
+    Args:
+        path: the YAML configuration file; None: defaults and overrides only.
+        overrides: nested keys that win over the file (e.g. from ``trigger serve`` options).
+    """
     raw: dict[str, Any] = {}
     where = "command line"
     if path is not None:

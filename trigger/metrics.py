@@ -99,7 +99,12 @@ def _create(spec: PipelineMetric, registry: CollectorRegistry) -> Counter | Gaug
 
 
 class Metrics:
-    """All series of one daemon, on their own registry (so several daemons can live in one process)."""
+    """All series of one daemon, on their own registry (so several daemons can live in one process).
+
+    Args:
+        pipeline: the pipeline's name (its outcome labels start at 0).
+        registry: where the series live; default: a new registry.
+    """
 
     def __init__(self, pipeline: str = "pulse", registry: CollectorRegistry | None = None):
         self.registry = reg = registry or CollectorRegistry()
@@ -183,7 +188,11 @@ class Metrics:
             self.reloads.labels(result)
 
     def source_label(self, source: str) -> str:
-        """``source`` itself while fewer than MAX_SOURCES are known, else ``_other``; creates its series at 0."""
+        """``source`` itself while fewer than MAX_SOURCES are known, else ``_other``; creates its series at 0.
+
+        Args:
+            source: the source name from the wire.
+        """
         if source in self._sources:
             return source
         with self._lock:
@@ -199,7 +208,10 @@ class Metrics:
     def serve(self, port: int, host: str = "127.0.0.1", ready: ReadyCheck | None = None) -> int:
         """Start the HTTP endpoint (/metrics, /healthz, /readyz); returns the bound port (port 0 in tests).
 
-        ``ready`` says whether the daemon is ready and why not; by default, whether trigger_ready is 1.
+        Args:
+            port: the TCP port (0: any free one).
+            host: the address to bind.
+            ready: says whether the daemon is ready and why not; default: whether trigger_ready is 1.
         """
         check = ready or (lambda: (self.registry.get_sample_value("trigger_ready") == 1, "trigger_ready is 0"))
         self._server = HttpEndpoint(self.registry, check, port, host)

@@ -64,7 +64,11 @@ class Pipeline(ABC):
     @classmethod
     @abstractmethod
     def from_config(cls, config: Config) -> Pipeline:
-        """Build the pipeline from the daemon configuration (model, calibration, working point)."""
+        """Build the pipeline from the daemon configuration (model, calibration, working point).
+
+        Args:
+            config: the daemon configuration.
+        """
 
     @property
     @abstractmethod
@@ -92,6 +96,7 @@ class Pipeline(ABC):
         return {"decided": len(next(iter(result.values())))}
 
     def describe(self) -> dict[str, str]:
+        """What decides, for the ``trigger_model`` info metric and the ready line."""
         return {"pipeline": self.name}
 
     def monitor(self, result: dict[str, np.ndarray], metrics: Any) -> None:  # noqa: B027 - optional hook
@@ -101,7 +106,13 @@ class Pipeline(ABC):
 def model_header(backend: Backend, calibration: Any, calibration_path: str | Path | None = None) -> dict[str, str]:
     """The decision header's ``model`` map: the model file and the calibration, each by content hash
     (the calibration's file name rides along for people). The calibration must come from a file
-    (``calibration_path``, or the one it was loaded from), whose sha256 names it in every decision."""
+    (``calibration_path``, or the one it was loaded from), whose sha256 names it in every decision.
+
+    Args:
+        backend: the backend running the model file.
+        calibration: the model's calibration (any kind with ``model_sha256`` and ``source_file``).
+        calibration_path: the calibration file; default: the one the calibration was loaded from.
+    """
     path = calibration_path or calibration.source_file
     if path is None:
         raise ValueError("the calibration was not loaded from a file: pass calibration_path, whose sha256 names "
@@ -112,14 +123,25 @@ def model_header(backend: Backend, calibration: Any, calibration_path: str | Pat
 
 
 def model_description(backend: Backend, header: dict[str, Any], **extra: str) -> dict[str, str]:
-    """What ``describe()`` reports for a pipeline built on one model file and its calibration."""
+    """What ``describe()`` reports for a pipeline built on one model file and its calibration.
+
+    Args:
+        backend: the backend running the model.
+        header: the pipeline's decision header (with the ``model`` map of :func:`model_header`).
+        **extra: further entries, e.g. the working point.
+    """
     model = header["model"]
     return {"pipeline": header["pipeline"], "model": model["name"], "model_sha256": model["sha256"][:16],
             "calibration_sha256": model["calibration"][:16], **extra, **backend.describe()}
 
 
 def open_model(config: Config, calibration_kind: type) -> tuple[Backend, Any]:
-    """The configured model's backend and its calibration (checked to belong to that model file)."""
+    """The configured model's backend and its calibration (checked to belong to that model file).
+
+    Args:
+        config: the daemon configuration (model, calibration, backend, batching).
+        calibration_kind: the pipeline's calibration class, e.g. ``PulseCalibration``.
+    """
     threads = backend_threads(config)  # refuses workers the backend cannot take, before loading anything
     model = config.model_path()
     if not Path(model).is_file():
@@ -131,7 +153,11 @@ def open_model(config: Config, calibration_kind: type) -> tuple[Backend, Any]:
 
 def inference_workers(config: Config) -> int:
     """``batching.workers``, refused above 1 for a backend whose ``infer`` must not be called from
-    several threads at once."""
+    several threads at once.
+
+    Args:
+        config: the daemon configuration.
+    """
     workers = config.batching.workers
     if workers > 1 and not backend_class(config.backend.name).concurrent:
         raise BackendUnavailable(f"batching.workers {workers}: the {config.backend.name} backend takes one batch "
@@ -143,13 +169,23 @@ def backend_threads(config: Config) -> int:
     """Intra-op threads of the backend: ``backend.threads``, or ``cores - workers + 1``. ONNX
     Runtime gives a session one pool of ``threads - 1`` threads, shared by the calls running at
     once, each of which also computes on its caller's thread: the workers and the pool then fill
-    the cores, no more."""
+    the cores, no more.
+
+    Args:
+        config: the daemon configuration.
+    """
     workers = inference_workers(config)  # checked even where threads are set
     return config.backend.threads or max(1, usable_cores() - workers + 1)
 
 
 def check_io(backend: Backend, event_shape: tuple[int, ...], output: str) -> None:
-    """Refuse a model whose input shape or output name is not what its calibration describes."""
+    """Refuse a model whose input shape or output name is not what its calibration describes.
+
+    Args:
+        backend: the backend running the model.
+        event_shape: the shape of one event, from the calibration.
+        output: the output the pipeline reads, from the calibration.
+    """
     if backend.input_shape != tuple(event_shape):
         raise BackendUnavailable(f"model input shape {backend.input_shape} does not match the calibration's "
                                  f"{tuple(event_shape)}")
