@@ -561,7 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="base of the initialisation seeds")
     p.add_argument("--latent-dim", type=int, help="override the profile's k")
     p.add_argument("--variant", choices=("naive", "fixed"), help="override the profile's model variant")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (this machine has 2 cores)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default 2, this machine's cores; with --data "
+                   "1: its profiles run on a time budget, and a second thread on a core that is busy with other "
+                   "work slows every step down many times)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     # Root at WARNING: the ONNX exporter's own INFO chatter (onnxscript, onnx_ir) stays quiet.
@@ -575,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     overrides = {k: v for k, v in {"latent_dim": args.latent_dim, "variant": args.variant}.items() if v is not None}
     profile = dataclasses.replace(profile, **overrides)
-    run(profile, args.runs / name, seed=args.seed, export=args.export, threads=args.threads)
+    run(profile, args.runs / name, seed=args.seed, export=args.export, threads=args.threads or 2)
     return 0
 
 
@@ -594,7 +596,7 @@ def _main_data(p: argparse.ArgumentParser, args: argparse.Namespace, name: str, 
         profile = dataclasses.replace(profile, latent_dim=args.latent_dim)
     try:
         pulse_recorded.run(args.data, args.export, profile, args.runs / name, seed=args.seed,
-                           template_path=args.signal_template, threads=args.threads,
+                           template_path=args.signal_template, threads=args.threads or 1,
                            command="python -m training.train_pulse " + shlex.join(argv))
     except (pulse_recorded.DataError, RunFileError, OSError) as exc:
         # One line on stderr and exit status 1 (a full disk included); the existing model (if any) is untouched.
