@@ -98,3 +98,19 @@ def test_one_runner_batches_like_one_call(tmp_path):
     runner = OrtRunner(path, batch_size=16)
     assert runner.input_names == ["waveform"] and runner.output_names == ["z_mean"]
     np.testing.assert_allclose(runner(x), OrtRunner(path, batch_size=1000)(x), atol=1e-6)
+
+
+def test_several_files_read_as_one_run_with_per_file_counts(tmp_path):
+    a = write_foreign(tmp_path / "a.h5", 120, seed=1, n_samples=300)
+    b = write_foreign(tmp_path / "b.h5", 80, seed=2, n_samples=300)
+    rec = Recording([a, b], min_samples=256, chunk_events=50)
+    assert rec.n_events == 200 and rec.file_rows.tolist() == [0, 120, 200]
+    labels = rec.assign(SplitFractions(0.5, 0.1, 0.3), 1)
+    rows, x = rec.load(labels, "train")
+    assert sum(rec.per_file(rows)) == len(rows) and all(c > 0 for c in rec.per_file(rows))
+    from trigger.runfile import open_run
+
+    with open_run(b) as r:
+        tail, _ = r.read(0, 80)
+    mine = rows >= 120
+    assert np.array_equal(x[mine], tail[rows[mine] - 120].astype(np.float32))
