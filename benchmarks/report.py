@@ -52,7 +52,8 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         sm = t["summary"]
         lo, hi = sm["ratio_end_to_end_over_bare_range"]
         out.append((f"{what}: end to end / bare backend, same batch size, paired",
-                    f"{sm['ratio_end_to_end_over_bare']:.2f} median of {len(t['end_to_end'])} pairs [{lo:.2f}, "
+                    f"{sm['ratio_end_to_end_over_bare']:.2f} median of "
+                    f"{sum(r.get('wire_dtype', 'float32') == 'float32' for r in t['end_to_end'])} pairs [{lo:.2f}, "
                     f"{hi:.2f}]; best end to end {sm['end_to_end_best_events_per_second']:,.0f} {unit}/s "
                     f"(max_batch {sm['end_to_end_best_max_batch']}), {sm['lost_events']} {unit} lost"
                     + "".join(f"; {k} {v}" for k, v in t.get("backend_options", {}).items())
