@@ -37,7 +37,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from training.train_pulse import make_model, simulate_chunked
+from training.pulse_simulated import make_model, simulate_chunked
 from training.vcae import VCAE, vae_loss
 
 logger = logging.getLogger("training")

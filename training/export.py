@@ -43,7 +43,7 @@ logger = logging.getLogger("training")
 
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "z_mean"
-CALIBRATION_SEED = 103  # training.train_pulse.SEEDS["calibration"]; never used for training data
+CALIBRATION_SEED = 103  # training.pulse_simulated.SEEDS["calibration"]; never used for training data
 
 
 class EncoderMean(nn.Module):
@@ -176,7 +176,7 @@ def calibrate(path: str | Path, *, n_noise: int = 100_000, seed: int = CALIBRATI
     """Encode ``n_noise`` noise-only waveforms (simulator seed ``seed``) with the ONNX file and save
     ``<stem>.calib.json`` beside it; returns the calibration."""
     from simulators.waveform import WaveformConfig
-    from training.train_pulse import encode_stream
+    from training.pulse_simulated import encode_stream
 
     n_samples = n_samples or WaveformConfig().n_samples
     z, _ = encode_stream(ort_encoder(path), n_noise, seed, 0.0, desc="calibration noise (ONNX Runtime)")
@@ -190,7 +190,7 @@ def calibrate(path: str | Path, *, n_noise: int = 100_000, seed: int = CALIBRATI
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.train_pulse import load_checkpoint
+    from training.pulse_simulated import load_checkpoint
 
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", type=Path, help="a run folder's model.pt")

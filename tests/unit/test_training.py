@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from torch.nn import functional as F  # noqa: E402
 
-from training import train_pulse  # noqa: E402
+from training import pulse_simulated  # noqa: E402
 from training.export import INPUT_NAME, OUTPUT_NAME, EncoderMean  # noqa: E402
 from training.vcae import VCAE, VCAEConfig, count_parameters, vae_loss  # noqa: E402
 from trigger.calibration import load_for_model  # noqa: E402
@@ -47,10 +47,10 @@ def test_phase_trick_convolutions_equal_the_textbook_ones():
 def test_fixed_model_starts_with_a_small_posterior_variance():
     x = np.random.default_rng(0).random((64, 9728), dtype=np.float32) * 0.05
     torch.manual_seed(0)
-    fixed = train_pulse.make_model("fixed", x)
-    assert torch.all(fixed.encoder.z_log_var.bias == train_pulse.FIXED_INITIAL_LOG_VAR)
+    fixed = pulse_simulated.make_model("fixed", x)
+    assert torch.all(fixed.encoder.z_log_var.bias == pulse_simulated.FIXED_INITIAL_LOG_VAR)
     assert fixed.config.input_scale == pytest.approx(float(x.std()), rel=1e-5)
-    naive = train_pulse.make_model("naive", x)
+    naive = pulse_simulated.make_model("naive", x)
     assert torch.all(naive.encoder.z_log_var.bias == 0)  # Keras's zero bias
 
 
@@ -68,7 +68,7 @@ def test_naive_variant_ignores_the_normalisation():
 def quick_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     onnx_path = run_dir / "pulse.onnx"
-    metrics = train_pulse.run(train_pulse.PROFILES["quick"], run_dir, export=onnx_path, threads=2,
+    metrics = pulse_simulated.run(pulse_simulated.PROFILES["quick"], run_dir, export=onnx_path, threads=2,
                               command="pytest quick profile", progress=False)
     return run_dir, onnx_path, metrics
 
@@ -79,7 +79,7 @@ def test_quick_profile_trains_and_writes_the_run_folder(quick_run):
                  "latent.png", "efficiency.png"):
         assert (run_dir / name).stat().st_size > 0, name
     rows = [r for r in json.loads((run_dir / "history.json").read_text()) if r["chosen"]]
-    assert len(rows) == train_pulse.PROFILES["quick"].epochs
+    assert len(rows) == pulse_simulated.PROFILES["quick"].epochs
     # Loss must genuinely fall, not just wiggle: by more than 20% over the quick profile.
     assert rows[-1]["train_loss"] < 0.8 * rows[0]["train_loss"]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
@@ -93,7 +93,7 @@ def test_onnx_matches_torch_with_a_dynamic_batch(quick_run):
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, inp.type, inp.shape[1]) == (INPUT_NAME, "tensor(float)", 9728)
     assert (out.name, out.type, out.shape[1]) == (OUTPUT_NAME, "tensor(float)", 2)
-    head = EncoderMean(train_pulse.load_checkpoint(run_dir / "model.pt").encoder).eval()
+    head = EncoderMean(pulse_simulated.load_checkpoint(run_dir / "model.pt").encoder).eval()
     rng = np.random.default_rng(0)
     for n in (1, 7):
         x = (rng.random((n, 9728)) * 0.05).astype(np.float32)  # raw digitizer scale: no normalising here
@@ -109,7 +109,7 @@ def test_calibration_belongs_to_the_exported_model(quick_run):
     _, onnx_path, _ = quick_run
     cal = load_for_model(onnx_path)
     assert cal.latent_dim == 2
-    assert cal.n_noise == train_pulse.PROFILES["quick"].n_calib
+    assert cal.n_noise == pulse_simulated.PROFILES["quick"].n_calib
     assert cal.provenance["command"] == "pytest quick profile"
-    assert cal.provenance["noise_seed"] == train_pulse.SEEDS["calibration"]
+    assert cal.provenance["noise_seed"] == pulse_simulated.SEEDS["calibration"]
     assert cal.working_points["fpr_0.001"] >= cal.working_points["fpr_0.01"] >= cal.working_points["fpr_0.1"]

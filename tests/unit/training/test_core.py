@@ -81,7 +81,7 @@ def test_checkpoint_round_trip_and_old_pulse_checkpoints(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(),
                                                  strict=True))
     torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict()}, tmp_path / "old.pt")
-    from training.train_pulse import load_checkpoint
+    from training.pulse_simulated import load_checkpoint
 
     assert load_checkpoint(tmp_path / "old.pt").config == model.config
     with pytest.raises(ValueError, match="reserved"):
