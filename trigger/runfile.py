@@ -6,6 +6,14 @@ Every per-event dataset (``data`` or the decision arrays, ``source_id``, ``seq``
 (at most 65,536 rows), so no event is split across chunks, and is appended a whole chunk at a time
 with HDF5's direct chunk write (no filter, no chunk cache, no copy inside HDF5).
 
+Truth columns: ``trigger record`` writes ``meta.truth`` as ``truth/<key>`` of shape ``[N]`` (lists of
+plain numbers per message). Recordings written by tools (:func:`write_run`, :class:`RunWriter` with
+:attr:`Layout.truth_shapes`) may also hold per-event arrays, ``truth/<key>`` of shape ``[N, *shape]``
+(a segmentation mask, a clean frame), in the dtype given; they are chunked with the same ``k`` rows
+as the primary array, so a chunk of events reads a chunk of each. Readers return every truth column
+whatever its shape; :class:`RunSet` refuses files whose common truth columns differ in shape (or, for
+per-event arrays, in dtype).
+
 Crash safety (how it works): the writer creates every dataset and attribute first, then switches
 the file to HDF5 SWMR mode (single writer, multiple readers; ``libver="latest"``). In SWMR mode
 HDF5 orders its metadata writes (flush dependencies) so that the file on disk is consistent at
@@ -200,6 +208,8 @@ class Layout:
     """Events in the first message: chunks of the per-event arrays then hold whole messages."""
     array_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Attributes of per-event datasets (``hillas`` gets ``columns`` from the header's ``hillas_columns``)."""
+    truth_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Row shape of truth columns that are per-event arrays (``truth/<key>`` [N, *shape]); absent keys are [N]."""
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -212,7 +222,8 @@ class Layout:
     def row_bytes(self) -> int:
         """Bytes one event adds to a file (arrays and columns; truth included)."""
         n = sum(math.prod(s) * d.itemsize for d, s in self.arrays.values())
-        n += sum(d.itemsize for d in COLUMN_DTYPES.values()) + sum(d.itemsize for d in self.truth.values())
+        n += sum(d.itemsize for d in COLUMN_DTYPES.values())
+        n += sum(math.prod(self.truth_shapes.get(k, ())) * d.itemsize for k, d in self.truth.items())
         return n
 
     def mismatch(self, arrays: Mapping[str, np.ndarray]) -> str | None:
@@ -328,7 +339,18 @@ class RunWriter:
                 self._arrays[name].ds.attrs[key] = value
         self._columns = {n: per_event(n, dt, ()) for n, dt in COLUMN_DTYPES.items()}
         self._chunk_bytes = chunk_bytes
-        self._truth = {k: per_event(f"truth/{_key_to_h5(k)}", dt, ()) for k, dt in layout.truth.items()}
+        k_main = self._arrays[primary_array(list(layout.arrays))].k
+
+        def truth_column(key: str, dt: np.dtype) -> _Appender:
+            shape = tuple(layout.truth_shapes.get(key, ()))
+            if not shape:
+                return per_event(f"truth/{_key_to_h5(key)}", dt, ())
+            # A per-event array: the primary array's rows per chunk, so a chunk of events is a chunk of each.
+            ds = f.create_dataset(f"truth/{_key_to_h5(key)}", shape=(0, *shape), maxshape=(None, *shape),
+                                  chunks=(k_main, *shape), dtype=dt)
+            return _Appender(ds)
+
+        self._truth = {k: truth_column(k, dt) for k, dt in layout.truth.items()}
         mcols = dict(MESSAGE_COLUMNS)
         if layout.kind == "decision":
             mcols.update(DECISION_COLUMNS)
@@ -416,13 +438,14 @@ class RunWriter:
             if values is not None and len(values) == n:
                 try:
                     arr = np.asarray(values)
-                    if arr.shape != (n,) or not np.can_cast(arr.dtype, app.ds.dtype, casting="same_kind"):
+                    if arr.shape != (n, *app.ds.shape[1:]) or not np.can_cast(arr.dtype, app.ds.dtype,
+                                                                             casting="same_kind"):
                         arr = None
                 except (ValueError, TypeError, OverflowError):
                     arr = None
             if arr is None:
                 self.truth_dropped[key] = self.truth_dropped.get(key, 0) + n
-                app.append_fill(n, TRUTH_FILL[app.ds.dtype.kind])
+                app.append_fill(n, TRUTH_FILL.get(app.ds.dtype.kind, 0))
             else:
                 app.append(arr.astype(app.ds.dtype, copy=False))
         m = self._mcols
@@ -586,7 +609,9 @@ def write_run(path: str | Path, data: np.ndarray, truth: Mapping[str, np.ndarray
     Args:
         path: the ``.h5`` file to write (refused if it exists, unless ``overwrite``).
         data: events, ``[N, samples]`` (waveform) or ``[N, height, width]`` (image).
-        truth: per-event arrays of length N (numbers or bools), written as ``truth/<key>``.
+        truth: per-event values written as ``truth/<key>``: ``[N]`` numbers or bools (stored as bool,
+            int64 or float64, as ``trigger record`` stores them), or ``[N, *shape]`` arrays (a mask, a
+            clean frame) stored in their own numeric dtype, chunked with the rows of ``data``.
         source: the source name of every message.
         kind: ``waveform`` or ``image`` (default: from ``data.ndim``).
         t_ns: the first message's time (later ones 1 ms per event apart), or one time per message;
@@ -609,9 +634,21 @@ def write_run(path: str | Path, data: np.ndarray, truth: Mapping[str, np.ndarray
         raise RunFileError(f"{path}: {exc}") from exc
     data = data.astype(dt, copy=False)
     truth = {k: np.asarray(v) for k, v in (truth or {}).items()}
+    truth_dtypes: dict[str, np.dtype] = {}
+    truth_shapes: dict[str, tuple[int, ...]] = {}
     for k, v in truth.items():
-        if v.shape != (len(data),):
-            raise RunFileError(f"{path}: truth {k!r} has shape {v.shape}, expected ({len(data)},)")
+        if v.ndim == 0 or v.shape[0] != len(data):
+            raise RunFileError(f"{path}: truth {k!r} has shape {v.shape}, expected ({len(data)},) or "
+                               f"({len(data)}, ...)")
+        if v.ndim == 1:
+            truth_dtypes[k] = _truth_dtype(v[:1].tolist()) or np.dtype("<f8")
+            continue
+        if v.dtype.kind not in "biuf":
+            raise RunFileError(f"{path}: truth {k!r} has dtype {v.dtype}; per-event arrays must be bool, "
+                               "integer or float")
+        truth_dtypes[k] = v.dtype.newbyteorder("<")
+        truth_shapes[k] = tuple(int(s) for s in v.shape[1:])
+        truth[k] = v.astype(truth_dtypes[k], copy=False)
     n_msg = -(-len(data) // events_per_message)
     if t_ns is None or np.ndim(t_ns) == 0:
         t0 = time.time_ns() if t_ns is None else int(t_ns)
@@ -620,9 +657,8 @@ def write_run(path: str | Path, data: np.ndarray, truth: Mapping[str, np.ndarray
         times = [int(t) for t in t_ns]
         if len(times) != n_msg:
             raise RunFileError(f"{path}: {len(times)} message times for {n_msg} messages")
-    layout = Layout(kind, {"data": (dt, tuple(data.shape[1:]))},
-                    {k: _truth_dtype(v[:1].tolist()) or np.dtype("<f8") for k, v in truth.items()},
-                    events_per_message=min(events_per_message, len(data)))
+    layout = Layout(kind, {"data": (dt, tuple(data.shape[1:]))}, truth_dtypes,
+                    events_per_message=min(events_per_message, len(data)), truth_shapes=truth_shapes)
     with RunWriter(path, layout, units=units, sample_period_ns=sample_period_ns, overwrite=overwrite,
                    run_uuid=run_uuid, file_index=file_index, attrs={"inputs": [f"write_run:{source}"]}) as w:
         for i in range(n_msg):
@@ -729,9 +765,12 @@ class RunReader:
         self._truth_ds = {}
         if "truth" in f:
             for name, ds in f["truth"].items():
-                if isinstance(ds, h5py.Dataset) and ds.ndim == 1:
+                if isinstance(ds, h5py.Dataset) and ds.ndim >= 1:  # [N] numbers or [N, *shape] arrays
                     self._truth_ds[_key_from_h5(name)] = ds
         self.truth_keys: list[str] = list(self._truth_ds)
+        self.truth_shapes: dict[str, tuple[int, ...]] = {k: tuple(ds.shape[1:]) for k, ds in self._truth_ds.items()}
+        """Row shape of each truth column: ``()`` for [N] numbers."""
+        self.truth_dtypes: dict[str, np.dtype] = {k: ds.dtype for k, ds in self._truth_ds.items()}
         per_event = [f[n] for n in (*self.array_names, *COLUMNS)] + list(self._truth_ds.values())
         self.n_events: int = int(min(ds.shape[0] for ds in per_event))
         self.sources: list[str] = [s.decode("ascii", "replace") for s in f["sources"][:]]
@@ -789,7 +828,7 @@ class RunReader:
         order = np.argsort(idx, kind="stable")
         srt = idx[order]
         out = np.empty((len(idx), *self.event_shape), self.dtype)
-        truth = {k: np.empty(len(idx), ds.dtype) for k, ds in self._truth_ds.items()}
+        truth = {k: np.empty((len(idx), *ds.shape[1:]), ds.dtype) for k, ds in self._truth_ds.items()}
         k = self.chunk_events
         chunk = srt // k
         bounds = np.flatnonzero(np.diff(chunk)) + 1
@@ -911,6 +950,14 @@ class RunSet:
         dropped = {k for r in readers for k in r.truth_keys} - set(self.truth_keys)
         if dropped:
             logger.warning("truth %s is not in every file: left out", sorted(dropped))
+        self.truth_shapes = {k: first.truth_shapes[k] for k in self.truth_keys}
+        self.truth_dtypes = {k: first.truth_dtypes[k] for k in self.truth_keys}
+        for r in readers[1:]:
+            for k in self.truth_keys:
+                shape, dt = r.truth_shapes[k], r.truth_dtypes[k]
+                if shape != self.truth_shapes[k] or (shape and dt != self.truth_dtypes[k]):
+                    raise RunFileError(f"{first.path} and {r.path} differ in truth {k!r}: shape "
+                                       f"{list(self.truth_shapes[k])} {self.truth_dtypes[k]} and {list(shape)} {dt}")
         self.sources: list[str] = []
         self._sid_maps = []
         for r in readers:
@@ -960,7 +1007,7 @@ class RunSet:
             return parts[0][0], self._truth(parts[0][1])
         data = np.concatenate([p[0] for p in parts]) if parts else np.empty((0, *self.event_shape), self.dtype)
         truth = {k: np.concatenate([p[1][k] for p in parts]) if parts else
-                 np.empty(0, self.readers[0]._truth_ds[k].dtype) for k in self.truth_keys}
+                 np.empty((0, *self.truth_shapes[k]), self.truth_dtypes[k]) for k in self.truth_keys}
         return data, truth
 
     def read_arrays(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
@@ -983,7 +1030,7 @@ class RunSet:
         if len(idx) and (idx.min() < 0 or idx.max() >= self.n_events):
             raise IndexError(f"row indices must lie in [0, {self.n_events}), got {idx.min()}..{idx.max()}")
         out = np.empty((len(idx), *self.event_shape), self.dtype)
-        truth = {k: np.empty(len(idx), self.readers[0]._truth_ds[k].dtype) for k in self.truth_keys}
+        truth = {k: np.empty((len(idx), *self.truth_shapes[k]), self.truth_dtypes[k]) for k in self.truth_keys}
         which = np.searchsorted(self.offsets, idx, side="right") - 1
         for i, r in enumerate(self.readers):
             sel = np.flatnonzero(which == i)

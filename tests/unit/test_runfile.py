@@ -242,3 +242,99 @@ def test_a_truth_key_first_seen_later_is_added_with_earlier_events_filled(tmp_pa
         assert np.isnan(t["amplitude"][:3]).all() and t["amplitude"][3:].tolist() == [0.5, 0.5, 1, 1, 1.5, 1.5]
         assert t["is_signal"].tolist() == [False] * 3 + [True, False] * 3
         assert r.attrs["truth_dropped"] == {"amplitude": 3, "is_signal": 3}
+
+
+# ------------------------------------------------------------------ per-event truth arrays ([N, *shape])
+
+def _labelled(n: int, shape=(40, 56), seed: int = 3):
+    rng = np.random.default_rng(seed)
+    clean = rng.gamma(2.0, 3.0, (n, *shape)).astype(np.float32)
+    data = np.round(100 + clean + rng.normal(0, 2, (n, *shape))).astype("<u2")
+    return data, {"mask": (clean > 8).astype(np.uint8), "clean": clean, "is_signal": rng.random(n) < 0.5}
+
+
+def test_truth_arrays_round_trip_chunked_with_the_rows_of_data(tmp_path):
+    data, truth = _labelled(1300)
+    path = write_run(tmp_path / "lab.h5", data, truth, events_per_message=500)
+    with h5py.File(path, "r") as f:
+        k = f["data"].chunks[0]
+        assert f["truth/mask"].dtype == np.uint8 and f["truth/mask"].shape == (1300, 40, 56)
+        assert f["truth/clean"].dtype == np.dtype("<f4") and f["truth/clean"].chunks == (k, 40, 56)
+        assert f["truth/mask"].chunks == (k, 40, 56) and f["truth/is_signal"].shape == (1300,)
+        assert f["truth/clean"][:].tobytes() == truth["clean"].tobytes()  # plain h5py reads the same
+    with open_run(path) as r:
+        assert r.n_events == 1300 and r.truth_shapes == {"mask": (40, 56), "clean": (40, 56), "is_signal": ()}
+        got, t = r.read()
+        assert got.tobytes() == data.tobytes()
+        assert t["mask"].tobytes() == truth["mask"].tobytes() and t["clean"].tobytes() == truth["clean"].tobytes()
+        assert t["is_signal"].tolist() == truth["is_signal"].tolist()
+        idx = np.array([1299, 3, 700, 3, 0])
+        d, t = r.read_rows(idx)
+        assert d.tobytes() == data[idx].tobytes() and t["mask"].dtype == np.uint8
+        assert np.array_equal(t["mask"], truth["mask"][idx]) and np.array_equal(t["clean"], truth["clean"][idx])
+        blocks = list(r.iter_chunks())
+        assert sum(len(b[1]) for b in blocks) == 1300
+        for first, block, tr in blocks:
+            assert np.array_equal(tr["clean"], truth["clean"][first:first + len(block)])
+            assert tr["mask"].shape == (len(block), 40, 56)
+        msgs = list(r.iter_messages())
+        assert [len(m.data) for m in msgs] == [500, 500, 300]
+        assert np.array_equal(msgs[2].truth["mask"], truth["mask"][1000:])
+
+
+def test_truth_arrays_of_rotated_parts_and_several_files_read_as_one(tmp_path):
+    data, truth = _labelled(600)
+    run = "11111111-2222-3333-4444-555555555555"
+    for i in range(3):  # rotated parts of one run, found by name
+        sl = slice(200 * i, 200 * (i + 1))
+        write_run(tmp_path / f"rot_{i:04d}.h5", data[sl], {k: v[sl] for k, v in truth.items()},
+                  events_per_message=64, run_uuid=run, file_index=i)
+    with open_runs(tmp_path / "rot.h5") as rs:
+        assert rs.n_events == 600 and rs.truth_shapes["clean"] == (40, 56)
+        d, t = rs.read(150, 450)
+        assert np.array_equal(d, data[150:450]) and np.array_equal(t["clean"], truth["clean"][150:450])
+        idx = np.array([599, 0, 201, 399, 200])
+        _, t = rs.read_rows(idx)
+        assert np.array_equal(t["mask"], truth["mask"][idx]) and t["mask"].dtype == np.uint8
+        assert sum(len(b) for _, b, _ in rs.iter_chunks()) == 600
+        assert np.array_equal(np.concatenate([tr["mask"] for _, _, tr in rs.iter_chunks()]), truth["mask"])
+        _, t = rs.read(600, 600)
+        assert t["clean"].shape == (0, 40, 56) and t["clean"].dtype == np.float32
+
+
+def test_files_whose_truth_arrays_differ_are_refused_in_one_line(tmp_path):
+    data, truth = _labelled(50)
+    a = write_run(tmp_path / "a.h5", data, truth)
+    b = write_run(tmp_path / "b.h5", data, {**truth, "mask": truth["mask"].astype(bool)})
+    c = write_run(tmp_path / "c.h5", data, {**truth, "clean": truth["clean"][:, :20]})
+    d = write_run(tmp_path / "d.h5", data, {**truth, "clean": truth["clean"].mean(axis=(1, 2))})
+    for other, what in ((b, "'mask'"), (c, "'clean'"), (d, "'clean'")):
+        with pytest.raises(RunFileError, match=f"differ in truth {what}") as exc:
+            open_runs([a, other])
+        assert "\n" not in str(exc.value)
+    # Scalar truth of another dtype in another file still joins (as it always did).
+    e = write_run(tmp_path / "e.h5", data, {**truth, "is_signal": truth["is_signal"].astype(float)})
+    with open_runs([a, e]) as rs:
+        assert rs.n_events == 100
+
+
+def test_write_run_refuses_truth_arrays_of_another_length_or_dtype(tmp_path):
+    data, truth = _labelled(20)
+    with pytest.raises(RunFileError, match=r"expected \(20,\) or \(20, ...\)"):
+        write_run(tmp_path / "x.h5", data, {"mask": truth["mask"][:10]})
+    with pytest.raises(RunFileError, match="must be bool, integer or float"):
+        write_run(tmp_path / "y.h5", data, {"label": np.full((20, 3), "a")})
+    assert not list(tmp_path.iterdir())
+
+
+def test_runwriter_fills_and_counts_truth_arrays_missing_from_a_message(tmp_path):
+    lay = Layout("image", {"data": (np.dtype("<u2"), (4, 6))}, {"mask": np.dtype("u1")},
+                 truth_shapes={"mask": (4, 6)})
+    with RunWriter(tmp_path / "m.h5", lay) as w:
+        w.append("cam", 0, 0, {"data": np.zeros((2, 4, 6), "<u2")}, {"mask": np.ones((2, 4, 6), "u1")})
+        w.append("cam", 1, 0, {"data": np.zeros((3, 4, 6), "<u2")}, {"mask": np.ones((3, 4, 5), "u1")})  # shape
+        w.append("cam", 2, 0, {"data": np.zeros((1, 4, 6), "<u2")})
+    with open_run(tmp_path / "m.h5") as r:
+        _, t = r.read()
+        assert t["mask"].reshape(6, -1).max(axis=1).tolist() == [1, 1, 0, 0, 0, 0]
+        assert r.attrs["truth_dropped"] == {"mask": 4}
