@@ -5,6 +5,8 @@
         --export trigger/models/denoise_default.onnx
     python -m training.train_image --task regress --profile default --export trigger/models/skyparams_default.onnx
     python -m training.train_image --task segment --profile quick --noise-data noise_run.h5 --export seg.onnx
+    python -m training.train_image --task segment --data labelled_run.h5 --export seg.onnx
+    python -m training.train_image --task denoise --data more.h5 --init runs/denoise-.../ --export den.onnx
 
 Data come from :mod:`simulators.sky`, simulated in chunks from independent seeds (:data:`SEEDS`):
 training, validation (model selection), test (the reported metrics) and calibration (the
@@ -36,6 +38,22 @@ counts; the loss is the MSE in units of the frame's maximum above the pedestal; 
 ``noise_model`` is ``recorded``. Regress: fixed background pairings, amplitude targets scaled with
 the signal. Cards and calibration files record the files (sha256, events per split), the command
 and the seeds.
+
+Labelled recordings (``--data run.h5``, repeatable; :func:`training.core.backgrounds.load_labelled`):
+where a recording carries per-event labels of the frame's shape (written by a tool with
+:func:`trigger.runfile.write_run`), the model trains on the recorded frames themselves (float32 as
+recorded, any dtype; the frame size from the recording) and their labels: segment on ``truth/mask``
+(0/1 per pixel), denoise on ``truth/clean`` (the noise-free frame in the recording's units, its
+pedestal included: the denoised output is in the input's units). Rows go to the train, validation,
+calibration and test splits by the seeded permutation of the ``--noise-data`` path; the model is
+selected on validation rows, the segmentation working points are set on calibration rows and the
+metrics are measured on test rows, all held out. The pedestal buffer: segment, the per-pixel mean of
+the training frames where the mask is 0; denoise, the mean training frame. No augmentation (a
+pedestal belongs to its pixel). The loss of denoise is the MSE against ``truth/clean`` in units of the
+training frames' noise variance (the noisy input scores about 1). ``--init CHECKPOINT_OR_RUN``
+(a ``model.pt`` or the run folder holding one) fine-tunes a model of the same task and frame size
+trained before, pedestal included, instead of starting from a fresh one. The metrics compare with
+the raw pixel value above the pedestal (segment, pixel AUC) and the noisy input (denoise, MSE).
 """
 
 from __future__ import annotations
@@ -59,7 +77,8 @@ from tqdm import tqdm
 
 from simulators.sky import NOISE_MODELS, SkyConfig, SkySimulator, add_noise, normalize_max
 from training.core import checkpoint
-from training.core.backgrounds import Backgrounds, load_backgrounds
+from training.core.backgrounds import Backgrounds, load_backgrounds, load_labelled
+from training.core.cards import write_json
 from training.core.loop import Profile, predict, random_symmetry, segmentation_step, train_loop, write_history
 from training.core.metrics import roc_auc, roc_curve
 from training.core.plots import plot_history
@@ -91,6 +110,8 @@ reference gives no scale; ``Poisson(10 x) / 10`` (the brightest pixel expects 10
 normalised images about as much as masking half the pixels (identity MSE ~5e-3)."""
 NOISE_CHOICES = (*NOISE_MODELS, "mix")
 SEGMENT_TARGETS = ("all", "bright")
+LABELS = {"segment": ("mask",), "denoise": ("clean",)}
+"""The truth columns a labelled recording (``--data``) must carry, per task."""
 P_CUT = 0.02
 """The reference's probability cut for the pixel accuracy."""
 
@@ -328,15 +349,27 @@ def background_segmentation_step(model: SegmentUNet, s_all: torch.Tensor, m_all:
 
 
 def train_segment(profile: Profile, target: str, seed: int, progress: bool, datasets: dict[str, SkyData],
-                  bg: Backgrounds | None = None) -> tuple[SegmentUNet, list[dict], dict]:
+                  bg: Backgrounds | None = None, init: SegmentUNet | None = None
+                  ) -> tuple[SegmentUNet, list[dict], dict]:
+    """The U-net on simulated images, simulated signal + recorded backgrounds, or labelled recorded
+    frames (``bg.labels``); ``init``: a model trained before to fine-tune."""
     train, val = datasets["train"], datasets["validation"]
     x_all = torch.from_numpy(train.counts)
     m_all = torch.from_numpy(train.mask(target))
     torch.manual_seed(SEEDS["init"] * 1000 + seed)
-    model = make_segment_model(profile, bg)
-    logger.info("U-net %s: %d parameters, target %s", model.config, count_parameters(model), target)
+    if init is not None:
+        model = init
+    else:
+        model = make_segment_model(profile, bg)
+        if bg is not None and bg.labels:  # the pedestal under no signal
+            with torch.no_grad():
+                model.pedestal.copy_(torch.from_numpy(bg.background_pedestal_frame("mask")))
+    logger.info("U-net %s: %d parameters, target %s%s", model.config, count_parameters(model), target,
+                " (fine-tuned)" if init is not None else "")
     if bg is None:
         step = segmentation_step(model, x_all, m_all, profile)
+    elif bg.labels:  # recorded frames and their masks: no augmentation (a pedestal belongs to its pixel)
+        step = segmentation_step(model, x_all, m_all, dataclasses.replace(profile, augment=False))
     else:
         step = background_segmentation_step(model, x_all, m_all, profile, bg,
                                             np.random.default_rng(SEEDS["background_draw"] * 1000 + seed))
@@ -425,6 +458,40 @@ def train_denoise_recorded(profile: Profile, seed: int, progress: bool, datasets
 
     return (model, *train_loop(model, step, validate, len(clean_t), profile, seed=SEEDS["shuffle"] * 1000 + seed,
                                progress=progress, desc="denoise (recorded)"))
+
+
+def train_denoise_labelled(profile: Profile, seed: int, progress: bool, datasets: dict[str, SkyData],
+                           bg: Backgrounds, init: DenoisingAE | None = None
+                           ) -> tuple[DenoisingAE, list[dict], dict]:
+    """The denoiser on labelled recorded frames: input the recorded frame, target its ``truth/clean``.
+
+    Loss and validation score: the MSE against the clean frame in units of the training frames' noise
+    variance (mean of (frame - clean)^2: the noisy input scores about 1)."""
+    train, val = datasets["train"], datasets["validation"]
+    assert train.clean is not None and val.clean is not None
+    x_t, clean_t = torch.from_numpy(train.counts), torch.from_numpy(train.clean)
+    torch.manual_seed(SEEDS["init"] * 1000 + seed)
+    if init is not None:
+        model = init
+    else:
+        model = make_denoise_model(profile, bg)
+        if model.config.gate:  # start from passing the input through, as on recorded backgrounds
+            with torch.no_grad():
+                model.head.bias[1] += PASS_THROUGH_LOGIT
+    d = train.counts.astype(np.float64) - train.clean
+    var = max(float(np.mean(d * d)), SCALE_FLOOR)
+    logger.info("denoising AE %s: %d parameters, labelled frames (noise RMS %.4g)%s", model.config,
+                count_parameters(model), var ** 0.5, " (fine-tuned)" if init is not None else "")
+
+    def step(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        return torch.mean((model(x_t[idx]) - clean_t[idx]) ** 2) / var, {}
+
+    def validate(model: nn.Module) -> dict:
+        mse = float(np.mean((predict(model, val.counts) - val.clean) ** 2) / var)
+        return {"mse": mse, "score": mse}
+
+    return (model, *train_loop(model, step, validate, len(x_t), profile, seed=SEEDS["shuffle"] * 1000 + seed,
+                               progress=progress, desc="denoise (labelled)"))
 
 
 def denoise_test_sets(data: SkyData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -617,18 +684,56 @@ def splits_with_background(profile: Profile, splits: tuple[str, ...], progress: 
     return out
 
 
+def labelled_splits(bg: Backgrounds, splits: tuple[str, ...]) -> dict[str, SkyData]:
+    """The labelled recording's ``splits`` as :class:`SkyData` (frames, mask as both targets, clean); every
+    row of each split counts as used."""
+    out = {}
+    for s in splits:
+        lab = bg.labels[s]
+        frames = bg.events[s]
+        mask = lab["mask"].astype(bool) if "mask" in lab else np.zeros(frames.shape, bool)
+        clean = lab["clean"].astype(np.float32) if "clean" in lab else None
+        out[s] = SkyData(frames, mask, mask, {}, clean=clean)
+        bg.use(s, len(frames))
+    return out
+
+
+def load_init(path: Path, task: str, frame: tuple[int, int]) -> nn.Module:
+    """The model of ``path`` (a ``model.pt`` or a run folder holding one) to fine-tune: of ``task`` and
+    exported for ``frame``; a :class:`DataError` of one line otherwise."""
+    ck = Path(path) / "model.pt" if Path(path).is_dir() else Path(path)
+    if not ck.is_file():
+        raise DataError(f"--init {path}: no checkpoint there (give a run folder's model.pt or the folder)")
+    try:
+        found, model, _ = load_checkpoint(ck)
+    except Exception as exc:  # a torch.load of anything else fails in many ways
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"--init {ck}: not a train_image checkpoint ({why})") from exc
+    if found != task:
+        raise DataError(f"--init {ck}: a {found} model; --task {task} fine-tunes a {task} model")
+    have = (int(model.config.height), int(model.config.width))
+    if have != tuple(frame):
+        raise DataError(f"--init {ck}: a model of {have[0]} x {have[1]} frames; the recording's are "
+                        f"{frame[0]} x {frame[1]}")
+    return model.train()
+
+
 def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", noise: str = "mix", seed: int = 0,
         export: Path | None = None, threads: int = 2, command: str | None = None, progress: bool = True,
-        plots: bool = True, noise_data: list[Path] | None = None, signal_scale: float = 1.0) -> dict:
+        plots: bool = True, noise_data: list[Path] | None = None, signal_scale: float = 1.0,
+        data: list[Path] | None = None, init: Path | None = None) -> dict:
     """Train ``task`` with ``profile``, fill ``run_dir``, optionally export + calibrate; returns the metrics.
 
     Args:
         noise_data: recorded background runs (``--noise-data``): their frames are added to the simulated
             signal, their frame size is the model's (see the module docstring).
         signal_scale: simulated counts -> the recording's units (with ``noise_data``).
+        data: labelled recordings (``--data``): segment trains on their frames and ``truth/mask``,
+            denoise on their frames and ``truth/clean`` (see the module docstring).
+        init: with ``data``, a checkpoint or run folder of a model trained before, fine-tuned.
 
     Raises:
-        DataError: unusable ``noise_data`` (one line), before anything is written.
+        DataError: unusable ``noise_data``, ``data`` or ``init`` (one line), before anything is written.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -637,10 +742,26 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
                          f"{target!r}, {noise!r}")
     if not signal_scale > 0:
         raise DataError(f"--signal-scale must be > 0, got {signal_scale}")
+    if data and task not in LABELS:
+        raise DataError(f"--data trains {' and '.join(LABELS)} on labelled recordings, not {task}")
+    if data and noise_data:
+        raise DataError("--data (labelled frames) and --noise-data (backgrounds for simulated signal) exclude "
+                        "each other")
+    if init is not None and not data:
+        raise DataError("--init fine-tunes on labelled recordings: give them with --data")
     t_start = time.perf_counter()
     torch.set_num_threads(threads)
     bg = None
-    if noise_data:
+    init_model = None
+    if data:
+        bg = load_labelled(data, labels=LABELS[task], task=task, kind="image", seed=SEEDS["background_split"],
+                           min_shape=(8, 8), binary=("mask",),
+                           need=("train", "validation", "test", "calibration") if task == "segment"
+                           else ("train", "validation", "test"))
+        if init is not None:
+            init_model = load_init(init, task, (int(bg.event_shape[0]), int(bg.event_shape[1])))
+        noise = "recorded"
+    elif noise_data:
         bg = load_backgrounds(noise_data, kind="image", seed=SEEDS["background_split"], min_shape=(8, 8),
                               need=("train", "validation", "test", "calibration") if task == "segment"
                               else ("train", "validation", "test"))
@@ -658,32 +779,42 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
                   "seeds": SEEDS, "threads": threads, "command": command, "torch": torch.__version__,
                   "sky_config": dataclasses.asdict(SkyConfig()), "sky_py_sha256": sky_source_sha256(),
                   "started": started}
-    if bg is not None:
+    if bg is not None and bg.labels:
+        config_out.update(data=[str(p) for p in bg.paths], labels=LABELS[task], frame=list(bg.event_shape),
+                          init=str(init) if init is not None else None)
+    elif bg is not None:
         config_out.update(noise_data=[str(p) for p in bg.paths], signal_scale=signal_scale,
                           frame=list(bg.event_shape))
     (run_dir / "config.json").write_text(json.dumps(config_out, indent=2) + "\n")
     logger.info("run %s/%s: folder %s", task, profile.name, run_dir)
 
-    data = splits_with_background(profile, ("train", "validation"), progress, bg, signal_scale,
-                                  keep_train_signal=task != "regress")
+    labelled = bg is not None and bool(bg.labels)
+    if labelled:
+        datasets = labelled_splits(bg, ("train", "validation"))
+    else:
+        datasets = splits_with_background(profile, ("train", "validation"), progress, bg, signal_scale,
+                                          keep_train_signal=task != "regress")
     t_train = time.perf_counter()
     if task == "segment":
-        model, history, best = train_segment(profile, target, seed, progress, data, bg)
+        model, history, best = train_segment(profile, target, seed, progress, datasets, bg, init=init_model)
         keys: tuple[str, ...] = ("loss", "bce", "count_penalty", "auc")
     elif task == "denoise":
-        if bg is None:
-            model, history, best = train_denoise(profile, noise, seed, progress, data)
+        if labelled:
+            model, history, best = train_denoise_labelled(profile, seed, progress, datasets, bg, init=init_model)
+        elif bg is None:
+            model, history, best = train_denoise(profile, noise, seed, progress, datasets)
         else:
-            model, history, best = train_denoise_recorded(profile, seed, progress, data, bg)
+            model, history, best = train_denoise_recorded(profile, seed, progress, datasets, bg)
         keys = ("loss", "mse")
     else:
-        model, history, best = train_regress(profile, seed, progress, data, bg)
+        model, history, best = train_regress(profile, seed, progress, datasets, bg)
         keys = ("loss",)
     train_s = time.perf_counter() - t_train
-    del data
+    del datasets
     write_history(run_dir, history)
     save_checkpoint(run_dir / "model.pt", task, model, {"epoch": best["epoch"], "target": target, "noise": noise,
-                                                         "profile": profile.name})
+                                                         "profile": profile.name,
+                                                         **({"init": str(init)} if init is not None else {})})
     if plots:
         plot_history(run_dir / "loss.png", history, keys, best["epoch"], f"{task} ({profile.name})")
     metrics: dict[str, Any] = {"task": task, "profile": profile.name, "parameters": count_parameters(model),
@@ -697,9 +828,20 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
                   "sky_py_sha256": config_out["sky_py_sha256"]}
 
     splits = ("test", "calibration") if task == "segment" and export is not None else ("test",)
-    held_out = splits_with_background(profile, splits, progress, bg, signal_scale)
+    if labelled:
+        held_out = labelled_splits(bg, splits)
+    else:
+        held_out = splits_with_background(profile, splits, progress, bg, signal_scale)
     test = held_out["test"]
-    if bg is not None:
+    if labelled:
+        # Every file by sha256 with the events of each split this run used: the model can be rebuilt.
+        provenance.update(data=bg.files(), labelled_data=bg.provenance(),
+                          labels={k: f"truth/{k}" for k in LABELS[task]},
+                          init=str(init) if init is not None else None,
+                          signal="recorded frames and their labels (no simulation)")
+        metrics["labelled_data"] = {**bg.provenance(), "data": bg.files(),
+                                    "init": str(init) if init is not None else None}
+    elif bg is not None:
         # Every file by sha256 with the events of each split this run used: the model can be rebuilt.
         provenance.update(data=bg.files(), noise_data=bg.provenance(), signal_scale=signal_scale,
                           signal="simulators.sky, centre-cropped to the recording's frame, counts x signal_scale")
@@ -709,6 +851,9 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
         metrics["target"] = target
         prob = predict(model, test.counts)
         metrics["test"] = segmentation_metrics(prob, test)
+        if labelled:  # the baseline: the raw pixel value above the model's pedestal
+            ped = model.pedestal.numpy() if model.pedestal is not None else 0.0
+            metrics["test_auc_pixel_value"] = roc_auc(test.counts - ped, test.mask(target))
         curves = {t: roc_curve(prob, test.mask(t)) for t in SEGMENT_TARGETS}
         keep = test.mask_bright | ~test.mask_all
         curves["bright_vs_background"] = roc_curve(prob[keep], test.mask_bright[keep])
@@ -735,6 +880,8 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
         metrics["noise"] = noise
         if bg is None:
             sets = denoise_test_sets(test)
+        elif labelled:  # the recorded test frames against their truth/clean, in the input's units
+            sets = {"recorded": (test.clean, test.counts)}
         else:  # in the input's units: the clean frame sits on the pedestal, as the model's output does
             sets = {"recorded": (test.clean + model.pedestal.numpy(), test.counts)}
         denoised = {name: predict(model, noisy) for name, (_, noisy) in sets.items()}
@@ -753,6 +900,14 @@ def run(task: str, profile: Profile, run_dir: Path, *, target: str = "all", nois
                 cal = ex.calibrate_denoise(part, sets, noise=noise,
                                            provenance={**provenance, "ort_vs_torch": ex.diff_summary(info),
                                                        "n_test_images": len(test)})
+                if labelled:  # the calibration's own words describe simulated signal: say what was measured
+                    cal_path = ex.calibration_path_for(part)
+                    doc = json.loads(cal_path.read_text())
+                    doc["training"]["mse_definition"] = (
+                        "mean over pixels and frames of (denoised - clean)^2 in the input's units; noisy = a "
+                        "recorded frame of the test split, clean = its truth/clean")
+                    doc["training"]["validation_seed"] = SEEDS["background_split"]
+                    write_json(cal_path, doc)
             metrics["onnx"] = {**info, "path": str(export), "calibration": str(ex.calibration_path_for(export)),
                                "validation_mse": cal["validation_mse"]}
         logger.info("test MSE (model trained on %s): %s (noisy input %s)", noise,
@@ -801,6 +956,11 @@ def main(argv: list[str] | None = None) -> int:
                         "their frame size is the model's (repeat for more files)")
     p.add_argument("--signal-scale", type=float, default=1.0,
                    help="with --noise-data: simulated counts x this = the recording's units (default 1)")
+    p.add_argument("--data", type=Path, action="append", metavar="RUN.h5",
+                   help="labelled recording(s): segment trains on the frames and truth/mask, denoise on the frames "
+                        "and truth/clean; their frame size is the model's (repeat for more files)")
+    p.add_argument("--init", type=Path, metavar="CHECKPOINT_OR_RUN",
+                   help="with --data: fine-tune this model.pt (or the run folder holding one) of the same task")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (this machine has 2 cores)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="INFO")
@@ -816,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args.task, profile, args.runs / name, target=args.target, noise=args.noise, seed=args.seed,
             export=args.export, threads=args.threads, progress=not args.no_progress, noise_data=args.noise_data,
-            signal_scale=args.signal_scale)
+            signal_scale=args.signal_scale, data=args.data, init=args.init)
     except DataError as exc:
         # One line on stderr and exit status 1; an existing model (if any) is untouched.
         raise SystemExit(f"train_image: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
