@@ -206,3 +206,12 @@ def test_unusable_data_is_refused_in_one_line_and_leaves_the_model(tmp_path, rec
         assert old.read_bytes() == b"the existing model", what
     assert not list(tmp_path.glob("model.partial*")) and not (tmp_path / "model.calib.json").exists()
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_denoise_fine_tuning_keeps_what_the_earlier_model_learned(trained, recordings, tmp_path):
+    _, _, run0 = trained["denoise"]
+    one = dataclasses.replace(ti.PROFILES["denoise"]["quick"], epochs=1)
+    m = ti.run("denoise", one, tmp_path / "tuned", threads=1, progress=False, plots=False, data=[recordings[1]],
+               init=run0)
+    # A fresh model after one epoch on 90 frames stays near the noisy input; the fine-tuned one does not.
+    assert m["test_mse"]["recorded"] < 0.6 * m["test_mse_noisy_input"]["recorded"], m
