@@ -1059,7 +1059,8 @@ class RunSet:
 def open_runs(paths: str | Path | Sequence[str | Path]) -> RunSet:
     """Several recordings as one :class:`RunSet`. A path ``FILE.h5`` that does not exist opens its
     rotated parts ``FILE_0000.h5, FILE_0001.h5 ...`` (or ``FILE.h5.writing`` of a crashed run);
-    files of different kind, event shape or dtype are refused with one line naming both."""
+    files of different kind, event shape or dtype, or whose common truth columns differ in row shape
+    (or, for per-event truth arrays, in dtype), are refused with one line naming both."""
     if isinstance(paths, str | Path):
         paths = [paths]
     readers: list[RunReader] = []
