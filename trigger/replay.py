@@ -82,6 +82,14 @@ class PoolSource:
         return self.data[idx], {k: v[idx] for k, v in self.truth.items()}
 
 
+def _truth_meta(truth: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """``meta.truth`` of a message: the per-event numbers (one value per event, as the protocol says).
+    Per-event arrays (a recorded mask or clean frame) stay out: they are labels for training, and
+    would make the header larger than a daemon accepts."""
+    columns = {k: v.tolist() for k, v in truth.items() if np.ndim(v) == 1}
+    return {"truth": columns} if columns else None
+
+
 def simulation_names() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=SOURCE_GROUP))
 
@@ -158,7 +166,7 @@ def replay(sock: zmq.Socket, source: EventSource, *, sources: list[str], events:
                 time.sleep(delay)
         for name in sources:
             data, tr = source.next(n)
-            meta = {"truth": {key: v.tolist() for key, v in tr.items()}} if truth and tr else None
+            meta = _truth_meta(tr) if truth else None
             sock.send_multipart(encode_input(source.kind, name, stats.messages[name], time.time_ns(), data, meta),
                                 copy=False)
             stats.messages[name] += 1
@@ -211,7 +219,7 @@ def replay_run(sock: zmq.Socket, run: RunSet, *, sources: list[str] | None = Non
             delay = 0.0
         if delay > 0:
             time.sleep(delay)
-        meta = {"truth": {k: v.tolist() for k, v in m.truth.items()}} if truth and m.truth else None
+        meta = _truth_meta(m.truth) if truth else None
         n = len(m.data)
         sock.send_multipart(encode_input(run.kind, m.source, m.seq, m.t_ns if keep_time else time.time_ns(),
                                          m.data, meta), copy=False)

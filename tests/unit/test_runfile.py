@@ -338,3 +338,36 @@ def test_runwriter_fills_and_counts_truth_arrays_missing_from_a_message(tmp_path
         _, t = r.read()
         assert t["mask"].reshape(6, -1).max(axis=1).tolist() == [1, 1, 0, 0, 0, 0]
         assert r.attrs["truth_dropped"] == {"mask": 4}
+
+
+def test_replay_of_a_labelled_recording_sends_per_event_numbers_and_keeps_labels_out_of_meta(tmp_path):
+    """A recorded mask [N, h, w] is a training label: replayed messages carry only the [N] truth, so
+    their headers stay within what a daemon accepts."""
+    import msgpack
+    import zmq
+
+    from trigger.protocol import decode
+    from trigger.replay import replay_run
+    from trigger.runfile import open_runs, write_run
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 4000, size=(40, 32, 48), dtype=np.uint16)
+    truth = {"mask": rng.integers(0, 2, size=(40, 32, 48)).astype(np.uint8), "n_sources": np.arange(40)}
+    path = write_run(tmp_path / "labelled.h5", frames, truth, events_per_message=20)
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    try:
+        pull.bind("inproc://replay")
+        push.connect("inproc://replay")
+        with open_runs([path]) as run:
+            stats = replay_run(push, run)
+        assert stats.total_events == 40
+        got = [decode(pull.recv_multipart(), kinds={"image": 3}) for _ in range(stats.total_messages)]
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
+    assert all(set(m.meta["truth"]) == {"n_sources"} for m in got)
+    assert [v for m in got for v in m.meta["truth"]["n_sources"]] == list(range(40))
+    np.testing.assert_array_equal(np.concatenate([m.arrays["data"] for m in got]), frames)
+    assert all(len(msgpack.packb(m.header)) < 4096 for m in got)

@@ -45,7 +45,7 @@ class NoiseScaleMonitor:
         quantiles: the calibration's ``noise_quantiles`` (``{"p": [...], "d": [...]}``).
         threshold: d* of the working point in use.
         window: noise-dominated distances the statistic is taken over.
-        interval_s: least time between two estimates (the median costs about 1 ms per 10,000).
+        interval_s: least time between two estimates (each takes a median over the window).
         min_events: distances needed before the first estimate.
     """
 
