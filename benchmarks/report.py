@@ -108,6 +108,9 @@ def rows() -> list[tuple[str, str, str, str, str]]:
             status = {"met": "met", "missed": "**missed**"}.get(t.get("status"), "not run")
             measured = t.get("measured") or t.get("reason", "")
             out.append((what, str(measured)[:160], target, status, _machine(g)))
+    if (o := _load("own_detector")) is not None:  # bring your own detector (benchmarks/own_detector.py, issue 14)
+        for r in o["rows"]:
+            out.append((r["benchmark"], r["measured"], r["target"], _mark(r["met"]), _machine(o)))
     # Any other result may carry its own rows: {"rows": [{"benchmark", "measured", "target", "met"}]}
     # ("met": true, false or null for not run).
     for path in sorted(RESULTS.glob("*.json")):
@@ -122,7 +125,7 @@ def rows() -> list[tuple[str, str, str, str, str]]:
 
 
 KNOWN = {"simulator", "sky_simulator", "gpu", "throughput", "throughput_segment", "throughput_denoise", "physics",
-         "deadstart", "deadstart_check"}
+         "deadstart", "deadstart_check", "own_detector"}
 
 
 def table() -> str:
