@@ -8,7 +8,7 @@
 #   summary.txt          the one-line check of what is missing, then one line per step with its exit code
 #   facts/               nvidia-smi, Python and package versions, what torch sees
 #   install.log          the project installed without the network
-#   tests.log, tests.xml the GPU unit tests (tests/unit/test_gpu_backends.py, the reload test)
+#   tests.log, tests.xml the GPU unit tests (tests/unit/trigger/test_gpu_backends.py, the reload test)
 #   gpu.json, gpu.png    benchmarks/gpu.py (torch CUDA fp32/fp16, TensorRT fp16 where installed, CPU
 #                        reference end to end), with each daemon's log in gpu-logs/
 #
@@ -95,7 +95,7 @@ step install 120 "$OUT/install.log" \
 PYTEST_OPTS=(-q -rs -p no:cacheprovider --junitxml "$OUT/tests.xml")
 "$PY" -c "import pytest_timeout" 2>/dev/null || PYTEST_OPTS+=(-W "ignore::pytest.PytestConfigWarning")
 step tests 170 "$OUT/tests.log" \
-    "$PY" -m pytest "${PYTEST_OPTS[@]}" tests/unit/test_gpu_backends.py tests/unit/test_reload_closes_backend.py
+    "$PY" -m pytest "${PYTEST_OPTS[@]}" tests/unit/trigger/test_gpu_backends.py tests/unit/trigger/test_reload_closes_backend.py
 tail -n 15 "$OUT/tests.log" | sed 's/^/    /' | tee -a "$SUMMARY"
 
 # 5. The benchmark, sized to the time left (TensorRT where installed; the engine build is part of it).

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from trigger import config
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 
 
 def test_example_configuration_loads_and_lists_the_defaults():

@@ -25,7 +25,7 @@ from trigger.calibration import DenoiseCalibration, calibration_path_for, load_f
 from trigger.config import PACKAGE_MODELS
 
 MODEL = PACKAGE_MODELS / "radio_denoise.onnx"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIG = RadioConfig()
 F = CONFIG.frequencies_mhz
 IN_BAND = (F >= CONFIG.band_low_mhz) & (F <= CONFIG.band_high_mhz)
@@ -379,12 +379,12 @@ def test_quick_training_exports_a_model_the_denoise_pipeline_serves(tmp_path):
 
     model = tmp_path / "radio.onnx"
     metrics = run(PROFILES["quick"], tmp_path / "run", export=model, threads=1, progress=False, plots=False,
-                  command="tests/unit/test_radio.py")
+                  command="tests/unit/simulators/test_radio.py")
     assert metrics["onnx"]["max_scaled_diff"] < 1e-4
     assert {p.name for p in (tmp_path / "run").iterdir()} >= {"config.json", "history.json", "model.pt", "metrics.json"}
     cal = load_for_model(model, kind=DenoiseCalibration)
     assert cal.event_shape == (500,) and set(cal.validation_mse) == set(NOISE_MODELS)
-    assert cal.training["command"] == "tests/unit/test_radio.py"
+    assert cal.training["command"] == "tests/unit/simulators/test_radio.py"
     pipe = DenoisePipeline(create_backend("onnxruntime", model, threads=1), cal)
     out = pipe.decide(simulate(5, seed=14).traces)["data"]
     assert out.shape == (5, 500) and out.dtype == np.float32

@@ -626,7 +626,7 @@ def test_daemon_imports_with_torch_and_tensorrt_hidden():
             "        raise SystemExit(name + ' should be unavailable')\n"
             "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parents[2])
+                         cwd=Path(__file__).resolve().parents[3])
     assert out.returncode == 0, out.stderr
     assert "tensorrt -> backend 'tensorrt': TensorRT is not installed" in out.stdout
     assert "torch -> backend 'torch' needs PyTorch, which is not installed" in out.stdout
@@ -926,7 +926,7 @@ def test_tensorrt_backend_refuses_a_foreign_engine_when_told_not_to_rebuild(fake
 def test_gpu_deploy_configuration_is_accepted_by_the_tensorrt_backend(fake_trt, tmp_path):
     from trigger import config
 
-    cfg = config.load(Path(__file__).resolve().parents[2] / "deploy" / "trigger.gpu.yaml")
+    cfg = config.load(Path(__file__).resolve().parents[3] / "deploy" / "trigger.gpu.yaml")
     assert cfg.backend.name == "tensorrt"
     onnx_path, *_ = fake_trt
     options = dict(cfg.backend.options) | {"min_batch": 1, "opt_batch": 8, "max_batch": 16,  # the tiny stand-in

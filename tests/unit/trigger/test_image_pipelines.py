@@ -24,7 +24,7 @@ from trigger.pipelines import load_pipeline
 from trigger.pipelines.denoise import DenoisePipeline
 from trigger.pipelines.segment import SegmentPipeline, find_sources
 
-from ..conftest import TINY_FRAME, save_tiny_onnx
+from ...conftest import TINY_FRAME, save_tiny_onnx
 
 H, W = TINY_FRAME
 
