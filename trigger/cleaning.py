@@ -1,7 +1,7 @@
 """Tail-cuts image cleaning on a square pixel grid, vectorised over a batch (numpy only).
 
 The semantics are ctapipe's ``ctapipe.image.cleaning.tailcuts_clean`` (checked against ctapipe 0.28
-in ``tests/unit/test_hillas.py``). Neighbours: ctapipe's ``CameraGeometry`` gives a square-pixel
+in ``tests/unit/trigger/test_hillas.py``). Neighbours: ctapipe's ``CameraGeometry`` gives a square-pixel
 camera (``pix_type="square"``) 4 neighbours per pixel (``calc_pixel_neighbors(diagonal=False)``,
 the default behind ``neighbor_matrix_sparse``: pixels within 1.5 times the nearest spacing in the
 L1 norm, so the diagonal pixels, at L1 distance 2, are not neighbours). That is the default here;

@@ -1,7 +1,7 @@
 """Hillas parameters of camera images, vectorised over a batch (numpy only).
 
 The conventions are ctapipe's (``ctapipe.image.hillas.hillas_parameters``, checked against
-ctapipe 0.28 in ``tests/unit/test_hillas.py``):
+ctapipe 0.28 in ``tests/unit/trigger/test_hillas.py``):
 
 * Moments are weighted by the pixel values inside the mask (pixels outside count 0): ``intensity``
   is their sum, ``x``, ``y`` the weighted mean position (the centre of gravity), ``r``, ``phi`` its

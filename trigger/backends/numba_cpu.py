@@ -13,7 +13,7 @@ It runs the shipped pulse VCAE encoder graph (``(x - offset) / scale``, blocks o
   the phases of the next convolution.
 
 The arithmetic is the graph's up to summation order (float32, fused multiply-add), so its outputs
-agree with ONNX Runtime's to float32 rounding (tests/unit/test_numba_backend.py). Other graphs are
+agree with ONNX Runtime's to float32 rounding (tests/unit/trigger/test_numba_backend.py). Other graphs are
 refused with :class:`BackendUnavailable`. A batch is split over ``threads`` threads (the kernel
 releases the GIL). Speed against ONNX Runtime: benchmarks/README.md.
 
