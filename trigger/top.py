@@ -20,7 +20,7 @@ from typing import TextIO
 from prometheus_client.parser import text_string_to_metric_families
 
 from ._log import logger
-from .metrics import STAGES
+from .runtime.metrics import STAGES
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
 

@@ -114,11 +114,11 @@ def test_replayed_sky_through_the_shipped_image_model(chain_factory, pipeline):
 # timeout, as a U-net batch of 512 frames does on a busy machine.
 SLOW_SERVE = """
 import sys, time
-import trigger.daemon
+import trigger.runtime.daemon
 from trigger.cli import main
 
 seconds = float(sys.argv.pop(1))
-load = trigger.daemon.load_pipeline
+load = trigger.runtime.daemon.load_pipeline
 
 def slow_pipeline(cfg):
     pipeline = load(cfg)
@@ -126,7 +126,7 @@ def slow_pipeline(cfg):
     pipeline.decide = lambda batch: (time.sleep(seconds), decide(batch))[1]
     return pipeline
 
-trigger.daemon.load_pipeline = slow_pipeline
+trigger.runtime.daemon.load_pipeline = slow_pipeline
 sys.exit(main())
 """
 

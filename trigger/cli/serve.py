@@ -158,7 +158,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(a: argparse.Namespace) -> int:
     """``trigger serve``: 0 after a clean drain, 1 when the daemon cannot start, 2 for a bad configuration."""
-    from ..daemon import Daemon, StartupError
+    from ..runtime.daemon import Daemon, StartupError
 
     given = overrides(a)
     # A SIGHUP that arrives while the model is still loading (systemctl reload right after start)

@@ -31,7 +31,7 @@ _MODULES: dict[str, str] = {}  # name -> the module that registers it (filled by
 
 @dataclass(frozen=True)
 class PipelineMetric:
-    """A Prometheus series of one pipeline's own, created at 0 by :class:`trigger.metrics.Metrics`
+    """A Prometheus series of one pipeline's own, created at 0 by :class:`trigger.runtime.metrics.Metrics`
     and reached by :meth:`Pipeline.monitor` as ``metrics.<attr>``.
 
     Args:
@@ -60,6 +60,12 @@ class Pipeline(ABC):
     """The labels :meth:`outcomes` counts; trigger_decisions_total has each at 0 from the start."""
     own_metrics: ClassVar[tuple[PipelineMetric, ...]] = ()
     """The pipeline's own series, which :meth:`monitor` updates."""
+    backend: Backend | None = None
+    """The backend running the model, if any; closed when a reload retires the pipeline."""
+    threshold: float | None = None
+    """The working point's threshold (``trigger_threshold``), for a pipeline that has one."""
+    working_point: str | None = None
+    """The working point's name (``fpr_0.01``: ``trigger_working_point_false_positive_rate``), if any."""
 
     @classmethod
     @abstractmethod
@@ -94,6 +100,22 @@ class Pipeline(ABC):
     def outcomes(self, result: dict[str, np.ndarray]) -> dict[str, int]:
         """Count of events per outcome label (for the decisions counter)."""
         return {"decided": len(next(iter(result.values())))}
+
+    def truth_outcomes(self, result: dict[str, np.ndarray], truth: np.ndarray) -> dict[tuple[str, str], int]:
+        """Events per (truth, outcome) cell, ``truth`` "signal" or "noise", for trigger_truth_events_total.
+
+        Empty (the default) for a pipeline without a per-event accept/reject decision.
+
+        Args:
+            result: the decision arrays of one message.
+            truth: bool [n], the message's simulation truth (``meta.truth.is_signal``).
+        """
+        return {}
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether several inference workers may call :meth:`decide` at once (its backend allows it)."""
+        return self.backend is not None and self.backend.concurrent
 
     def describe(self) -> dict[str, str]:
         """What decides, for the ``trigger_model`` info metric and the ready line."""

@@ -186,6 +186,15 @@ class PulsePipeline(Pipeline):
         n_acc = int(np.count_nonzero(result["accept"]))
         return {"accept": n_acc, "reject": len(result["accept"]) - n_acc}
 
+    def truth_outcomes(self, result: dict[str, np.ndarray], truth: np.ndarray) -> dict[tuple[str, str], int]:
+        # Two counting passes give all four cells of the truth x outcome table.
+        accept = result["accept"]
+        n_acc = int(np.count_nonzero(accept))
+        n_sig = int(np.count_nonzero(truth))
+        sig_acc = int(np.count_nonzero(accept & truth))
+        return {("signal", "accept"): sig_acc, ("signal", "reject"): n_sig - sig_acc,
+                ("noise", "accept"): n_acc - sig_acc, ("noise", "reject"): len(accept) - n_sig - n_acc + sig_acc}
+
     def describe(self) -> dict[str, str]:
         return model_description(self.backend, self._header, working_point=self.working_point,
                                  threshold=f"{self.threshold:.6g}")

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from trigger import config
-from trigger.metrics import Metrics, outcome_labels
 from trigger.pipelines import load_pipeline
+from trigger.runtime.metrics import Metrics, outcome_labels
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
@@ -167,7 +167,7 @@ def test_every_metric_named_in_rules_and_dashboard_is_exported_or_recorded():
     recorded = recorded_names()
     for where, expr in all_exprs().items():
         for name in re.findall(r"\btrigger_[a-z0-9_]+", expr):
-            assert name in names, f"{where}: {name} is not exported by trigger/metrics.py"
+            assert name in names, f"{where}: {name} is not exported by trigger/runtime/metrics.py"
         for name in re.findall(r"\btrigger:[a-z0-9_:]+", expr):
             assert name in recorded, f"{where}: {name} is not a recording rule"
 
@@ -342,7 +342,7 @@ def test_systemd_unit():
     assert svc["User"] not in {"", "root"}
     assert svc["ExecStart"].split()[1:] == ["serve", "--config", "/etc/trigger/trigger.yaml"]
     assert svc["KillSignal"] == "SIGTERM"
-    # systemctl reload: SIGHUP reloads model and calibration in place (trigger/daemon.py)
+    # systemctl reload: SIGHUP reloads model and calibration in place (trigger/runtime/reloader.py)
     assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert "SIGHUP" in svc["RestartForceExitStatus"].split()  # a reload during start-up restarts, not stops
     assert svc["Type"] == "notify"  # the daemon sends READY=1 (tests/system/test_daemon.py checks it)

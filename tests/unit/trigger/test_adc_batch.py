@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trigger.batcher import BatchBuffer, Item, fill
 from trigger.protocol import as_float32
+from trigger.runtime.batcher import BatchBuffer, Item, fill
 
 CALIBRATIONS = [(0.0, 1.0), (100.0, 1.0), (0.0, 0.001), (1000.5, 0.0123), (-3.25, 7.0)]
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trigger.batcher import BatchBuffer, Batcher, EventQueue, Item, Turns, TurnsAborted
+from trigger.runtime.batcher import BatchBuffer, Batcher, EventQueue, Item, Turns, TurnsAborted
 
 pytestmark = pytest.mark.timeout(30)  # a hang here is a bug: fail fast instead of at the global limit
 

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
-from trigger.metrics import Metrics
+from trigger.runtime.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(30)
 

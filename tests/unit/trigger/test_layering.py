@@ -40,7 +40,7 @@ def test_no_module_of_trigger_imports_training_or_simulators_and_torch_only_lazi
 
 
 def test_importing_every_daemon_module_loads_none_of_them():
-    code = ("import sys, trigger.cli, trigger.daemon, trigger.pipelines.pulse, trigger.backends.onnxruntime, "
-            "trigger.replay, trigger.recalibrate, trigger.demo, trigger.metrics, trigger.config; "
+    code = ("import sys, trigger.cli, trigger.runtime.daemon, trigger.pipelines.pulse, trigger.backends.onnxruntime, "
+            "trigger.replay, trigger.recalibrate, trigger.demo, trigger.runtime.metrics, trigger.config; "
             f"bad = [m for m in {FORBIDDEN!r} if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

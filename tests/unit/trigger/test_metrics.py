@@ -9,9 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from trigger.metrics import LATENCY_BUCKETS, MAX_SOURCES, OTHER_SOURCE, STAGES, Metrics, outcome_labels
 from trigger.pipelines import available_pipelines
 from trigger.protocol import Reason
+from trigger.runtime.metrics import LATENCY_BUCKETS, MAX_SOURCES, OTHER_SOURCE, STAGES, Metrics, outcome_labels
 
 SOURCE_COUNTERS = ("trigger_messages_received_total", "trigger_events_received_total",
                    "trigger_received_bytes_total", "trigger_sequence_gaps_total", "trigger_messages_lost_total",

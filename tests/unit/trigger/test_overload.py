@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trigger.batcher import EventQueue, Item
 from trigger.config import Config, ConfigError, load
+from trigger.runtime.batcher import EventQueue, Item
 
 pytestmark = pytest.mark.timeout(30)
 

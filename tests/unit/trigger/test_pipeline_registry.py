@@ -21,7 +21,6 @@ import zmq
 from prometheus_client import CollectorRegistry
 
 from trigger import config
-from trigger.metrics import Metrics, outcome_labels
 from trigger.pipelines import (
     Pipeline,
     PipelineMetric,
@@ -32,6 +31,7 @@ from trigger.pipelines import (
     register_pipeline,
 )
 from trigger.protocol import encode_input
+from trigger.runtime.metrics import Metrics, outcome_labels
 from trigger.testing import DecisionCollector, ServeProcess, free_port, handshake, wait_until
 
 SHIPPED = {"pulse": "trigger.pipelines.pulse", "segment": "trigger.pipelines.segment",

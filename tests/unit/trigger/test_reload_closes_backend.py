@@ -18,8 +18,8 @@ import zmq
 from trigger.backends import register_backend
 from trigger.backends.onnxruntime import OnnxRuntimeBackend
 from trigger.config import Config
-from trigger.daemon import Daemon
 from trigger.protocol import decode, encode_input
+from trigger.runtime.daemon import Daemon
 
 
 @register_backend
@@ -105,7 +105,7 @@ def test_each_reload_closes_the_backend_it_replaced_once_and_only_after_its_last
             reloads_before = len(CountingBackend.instances)
             daemon.request_reload()
             deadline = time.monotonic() + 30
-            while len(CountingBackend.instances) == reloads_before or daemon._pending is not None:
+            while len(CountingBackend.instances) == reloads_before or daemon.reloader.pending is not None:
                 assert time.monotonic() < deadline, "the reload never built its backend or was never swapped in"
                 sent = send(2)  # batches keep flowing: the swap happens between two of them
                 assert _decided(sub, sent) == sent

@@ -5,7 +5,7 @@ import math
 import pytest
 from prometheus_client import generate_latest
 
-from trigger.metrics import Metrics
+from trigger.runtime.metrics import Metrics
 from trigger.top import histogram_quantile, parse, render
 
 

@@ -7,8 +7,8 @@ import zmq
 
 from trigger.backends import BackendUnavailable, usable_cores
 from trigger.config import Config
-from trigger.daemon import Daemon
 from trigger.pipelines.base import backend_threads, inference_workers
+from trigger.runtime.daemon import Daemon
 
 
 def config(**batching_and_backend) -> Config:
@@ -45,10 +45,10 @@ def test_a_reload_sizes_the_new_backend_for_the_workers_running_not_the_file():
     ctx = zmq.Context()
     try:
         daemon = Daemon(running, context=ctx, reload_config=lambda: edited)  # not started: no sockets
-        daemon._prepare_reload()
+        daemon.reloader.prepare()
     finally:
         ctx.term()
-    new, applied = daemon._pending
+    new, applied = daemon.reloader.pending
     assert applied.batching.workers == 1
     assert new.backend.describe()["threads"] == str(usable_cores())
 
@@ -58,7 +58,7 @@ def test_a_reload_to_a_backend_that_cannot_take_the_running_workers_is_refused()
     try:
         daemon = Daemon(config(workers=2), context=ctx, reload_config=lambda: config(workers=2, name="tensorrt"))
         with pytest.raises(BackendUnavailable, match="batching.workers 2: the tensorrt backend"):
-            daemon._prepare_reload()  # the daemon's reload loop logs this and keeps the running pipeline
+            daemon.reloader.prepare()  # the daemon's reload loop logs this and keeps the running pipeline
     finally:
         ctx.term()
-    assert daemon._pending is None
+    assert daemon.reloader.pending is None

@@ -13,6 +13,7 @@ switches pipeline finds them.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import (
@@ -27,9 +28,12 @@ from prometheus_client import (
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from .health import HttpEndpoint, ReadyCheck
-from .pipelines import PipelineMetric, available_pipelines, is_pipeline, pipeline_class
-from .protocol import Reason
+from ..health import HttpEndpoint, ReadyCheck
+from ..pipelines import PipelineMetric, available_pipelines, is_pipeline, pipeline_class
+from ..protocol import Reason
+
+if TYPE_CHECKING:
+    from ..pipelines import Pipeline
 
 MAX_SOURCES = 256
 OTHER_SOURCE = "~other"  # "~" is not allowed in source names, so no real source collides
@@ -187,6 +191,22 @@ class Metrics:
         for result in ("ok", "error"):
             self.reloads.labels(result)
 
+    def show_pipeline(self, pipeline: Pipeline) -> None:
+        """Publish what decides: ``trigger_model``, and the threshold and working point if it has them.
+
+        Args:
+            pipeline: the pipeline in use (at start and after each reload).
+        """
+        self.model.info(pipeline.describe())
+        if pipeline.threshold is not None:
+            self.threshold.set(pipeline.threshold)
+            self.working_point_fpr.set(working_point_rate(pipeline.working_point))
+
+    def values(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of the registry, keyed by (sample name, sorted labels), read in one pass."""
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in self.registry.collect() for s in family.samples}
+
     def source_label(self, source: str) -> str:
         """``source`` itself while fewer than MAX_SOURCES are known, else ``_other``; creates its series at 0.
 
@@ -222,3 +242,15 @@ class Metrics:
         if server is not None:
             server.close()
             self._server = None
+
+
+def working_point_rate(name: str | None) -> float:
+    """``"fpr_0.01" -> 0.01``; NaN for a working point not named by its false-positive rate.
+
+    Args:
+        name: the working point's name.
+    """
+    try:
+        return float((name or "").removeprefix("fpr_"))
+    except ValueError:
+        return float("nan")

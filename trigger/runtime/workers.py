@@ -1,0 +1,201 @@
+"""The inference workers and the publisher of their decisions.
+
+``batching.workers`` threads (the caller of :meth:`Workers.run` the first) each form a batch, run
+the pipeline on it, and publish one decision message per input message. Batches are published in
+the order they were formed, one worker at a time (a ticket per batch,
+:class:`~trigger.runtime.batcher.Turns`): the decision socket passes between workers only under
+that lock, the full memory barrier ZeroMQ asks for when a socket changes threads. ZeroMQ's own I/O
+thread keeps reading the network while all of them are busy.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .. import zmq_security as curve
+from ..config import Config
+from ..pipelines import Pipeline
+from ..protocol import VERSION, as_float32, encode
+from .accounting import Accounting
+from .batcher import BatchBuffer, Batcher, EventQueue, Item, Turns, TurnsAborted
+from .metrics import Metrics
+from .reloader import Reloader
+
+LINGER_MS = 3000
+
+
+class Publisher:
+    """The decision socket (and the CURVE authenticator of the output sockets).
+
+    Args:
+        config: the daemon configuration (its output section).
+        context: the ZeroMQ context of the socket.
+        metrics: the daemon's series.
+        accounting: where the decisions are counted.
+    """
+
+    def __init__(self, config: Config, context: zmq.Context, metrics: Metrics, accounting: Accounting):
+        self.config = config
+        self.metrics = metrics
+        self.accounting = accounting
+        self._ctx = context
+        self._output: zmq.Socket | None = None
+        self._auth: Any = None
+
+    def open(self) -> None:
+        """Start the authenticator (with ``output.curve_clients``) and open the decision socket."""
+        cfg = self.config.output
+        if cfg.curve_clients is not None:
+            self._auth = curve.start_authenticator(self._ctx, cfg.curve_clients)
+        self._output = out = self._ctx.socket(zmq.PUB)
+        out.setsockopt(zmq.SNDHWM, cfg.hwm)
+        out.setsockopt(zmq.LINGER, LINGER_MS)
+        if cfg.curve_secret_key_file is not None:
+            curve.make_server(out, cfg.curve_secret_key_file)
+        (out.connect if cfg.connect else out.bind)(cfg.endpoint)
+
+    def close(self) -> None:
+        """Close the decision socket (it lingers until ZeroMQ has sent everything) and the authenticator."""
+        if self._output is not None and not self._output.closed:
+            self._output.close()
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+    def send(self, topic: str, header: dict[str, Any]) -> None:
+        """Send a message of header only (the end-of-run message)."""
+        self._output.send_multipart(encode(topic, header))
+
+    def publish(self, pipeline: Pipeline, batch: list[Item], result: dict[str, np.ndarray]) -> None:
+        """One decision message per message of ``batch``, and their counts.
+
+        Args:
+            pipeline: the pipeline that decided the batch.
+            batch: the batch's messages, in order.
+            result: the pipeline's decision arrays of the whole batch.
+        """
+        m = self.metrics
+        static = pipeline.header()
+        off = 0
+        for it in batch:
+            part = pipeline.split(result, off, off + it.n)
+            off += it.n
+            header = {"v": VERSION, "kind": "decision", "source": it.source, "seq": it.seq, "t_ns": it.t_ns,
+                      **static, "t_recv_ns": it.t_recv_ns, "t_sent_ns": time.time_ns()}
+            if it.meta is not None:
+                header["meta"] = it.meta
+            self._output.send_multipart(encode(f"dec.{it.source}", header, part))
+            done = time.monotonic()
+            m.latency.observe(done - it.t_recv_mono)
+            m.last_decision.labels(it.label).set(time.time())
+            self.accounting.decided(it.label, it.n, pipeline.outcomes(part))
+            if it.truth_signal is not None:
+                for (truth, outcome), count in pipeline.truth_outcomes(part, it.truth_signal).items():
+                    m.truth_events.labels(truth, outcome).inc(count)
+        m.decision_messages.labels(pipeline.name).inc(len(batch))
+
+
+class Workers:
+    """Run the inference workers until the queue is drained.
+
+    Args:
+        config: the daemon configuration (its batching section).
+        queue: the receiver's queue.
+        reloader: holds the pipeline in use and swaps in a reloaded one.
+        publisher: publishes each batch's decisions.
+        metrics: the daemon's series.
+        stop: set when a worker fails (stops the receiver).
+        failed: set when a worker fails.
+    """
+
+    def __init__(self, config: Config, queue: EventQueue, reloader: Reloader, publisher: Publisher,
+                 metrics: Metrics, stop: threading.Event, failed: threading.Event):
+        self.batching = config.batching
+        self.queue = queue
+        self.reloader = reloader
+        self.publisher = publisher
+        self.metrics = metrics
+        self._stop = stop
+        self._failed = failed
+
+    def run(self) -> None:
+        """Run ``batching.workers`` workers (this thread is the first) until the queue is drained.
+
+        Each worker forms a batch under a shared lock (the batcher hands out whole batches in
+        queue order, each with a ticket), infers it outside the lock, then publishes it when its
+        ticket's turn comes: decisions leave in the order the batches were formed, from one thread
+        at a time. A failure in any worker stops the daemon and is raised here.
+        """
+        cfg = self.batching
+        batches = Batcher(self.queue, cfg.max_batch, cfg.max_delay_ms / 1000.0).batches()
+        lock, turns, errors = threading.Lock(), Turns(), []
+        others = [threading.Thread(target=self._work, args=(batches, lock, turns, errors), name=f"inference-{i}",
+                                   daemon=True) for i in range(1, cfg.workers)]
+        for t in others:
+            t.start()
+        self._work(batches, lock, turns, errors)
+        for t in others:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def _work(self, batches: Iterator[list[Item]], lock: threading.Lock, turns: Turns,
+              errors: list[BaseException]) -> None:
+        buffer = BatchBuffer(self.batching.max_batch, self.reloader.pipeline.event_shape)  # this worker's own
+        try:
+            while True:
+                with lock:
+                    batch = next(batches, None)
+                    if batch is None:
+                        return
+                    self.metrics.queue_events.set(self.queue.events)
+                    self.reloader.swap_if_pending()
+                    if not batch:
+                        continue
+                    pipeline = self.reloader.pipeline  # one pipeline per batch, so a swap never splits a batch
+                    pipe = self.reloader.config.pipeline
+                    adc = (pipe.pedestal, pipe.gain)  # and its ADC calibration
+                    ticket = turns.take()
+                    self.reloader.first_ticket(ticket)
+                if self._failed.is_set():
+                    return  # another worker failed: stop now rather than infer a batch nobody publishes
+                self._infer_and_publish(pipeline, buffer, batch, adc, turns, ticket)
+        except TurnsAborted:
+            return  # another worker failed first; its error is the one raised
+        except BaseException as exc:
+            errors.append(exc)
+            self._failed.set()
+            self._stop.set()
+            turns.abort()
+
+    def _infer_and_publish(self, pipeline: Pipeline, buffer: BatchBuffer, batch: list[Item], adc: tuple[float, float],
+                           turns: Turns, ticket: int) -> None:
+        cfg, m = self.batching, self.metrics
+        t_start = time.monotonic()
+        for it in batch:
+            m.stage_latency.labels("queue").observe(t_start - it.t_queued_mono)
+        n = sum(it.n for it in batch)
+        if n <= cfg.max_batch:
+            result = pipeline.decide(buffer.assemble(batch, *adc))
+        else:  # one message larger than a batch: infer it in max_batch slices
+            data = as_float32(batch[0].data, *adc)
+            starts = range(0, n, cfg.max_batch)
+            parts = [pipeline.decide(data[i:i + cfg.max_batch]) for i in starts]
+            result = pipeline.merge(parts, [min(cfg.max_batch, n - i) for i in starts])
+        t_inf = time.monotonic()
+        m.stage_latency.labels("inference").observe(t_inf - t_start)
+        m.batch_size.observe(n)
+        turns.wait(ticket)  # with several workers, "publish" includes waiting for earlier batches
+        self.reloader.close_retired(ticket)
+        try:
+            pipeline.monitor(result, m)
+            self.publisher.publish(pipeline, batch, result)
+        finally:
+            turns.done(ticket)
+        m.stage_latency.labels("publish").observe(time.monotonic() - t_inf)
