@@ -532,7 +532,8 @@ def run_overload(ctx: zmq.Context, model: Path, sc: Scale, capacity: float, poli
         shed_e = v("trigger_events_shed_total", source="adc00")
         peak = v("trigger_queue_peak_events")
         decided_metric = v("trigger_decisions_total", pipeline="pulse", outcome="accept") + \
-            v("trigger_decisions_total", pipeline="pulse", outcome="reject") - len(col.probes)
+            v("trigger_decisions_total", pipeline="pulse", outcome="reject") - \
+            v("trigger_events_received_total", source="_probe")  # probes decided before the sink joined too
         hwm_kib = d.status_kib("VmHWM")
         code, drain = d.stop_timed()
         wait_until(lambda: col.eor, timeout=10)
