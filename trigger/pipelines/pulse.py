@@ -38,7 +38,7 @@ class NoiseScaleMonitor:
       the false-positive rate of the working point if the noise scaled as a whole.
 
     The estimate assumes the bulk and the tail of the noise distances scale together; more pile-up
-    stretches the tail more than the bulk, so the estimate then errs high (see benchmarks/README.md).
+    stretches the tail less than the bulk, so the estimate then errs high (see benchmarks/README.md).
     Its state is the window alone: a new pipeline (a reload) starts empty.
 
     Args:
