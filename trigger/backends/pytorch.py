@@ -401,7 +401,7 @@ def _native_bf16(torch: Any) -> bool:
 
 def _schema_version(torch: Any) -> tuple[int, int] | None:
     try:
-        from torch._export.serde.schema import SCHEMA_VERSION  # private; absent means no check
+        from torch._export.serde.schema import SCHEMA_VERSION  # optional and private; absent means no check
     except ImportError:
         return None
     return int(SCHEMA_VERSION[0]), int(SCHEMA_VERSION[1])
