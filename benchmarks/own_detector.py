@@ -54,7 +54,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, setup_logging, write_result  # noqa: E402
 
-from simulators.waveform import WaveformConfig, WaveformSimulator, signal_template  # noqa: E402
+from simulators.waveform import WaveformConfig, WaveformSimulator, foreign_detector, signal_template  # noqa: E402
 from training.core.cards import card_path_for  # noqa: E402
 from training.core.metrics import a50, efficiency_curve  # noqa: E402
 from training.core.recorded import Recording  # noqa: E402
@@ -72,12 +72,8 @@ TARGET_RATIO, TARGET_TRAIN_S, TARGET_RSS = 1.5, 600.0, 2 * 2**30
 
 
 def detector(n_samples: int = SAMPLES) -> WaveformConfig:
-    """The foreign detector of the system test (tests/unit/training/conftest.py), at ``n_samples``."""
-    return WaveformConfig(n_samples=n_samples, signal_t0=0.1 * n_samples, signal_t0_spread=0.6 * n_samples,
-                          signal_shape="biexp", signal_tau=40.0, signal_rise=6.0, noise_shape="biexp",
-                          noise_tau=12.0, noise_rise=1.5, noise_mean_pulses=8.0 * n_samples / 1000,
-                          noise_t0_min=-40.0, noise_amplitude=0.03, white_noise=0.004, adc="int16",
-                          pedestal=1000.0, gain=2000.0)
+    """The foreign detector of the system test (simulators.waveform.foreign_detector), at ``n_samples``."""
+    return foreign_detector(n_samples)
 
 
 def pulse_template(config: WaveformConfig) -> np.ndarray:

@@ -127,6 +127,18 @@ class WaveformConfig:
         return np.dtype(self.adc)
 
 
+def foreign_detector(n_samples: int = 2500) -> WaveformConfig:
+    """A digitizer unlike the shipped simulator, for trying and testing the bring-your-own-detector loop:
+    int16 counts on a pedestal of 1000 (gain 2000), a bi-exponential signal pulse (rise 6, decay 40
+    samples) at a start spread over most of the trace, and a faster bi-exponential pile-up (8 pulses
+    per 1000 samples) over white noise. The system test and ``benchmarks/own_detector.py`` use it."""
+    return WaveformConfig(n_samples=n_samples, signal_t0=0.1 * n_samples, signal_t0_spread=0.6 * n_samples,
+                          signal_shape="biexp", signal_tau=40.0, signal_rise=6.0, noise_shape="biexp",
+                          noise_tau=12.0, noise_rise=1.5, noise_mean_pulses=8.0 * n_samples / 1000,
+                          noise_t0_min=-40.0, noise_amplitude=0.03, white_noise=0.004, adc="int16",
+                          pedestal=1000.0, gain=2000.0)
+
+
 def pulse_shape(t: np.ndarray, t0: float, tau: float, sigma: float) -> np.ndarray:
     """The log-normal pulse, evaluated exactly (float64); 0 for t <= t0."""
     t = np.asarray(t, dtype=np.float64)
