@@ -27,7 +27,18 @@ Expected counts of an image (everything in counts, i.e. already multiplied by th
   and ``n_disk`` (uniform in [n_disk_min, n_disk_max]) in the disk, uniform in longitude and
   two-sided exponential in latitude (scale ``disk_scale_deg``, truncated at the field edge).
   Fluxes ``S`` (expected counts) follow ``dN/dS ~ S^-flux_index`` on [flux_min, flux_max], times a
-  per-image scale ``amp_ps`` (log-uniform in [ps_scale_min, ps_scale_max]).
+  per-image scale ``amp_ps`` (log-uniform in [ps_scale_min, ps_scale_max]; ``ps_scale_min ==
+  ps_scale_max`` fixes it, as :func:`reference_config` does).
+
+  The flux scale and the numbers of sources are nearly degenerate: scaling every flux by ``a`` and
+  the numbers by ``a^(flux_index - 1)`` leaves the faint end of ``dN/dS`` (where most sources are)
+  unchanged, and only the few bright sources at the upper end tell them apart. So an image shows
+  about ``N * amp_ps^(flux_index - 1)`` (``N amp_ps^0.8`` with the defaults), not ``N`` and ``amp_ps``
+  separately, and a regression of ``n_total`` from images of the default configuration is capped by
+  the spread of ``amp_ps`` (measured in ``benchmarks/README.md``, "Sky regression"). The reference
+  describes no per-image flux scale: :func:`reference_config` fixes it at 1, and the sky-parameter
+  regression (:mod:`training.skyparams`) trains on that configuration by default. The defaults here
+  keep ``amp_ps`` free because the segmentation and denoising models are trained on them.
 * The PSF is a Gaussian of ``psf_sigma_px``. A source is rendered with the Gaussian integrated
   over pixels, tabulated once per axis at ``oversample`` sub-pixel phases (:func:`psf_kernel`) and
   truncated at ``R = ceil(psf_truncate * psf_sigma_px)`` pixels from the centre pixel; each row
@@ -231,6 +242,15 @@ class SkyConfig:
     def psf_radius(self) -> int:
         """Half-width R of the PSF kernel in pixels: it covers the centre pixel +- R."""
         return int(math.ceil(self.psf_truncate * self.psf_sigma_px))
+
+
+def reference_config(**overrides: object) -> SkyConfig:
+    """The reference's sky: :class:`SkyConfig` with no per-image point-source flux scale (``amp_ps`` = 1).
+
+    Args:
+        overrides: further SkyConfig fields to set.
+    """
+    return SkyConfig(**{"ps_scale_min": 1.0, "ps_scale_max": 1.0, **overrides})
 
 
 @dataclass(frozen=True)
