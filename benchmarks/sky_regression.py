@@ -1,0 +1,215 @@
+"""Sky-parameter regression in the reference's metric, with bootstrap intervals.
+
+    python benchmarks/sky_regression.py [--images 2000] [--candidate runs/skyparams-2/model.onnx ...]
+
+For the shipped ``skyparams_default.onnx`` and any candidate ONNX regressors (outputs named by their
+cards), on independent simulated test images (seeds used by no training run):
+
+* the reference's metric, MAE on targets normalised to [0, 1] over their prior ranges; the median and
+  the mean relative error |pred - true| / true beside it; each with a percentile bootstrap 95%
+  interval over images (:func:`training.skyparams.regression_scores`);
+* every model on images of the reference's configuration (no per-image point-source flux scale,
+  ``simulators.sky.reference_config``) and of ours (``amp_ps`` log-uniform in 0.5-2);
+* the N vs ``amp_ps`` degeneracy of our configuration, measured two ways: the shipped model's
+  log n_total prediction regressed on log n_total and log amp_ps (the exponent it sees), and the
+  error of the best estimate of n_total from ``n_total * amp_ps^(flux_index - 1)`` alone (a cap for
+  any method that sees only that product);
+* the training curves (validation MAE against images seen) of candidates whose run folder holds a
+  ``metrics.json`` from ``training.skyparams``.
+
+Writes ``results/sky_regression.json`` (with ``rows`` for the README table) and
+``results/sky_regression.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+from _common import RESULTS, setup_logging, write_result
+
+from simulators.sky import SkyConfig, reference_config
+from training.core.cards import card_path_for
+from training.skyparams import REFERENCE_MAE, prior_range, regression_scores, simulate
+from trigger.backends import create_backend
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "trigger" / "models" / "skyparams_default.onnx"
+SEEDS = {"reference": 1790, "ours": 1791, "degeneracy_prior": 1792}
+"""Test streams of this benchmark (training.skyparams uses 1701-1751, the image task 201-242, images.py 303)."""
+
+
+def run_model(path: Path, counts: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Predictions of an ONNX regressor on ``counts`` (ONNX Runtime) and its output names (from its card)."""
+    card = json.loads(card_path_for(path).read_text())
+    be = create_backend("onnxruntime", path, threads=1)
+    pred = np.concatenate([be.infer(np.ascontiguousarray(counts[i:i + 64]))[card["output_name"]]
+                           for i in range(0, len(counts), 64)]).astype(np.float64)
+    names = list(card["outputs"])
+    if pred.shape[1] != len(names):
+        raise ValueError(f"{path.name} gives {pred.shape[1]} outputs, its card names {len(names)}: {names}")
+    return pred, names
+
+
+def degeneracy(pred_n: np.ndarray, truth: dict, config: SkyConfig, n_prior: int = 2_000_000) -> dict:
+    """How much of N and amp_ps the shipped model sees, and what seeing only N amp_ps^(flux_index - 1) costs.
+
+    ``fit``: least squares of log(pred n_total) on (1, log n_total, log amp_ps); ``exponent_ratio`` =
+    the amp_ps coefficient over the n_total one (flux_index - 1 = 0.8 if the model sees only the product).
+    ``product_only_cap``: normalised MAE (and mean relative error) of the posterior median of n_total given
+    V = n_total amp_ps^0.8 exactly, under the simulator's priors (Monte Carlo, V in 400 quantile bins).
+    """
+    n = truth["n_total"].astype(np.float64)
+    a = truth["amp_ps"].astype(np.float64)
+    design = np.stack([np.ones_like(n), np.log(n), np.log(a)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, np.log(np.maximum(pred_n, 1.0)), rcond=None)
+    k = config.flux_index - 1
+    rng = np.random.default_rng(SEEDS["degeneracy_prior"])
+    n_s = (rng.integers(config.n_gc_min, config.n_gc_max, n_prior, endpoint=True)
+           + rng.integers(config.n_disk_min, config.n_disk_max, n_prior, endpoint=True)).astype(np.float64)
+    a_s = np.exp(rng.uniform(np.log(config.ps_scale_min), np.log(config.ps_scale_max), n_prior))
+    v = n_s * a_s**k
+    edges = np.quantile(v, np.linspace(0, 1, 401))
+    b = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, 399)
+    est = np.empty(n_prior)
+    for i in range(400):
+        sel = b == i
+        est[sel] = np.median(n_s[sel])
+    lo, hi = prior_range("n_total", config)
+    return {"fit_log_pred_n_total": {"intercept": float(coef[0]), "log_n_total": float(coef[1]),
+                                     "log_amp_ps": float(coef[2])},
+            "exponent_ratio": float(coef[2] / coef[1]), "flux_index_minus_1": k,
+            "product_only_cap": {"mae_normalised": float(np.mean(np.abs(est - n_s)) / (hi - lo)),
+                                 "mean_relative_error": float(np.mean(np.abs(est - n_s) / n_s)),
+                                 "samples": n_prior}}
+
+
+def fmt(s: dict, key: str = "mae_normalised") -> str:
+    lo, hi = s[f"{key}_ci95"]
+    return f"{s[key]:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def rows_for(result: dict) -> list[dict]:
+    out = []
+    for m in result["models"]:
+        for sky in ("reference", "ours"):
+            sc = m["scores"][sky]
+            k = len(m["outputs"])
+            ref = REFERENCE_MAE.get(k) if set(m["outputs"]) == set(REFERENCE_MAE.get(k, {})) else None
+            measured = "; ".join(
+                f"{name} {fmt(sc[name])} (median rel. {fmt(sc[name], 'median_relative_error')}, mean rel. "
+                f"{sc[name]['mean_relative_error']:.3f})" for name in m["outputs"])
+            measured += f" ({result['images']} images, {sky} sky; model {m['name']})"
+            if ref is not None:
+                target = "<= reference (" + ", ".join(f"{n} {v}" for n, v in ref.items()) + ")"
+                met = all(sc[n]["mae_normalised"] <= v for n, v in ref.items()) if sky == "reference" else None
+            else:
+                target, met = "-", None
+            if sky == "ours" and ref is not None:
+                target = "- (reference's configuration is the other row)"
+            out.append({"benchmark": f"Sky regression, MAE on targets normalised to [0, 1] (reference's metric), "
+                                     f"{k} output(s), {sky} sky", "measured": measured, "target": target,
+                        "met": met})
+    return out
+
+
+def plot(path: Path, result: dict, preds: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in result["models"]]
+    curves = [m for m in models if m.get("history")]
+    ncol = max(len(m["outputs"]) for m in models) + (1 if curves else 0)
+    fig, axes = plt.subplots(len(models), ncol, figsize=(3.4 * ncol, 3.0 * len(models)), squeeze=False)
+    for r, m in enumerate(models):
+        pred, truth, cfg = preds[m["name"]]
+        for j, name in enumerate(m["outputs"]):
+            ax = axes[r, j]
+            lo, hi = prior_range(name, cfg)
+            t = (truth[name] - lo) / (hi - lo)
+            p = (pred[:, j] - lo) / (hi - lo)
+            ax.plot(t, p, ".", ms=1.5, alpha=0.4)
+            ax.plot([0, 1], [0, 1], "k-", lw=0.8)
+            s = m["scores"]["reference"][name]
+            ax.set_title(f"{m['name']}: {name}\nMAE {s['mae_normalised']:.4f}", fontsize=8)
+            ax.set_xlabel("true (normalised)", fontsize=7)
+            ax.set_ylabel("predicted", fontsize=7)
+        for j in range(len(m["outputs"]), ncol):
+            axes[r, j].axis("off")
+    if curves:
+        ax = axes[0, ncol - 1]
+        ax.axis("on")
+        for m in curves:
+            h = m["history"]
+            for name in m["outputs"]:
+                ax.plot([e["images_seen"] for e in h], [e[f"val_mae_{name}"] for e in h], "o-", ms=2,
+                        label=f"{m['name']} {name}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training images seen", fontsize=7)
+        ax.set_ylabel("validation MAE (normalised)", fontsize=7)
+        ax.legend(fontsize=5)
+        ax.set_title("validation MAE vs images (one-cycle schedule)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=2000, help="test images per sky configuration")
+    p.add_argument("--candidate", type=Path, action="append", default=[],
+                   help="another ONNX regressor with its card (its run folder's metrics.json adds its curve)")
+    p.add_argument("--boot", type=int, default=1000)
+    args = p.parse_args()
+    log = setup_logging()
+    configs = {"reference": reference_config(), "ours": SkyConfig()}
+    data = {sky: simulate(args.images, SEEDS[sky], cfg) for sky, cfg in configs.items()}
+    result: dict = {"images": args.images, "seeds": SEEDS, "bootstrap_resamples": args.boot,
+                    "reference_mae": {str(k): v for k, v in REFERENCE_MAE.items()},
+                    "sky_configs": {k: dataclasses.asdict(v) for k, v in configs.items()}, "models": []}
+    preds = {}
+    for path in [SHIPPED, *args.candidate]:
+        name = "shipped" if path == SHIPPED else path.parent.name
+        card = json.loads(card_path_for(path).read_text())
+        m: dict = {"name": name, "path": str(path), "sha256": card["model_sha256"], "scores": {}}
+        for sky, cfg in configs.items():
+            pred, outputs = run_model(path, data[sky][0])
+            m["outputs"] = outputs
+            m["scores"][sky] = regression_scores(pred, data[sky][1], outputs, cfg, n_boot=args.boot)
+            if sky == "reference":
+                preds[name] = (pred, data[sky][1], cfg)
+            if name == "shipped" and sky == "ours" and "n_total" in outputs:
+                result["degeneracy_ours"] = degeneracy(pred[:, outputs.index("n_total")], data[sky][1], cfg)
+        metrics = path.parent / "metrics.json"
+        if path != SHIPPED and metrics.is_file():
+            mj = json.loads(metrics.read_text())
+            m["history"] = mj.get("history")
+            m["training"] = {k: mj.get(k) for k in ("command", "images_seen", "train_seconds", "best_epoch", "sky")}
+        result["models"].append(m)
+        log.info("%s: %s", name, {sky: {k: round(v["mae_normalised"], 4) for k, v in sc.items()}
+                                  for sky, sc in m["scores"].items()})
+    result["rows"] = rows_for(result)
+    if "degeneracy_ours" in result:
+        d = result["degeneracy_ours"]
+        result["rows"].append({"benchmark": "Sky regression, N vs amp_ps degeneracy of our sky (shipped model)",
+                               "measured": f"log pred n_total = {d['fit_log_pred_n_total']['log_n_total']:.2f} "
+                                           f"log N + {d['fit_log_pred_n_total']['log_amp_ps']:.2f} log amp_ps "
+                                           f"(ratio {d['exponent_ratio']:.2f}; flux_index - 1 = "
+                                           f"{d['flux_index_minus_1']:.1f}); knowing only N amp_ps^0.8 caps "
+                                           f"n_total at MAE {d['product_only_cap']['mae_normalised']:.4f}, mean rel. "
+                                           f"{d['product_only_cap']['mean_relative_error']:.3f}",
+                               "target": "-", "met": None})
+    plot(RESULTS / "sky_regression.png", result, preds)
+    out = write_result("sky_regression", result)
+    log.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
