@@ -32,10 +32,11 @@ Expected counts of an image (everything in counts, i.e. already multiplied by th
 
   The flux scale and the numbers of sources are nearly degenerate: scaling every flux by ``a`` and
   the numbers by ``a^(flux_index - 1)`` leaves the faint end of ``dN/dS`` (where most sources are)
-  unchanged, and only the few bright sources at the upper end tell them apart. So an image shows
-  about ``N * amp_ps^(flux_index - 1)`` (``N amp_ps^0.8`` with the defaults), not ``N`` and ``amp_ps``
-  separately, and a regression of ``n_total`` from images of the default configuration is capped by
-  the spread of ``amp_ps`` (measured in ``benchmarks/README.md``, "Sky regression"). The reference
+  unchanged, and only the few bright sources at the upper end (and the shifted lower cut) tell them
+  apart. So the faint population shows ``N * amp_ps^(flux_index - 1)`` (``N amp_ps^0.8`` with the
+  defaults), not ``N`` and ``amp_ps`` separately; how much of the two a trained regressor still
+  separates, and what the product alone would cap ``n_total`` at, is measured in
+  ``benchmarks/README.md`` ("Sky regression"). The reference
   describes no per-image flux scale: :func:`reference_config` fixes it at 1, and the sky-parameter
   regression (:mod:`training.skyparams`) trains on that configuration by default. The defaults here
   keep ``amp_ps`` free because the segmentation and denoising models are trained on them.
