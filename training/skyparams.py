@@ -152,23 +152,34 @@ class StreamSettings:
 
     outputs: tuple[str, ...] = OUTPUT_SETS[2]
     images: int = 150_000
-    """Training images in all, every one fresh (``epochs`` chunks of ``images / epochs``)."""
+    """Training images in all, every one fresh (chunks of ``images / epochs``), unless the time budget ends
+    the run first."""
     epochs: int = 15
-    n_val: int = 2000
+    n_val: int = 1000
     n_test: int = 2000
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
     max_seconds: float = 1380.0
-    """Wall-clock budget of the training loop; past it the run stops after the current epoch."""
+    """Wall-clock budget of the training loop. The schedule runs on progress = max(images seen / images,
+    elapsed / max_seconds), so a run the budget ends has still annealed its learning rate."""
     model: dict[str, Any] = dataclasses.field(default_factory=lambda: {
-        "channels": (8, 16, 32, 64), "hidden": 64, "linear_features": 8})
+        "channels": (4, 8, 16, 32), "hidden": 64, "linear_features": 8})
 
     def __post_init__(self) -> None:
         if min(self.images, self.epochs, self.n_val, self.n_test, self.batch_size) < 1:
             raise ValueError(f"sizes must be >= 1: {self}")
         if self.images < self.epochs:
             raise ValueError(f"need at least one image per epoch: {self.images} images, {self.epochs} epochs")
+
+
+def one_cycle_lr(progress: float, peak: float, warmup: float = 0.2) -> float:
+    """The one-cycle learning rate at ``progress`` in [0, 1] of a run: cosine from peak/25 up to ``peak``
+    over ``warmup``, then cosine down to peak/25e4 (torch's OneCycleLR shape, driven by progress)."""
+    start, end = peak / 25, peak / 25e4
+    if progress < warmup:
+        return start + (peak - start) * (1 - math.cos(math.pi * progress / warmup)) / 2
+    return end + (peak - end) * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup)))) / 2
 
 
 def simulate(n: int, seed: int, config: SkyConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -238,16 +249,15 @@ def train_streaming(settings: StreamSettings, config: SkyConfig, *, seed: int = 
     ranges = np.array([prior_range(k, config) for k in settings.outputs], np.float32)
     lo, span = torch.from_numpy(ranges[:, 0]), torch.from_numpy(ranges[:, 1] - ranges[:, 0])
     per_epoch = settings.images // settings.epochs
-    steps = settings.epochs * math.ceil(per_epoch / settings.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps, pct_start=0.2)
+    opt = torch.optim.AdamW(model.parameters(), lr=one_cycle_lr(0.0, settings.lr),
+                            weight_decay=settings.weight_decay)
     sim = SkySimulator(config, SEEDS["train"] * 1000 + seed)
     gen = torch.Generator().manual_seed(SEEDS["shuffle"] * 1000 + seed)
     history: list[dict] = []
     best: dict = {"score": math.inf}
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    t_start, seen = time.perf_counter(), 0
-    for epoch in range(settings.epochs):
+    t_start, seen, progress, epoch = time.perf_counter(), 0, 0.0, 0
+    while progress < 1.0:
         t0 = time.perf_counter()
         counts, truth = simulate_from(sim, per_epoch)
         sim_s = time.perf_counter() - t0
@@ -255,33 +265,38 @@ def train_streaming(settings: StreamSettings, config: SkyConfig, *, seed: int = 
         y = (torch.from_numpy(np.stack([truth[k] for k in settings.outputs], 1).astype(np.float32)) - lo) / span
         model.train()
         perm = torch.randperm(per_epoch, generator=gen)
-        total = 0.0
+        total, done = 0.0, 0
         for i in range(0, per_epoch, settings.batch_size):
+            progress = max(seen / settings.images, (time.perf_counter() - t_start) / settings.max_seconds)
+            if progress >= 1.0:
+                break
+            for group in opt.param_groups:
+                group["lr"] = one_cycle_lr(progress, settings.lr)
             b = perm[i:i + settings.batch_size]
             opt.zero_grad(set_to_none=True)
             loss = torch.mean(torch.abs((physical(model, x[b]) - lo) / span - y[b]))
             loss.backward()
             opt.step()
-            sched.step()
             total += loss.item() * len(b)
-        seen += per_epoch
+            done += len(b)
+            seen += len(b)
+        epoch += 1
         pred = predict(model, val[0])
         maes = {k: normalised_mae(pred[:, j], val[1][k], *ranges[j]) for j, k in enumerate(settings.outputs)}
-        rec = {"epoch": epoch + 1, "images_seen": seen, "train_mae": total / per_epoch,
+        rec = {"epoch": epoch, "images_seen": seen, "train_mae": total / max(done, 1),
                **{f"val_mae_{k}": v for k, v in maes.items()}, "val_score": float(np.mean(list(maes.values()))),
                "simulate_seconds": sim_s, "epoch_seconds": time.perf_counter() - t0,
-               "lr_end": sched.get_last_lr()[0]}
+               "elapsed_seconds": time.perf_counter() - t_start, "lr": opt.param_groups[0]["lr"]}
         history.append(rec)
-        logger.info("epoch %d/%d (%d images): train %.4f, validation %s (%.0f s, %.0f s simulating)", epoch + 1,
-                    settings.epochs, seen, rec["train_mae"], {k: round(v, 4) for k, v in maes.items()},
-                    rec["epoch_seconds"], sim_s)
+        logger.info("epoch %d (%d images): train %.4f, validation %s (%.0f s, %.0f s simulating)", epoch,
+                    seen, rec["train_mae"], {k: round(v, 4) for k, v in maes.items()}, rec["epoch_seconds"], sim_s)
         if rec["val_score"] < best["score"]:
-            best = {"epoch": epoch + 1, "images_seen": seen, "score": rec["val_score"], **maes}
+            best = {"epoch": epoch, "images_seen": seen, "score": rec["val_score"], **maes}
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        if time.perf_counter() - t_start > settings.max_seconds and epoch + 1 < settings.epochs:
-            logger.warning("stopping after epoch %d: the %.0f s budget is spent (%d of %d images)", epoch + 1,
-                           settings.max_seconds, seen, settings.images)
-            break
+        progress = max(seen / settings.images, (time.perf_counter() - t_start) / settings.max_seconds)
+    if seen < settings.images:
+        logger.warning("the %.0f s budget ended the schedule after %d of %d images", settings.max_seconds, seen,
+                       settings.images)
     model.load_state_dict(best_state)
     model.eval()
     return model, history, best
