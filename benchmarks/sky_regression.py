@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from _common import RESULTS, setup_logging, write_result
 
-from simulators.sky import SkyConfig, reference_config
+from simulators.sky import COMPONENTS, SkyConfig, SkySimulator, diffuse_templates, reference_config
 from training.core.cards import card_path_for
 from training.skyparams import REFERENCE_MAE, prior_range, regression_scores, simulate
 from trigger.backends import create_backend
@@ -87,6 +87,90 @@ def degeneracy(pred_n: np.ndarray, truth: dict, config: SkyConfig, n_prior: int 
                                  "samples": n_prior}}
 
 
+def counting_cap(config: SkyConfig, thresholds: tuple[float, ...] = (3, 5, 10, 20, 50, 100, 200, 500, 1000),
+                 n_prior: int = 1_000_000) -> list[dict]:
+    """What knowing exactly how many sources are brighter than S0 tells about n_total (reference sky).
+
+    Fluxes are independent draws of dN/dS ~ S^-flux_index on [flux_min, flux_max] (amp_ps = 1), so the
+    number k brighter than S0 is Binomial(n_total, p(S0)). Per S0: the normalised MAE and mean relative
+    error of the best (posterior-median) estimate of n_total from k under the simulator's priors
+    (Monte Carlo). A method that sees sources only down to S0 (and no unresolved-fluctuation statistics)
+    cannot beat it.
+    """
+    rng = np.random.default_rng(SEEDS["degeneracy_prior"] + 1)
+    n = (rng.integers(config.n_gc_min, config.n_gc_max, n_prior, endpoint=True)
+         + rng.integers(config.n_disk_min, config.n_disk_max, n_prior, endpoint=True))
+    lo, hi = prior_range("n_total", config)
+    g = 1.0 - config.flux_index
+    out = []
+    for s0 in thresholds:
+        p = (s0**g - config.flux_max**g) / (config.flux_min**g - config.flux_max**g) if s0 > config.flux_min else 1.0
+        k = rng.binomial(n, p)
+        order = np.argsort(k, kind="stable")
+        ks, ns = k[order], n[order].astype(np.float64)
+        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+        est = np.empty_like(ns)
+        for a, b in zip(starts, np.r_[starts[1:], len(ks)], strict=True):
+            est[a:b] = np.median(ns[a:b])
+        out.append({"flux_threshold": float(s0), "fraction_brighter": float(p), "mean_count": float(np.mean(k)),
+                    "mae_normalised": float(np.mean(np.abs(est - ns)) / (hi - lo)),
+                    "mean_relative_error": float(np.mean(np.abs(est - ns) / ns))})
+    return out
+
+
+def significant_sources(config: SkyConfig, n_fit: int, test_truth: dict) -> dict:
+    """n_total from the number of significant (detectable, the simulator's mask rule) sources: the median
+    n_total per n_significant fitted on ``n_fit`` images of their own stream, scored on the test images;
+    and the fluxes of the significant sources (what detection reaches)."""
+    counts, truth = simulate(n_fit, SEEDS["degeneracy_prior"] + 2, config)
+    del counts
+    k, n = truth["n_significant"], truth["n_total"].astype(np.float64)
+    edges = np.unique(np.quantile(k, np.linspace(0, 1, 41)))
+    fit_bin = np.clip(np.searchsorted(edges, k, side="right") - 1, 0, len(edges) - 2)
+    med = np.array([np.median(n[fit_bin == i]) if np.any(fit_bin == i) else np.median(n)
+                    for i in range(len(edges) - 1)])
+    tb = np.clip(np.searchsorted(edges, test_truth["n_significant"], side="right") - 1, 0, len(edges) - 2)
+    est = med[tb]
+    t = test_truth["n_total"].astype(np.float64)
+    lo, hi = prior_range("n_total", config)
+    batch = SkySimulator(config, SEEDS["degeneracy_prior"] + 3).generate_full(300)
+    flux = batch.sources[batch.significant, 3]
+    return {"fit_images": n_fit, "mae_normalised": float(np.mean(np.abs(est - t)) / (hi - lo)),
+            "mean_relative_error": float(np.mean(np.abs(est - t) / t)),
+            "mean_significant_per_image": float(np.mean(test_truth["n_significant"])),
+            "significant_flux_percentiles_5_50_95": [float(v) for v in np.percentile(flux, [5, 50, 95])]}
+
+
+def template_fits(counts: np.ndarray, truth: dict, config: SkyConfig) -> dict:
+    """amp_dm from Poisson-weighted least squares of the four diffuse templates, in the reference's metric:
+    blind (point sources unmodelled, two reweighting passes) and told the point sources' expected counts
+    (re-simulated from the same stream: ``expected`` less the diffuse part)."""
+    templates = diffuse_templates(config)
+    a = np.stack([templates[k].ravel() for k in COMPONENTS], axis=1).astype(np.float64)
+    blind, told = [], []
+    for i in range(len(counts)):
+        y = counts[i].ravel().astype(np.float64)
+        w = 1.0 / np.maximum(y, 1.0)
+        for _ in range(2):
+            fit = np.linalg.lstsq(a * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)[0]
+            w = 1.0 / np.maximum(a @ fit, 1.0)
+        blind.append(fit[0])
+    batch = SkySimulator(config, SEEDS["reference"]).generate_full(len(counts)) if len(counts) else None
+    amps = np.stack([batch.truth[f"amp_{k}"] for k in COMPONENTS], axis=1).astype(np.float64)
+    if not np.array_equal(batch.counts, counts):
+        raise RuntimeError("the re-simulated stream differs from the test images")
+    for i in range(len(counts)):
+        mu = batch.expected[i].ravel().astype(np.float64)
+        src = mu - a @ amps[i]
+        w = 1.0 / np.maximum(mu, 1.0)
+        told.append(np.linalg.lstsq(a * np.sqrt(w)[:, None], (counts[i].ravel() - src) * np.sqrt(w),
+                                    rcond=None)[0][0])
+    out = {}
+    for name, pred in (("blind", blind), ("sources_told", told)):
+        out[name] = regression_scores(np.asarray(pred)[:, None], truth, ["amp_dm"], config)["amp_dm"]
+    return out
+
+
 def fmt(s: dict, key: str = "mae_normalised") -> str:
     lo, hi = s[f"{key}_ci95"]
     return f"{s[key]:.4f} [{lo:.4f}, {hi:.4f}]"
@@ -117,44 +201,65 @@ def rows_for(result: dict) -> list[dict]:
 
 
 def plot(path: Path, result: dict, preds: dict) -> None:
+    """Predicted vs true per model and target (reference sky), validation MAE against images seen, and
+    the n_total counting cap against the flux threshold beside the models' n_total errors."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = [m for m in result["models"]]
-    curves = [m for m in models if m.get("history")]
-    ncol = max(len(m["outputs"]) for m in models) + (1 if curves else 0)
-    fig, axes = plt.subplots(len(models), ncol, figsize=(3.4 * ncol, 3.0 * len(models)), squeeze=False)
+    models = result["models"]
+    ncol = max(3, max(len(m["outputs"]) for m in models))
+    fig, axes = plt.subplots(len(models) + 1, ncol, figsize=(3.4 * ncol, 3.0 * (len(models) + 1)), squeeze=False)
     for r, m in enumerate(models):
         pred, truth, cfg = preds[m["name"]]
         for j, name in enumerate(m["outputs"]):
             ax = axes[r, j]
             lo, hi = prior_range(name, cfg)
-            t = (truth[name] - lo) / (hi - lo)
-            p = (pred[:, j] - lo) / (hi - lo)
-            ax.plot(t, p, ".", ms=1.5, alpha=0.4)
+            ax.plot((truth[name] - lo) / (hi - lo), (pred[:, j] - lo) / (hi - lo), ".", ms=1.5, alpha=0.4)
             ax.plot([0, 1], [0, 1], "k-", lw=0.8)
             s = m["scores"]["reference"][name]
-            ax.set_title(f"{m['name']}: {name}\nMAE {s['mae_normalised']:.4f}", fontsize=8)
-            ax.set_xlabel("true (normalised)", fontsize=7)
+            ax.set_title(f"{m['name']}: {name}, MAE {s['mae_normalised']:.4f}", fontsize=8)
+            ax.set_xlabel("true (normalised to prior)", fontsize=7)
             ax.set_ylabel("predicted", fontsize=7)
         for j in range(len(m["outputs"]), ncol):
             axes[r, j].axis("off")
-    if curves:
-        ax = axes[0, ncol - 1]
-        ax.axis("on")
-        for m in curves:
-            h = m["history"]
-            for name in m["outputs"]:
-                ax.plot([e["images_seen"] for e in h], [e[f"val_mae_{name}"] for e in h], "o-", ms=2,
-                        label=f"{m['name']} {name}")
+    bottom = axes[-1]
+    for ax in bottom[2:]:
+        ax.axis("off")
+    for m in models:
+        h = m.get("history")
+        if not h:
+            continue
+        for name in m["outputs"]:
+            bottom[0].plot([e["images_seen"] for e in h], [e[f"val_mae_{name}"] for e in h], "o-", ms=2,
+                           label=f"{m['name']} {name}")
+    bottom[0].set_xscale("log")
+    bottom[0].set_yscale("log")
+    bottom[0].set_xlabel("training images seen", fontsize=7)
+    bottom[0].set_ylabel("validation MAE (normalised)", fontsize=7)
+    bottom[0].legend(fontsize=5)
+    bottom[0].set_title("validation MAE vs images seen", fontsize=8)
+    lim = result.get("limits_reference_sky")
+    if lim:
+        cap = lim["n_total_from_count_above_flux"]
+        ax = bottom[1]
+        ax.plot([c["flux_threshold"] for c in cap], [c["mae_normalised"] for c in cap], "k.-",
+                label="every source above S0 counted")
+        ax.axhline(lim["n_total_from_significant_sources"]["mae_normalised"], color="C3", ls="--",
+                   label="significant sources counted")
+        ax.axhline(0.0354, color="C2", ls=":", label="reference, 2 outputs")
+        for m in models:
+            if "n_total" in m["outputs"]:
+                ax.axhline(m["scores"]["reference"]["n_total"]["mae_normalised"], lw=0.8, alpha=0.7,
+                           label=m["name"], color=f"C{4 + models.index(m)}")
+        f5 = lim["n_total_from_significant_sources"]["significant_flux_percentiles_5_50_95"][0]
+        ax.axvline(f5, color="0.6", lw=0.8, label="5th pct. flux of significant sources")
         ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("training images seen", fontsize=7)
-        ax.set_ylabel("validation MAE (normalised)", fontsize=7)
+        ax.set_xlabel("flux threshold S0 (expected counts)", fontsize=7)
+        ax.set_ylabel("n_total MAE (normalised)", fontsize=7)
         ax.legend(fontsize=5)
-        ax.set_title("validation MAE vs images (one-cycle schedule)", fontsize=8)
+        ax.set_title("n_total: what counting sources tells (reference sky)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -166,6 +271,8 @@ def main() -> int:
     p.add_argument("--candidate", type=Path, action="append", default=[],
                    help="another ONNX regressor with its card (its run folder's metrics.json adds its curve)")
     p.add_argument("--boot", type=int, default=1000)
+    p.add_argument("--fit-images", type=int, default=10_000,
+                   help="images on which n_total per number of significant sources is fitted")
     args = p.parse_args()
     log = setup_logging()
     configs = {"reference": reference_config(), "ours": SkyConfig()}
@@ -194,6 +301,12 @@ def main() -> int:
         result["models"].append(m)
         log.info("%s: %s", name, {sky: {k: round(v["mae_normalised"], 4) for k, v in sc.items()}
                                   for sky, sc in m["scores"].items()})
+    ref_cfg = configs["reference"]
+    result["limits_reference_sky"] = {
+        "n_total_from_count_above_flux": counting_cap(ref_cfg),
+        "n_total_from_significant_sources": significant_sources(ref_cfg, args.fit_images, data["reference"][1]),
+        "amp_dm_template_fits": template_fits(data["reference"][0], data["reference"][1], ref_cfg)}
+    log.info("limits: %s", json.dumps(result["limits_reference_sky"])[:2000])
     result["rows"] = rows_for(result)
     if "degeneracy_ours" in result:
         d = result["degeneracy_ours"]
