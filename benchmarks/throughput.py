@@ -612,8 +612,7 @@ def main() -> int:
     global PIPELINE, WORKERS, THREADS, BACKEND
     PIPELINE = a.pipeline
     BACKEND = a.backend or ("numba" if a.pipeline == "pulse" else "onnxruntime")
-    if BACKEND != "onnxruntime":
-        DAEMON_CONFIG["backend"] = {"name": BACKEND}
+    DAEMON_CONFIG["backend"] = {"name": BACKEND}  # named, not the daemon's default (auto)
     if a.max_run_batch:
         BACKEND_OPTIONS["max_run_batch"] = a.max_run_batch
         DAEMON_CONFIG["backend"] = {**DAEMON_CONFIG.get("backend", {}), "options": BACKEND_OPTIONS}

@@ -134,8 +134,10 @@ class PipelineConfig(_Model):
 
 
 class BackendConfig(_Model):
-    name: str = "onnxruntime"
-    """Inference backend (see trigger.backends)."""
+    name: str = "auto"
+    """Inference backend (see trigger.backends). ``auto``: the first of the pipeline's preferred
+    backends that computes the model here (pulse: numba, then onnxruntime; the others:
+    onnxruntime); the daemon's log says which, and why any was passed over."""
     threads: int = Field(0, ge=0)
     """Intra-op threads (ONNX Runtime: a pool of threads - 1, shared by the calls running at once,
     plus each call's own thread); 0: usable cores - batching.workers + 1, so the inference

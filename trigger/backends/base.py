@@ -37,6 +37,10 @@ class Backend(ABC):
     """True when several threads may call :meth:`infer` at once (``batching.workers`` > 1 then
     infers that many batches in parallel). Backends that pipeline batches on device streams
     themselves (TensorRT, CUDA) leave it False."""
+    reads_messages: ClassVar[bool] = False
+    """True when the backend has ``infer_parts(parts, pedestal, gain)``: the events of several
+    arrays (the messages of a batch as they arrived, float32 or integer ADC counts) inferred where
+    they lie, so the daemon assembles no float32 batch for it."""
 
     def __init__(self, model_path: str | Path, *, threads: int = 0, **options: Any):
         self.model_path = Path(model_path)

@@ -322,9 +322,20 @@ def _relu_pool_phases(y, n, dst):  # pragma: no cover - compiled
                 row[_PAD + t] = (max(yc[8 * t + 2 * r], zero) + max(yc[8 * t + 2 * r + 1], zero)) / two
 
 
+@numba.njit(nogil=True, cache=True)
+def _split_phases(xe, pedestal, gain, offset, n1, p1):  # pragma: no cover - compiled
+    """p1[r, PAD + t] = (float32(xe[4t + r]) - pedestal) * gain - offset: the samples in physical
+    units (the daemon's batch assembly's arithmetic, each operation rounded to float32: no fast-math
+    here, so no fused multiply-add) minus the graph's offset, split into the 4 phases."""
+    for t in range(n1):
+        for r in range(4):
+            p1[r, _PAD + t] = (np.float32(xe[4 * t + r]) - pedestal) * gain - offset
+
+
 @numba.njit(nogil=True, fastmath=_FM, cache=True)
-def _encode(x, offset, w1, b1, w2, b2, w3, b3, wd, bd, out):  # pragma: no cover - compiled
-    """out[e] = the encoder of three blocks on x[e] (float32 or integer samples)."""
+def _encode(x, pedestal, gain, offset, w1, b1, w2, b2, w3, b3, wd, bd, out):  # pragma: no cover - compiled
+    """out[e] = the encoder of three blocks on ``(x[e] - pedestal) * gain`` (float32 or integer
+    samples; pedestal 0 and gain 1 leave float samples as they are, exactly)."""
     zero = np.float32(0.0)
     two = np.float32(2.0)
     n1 = x.shape[1] // 4
@@ -344,10 +355,7 @@ def _encode(x, offset, w1, b1, w2, b2, w3, b3, wd, bd, out):  # pragma: no cover
     y3 = np.empty((w3.shape[0], m3), np.float32)
     h = np.empty(w3.shape[0] * n4, np.float32)
     for e in range(x.shape[0]):
-        xe = x[e]
-        for t in range(n1):
-            for r in range(4):
-                p1[r, _PAD + t] = np.float32(xe[4 * t + r]) - offset
+        _split_phases(x[e], pedestal, gain, offset, n1, p1)
         _conv(p1, w1, b1, y1, m1)
         _relu_pool_phases(y1, n1, p2)
         _conv(p2, w2, b2, y2, m2)
@@ -370,6 +378,7 @@ class NumbaBackend(Backend):
 
     name = "numba"
     concurrent = True  # infer holds no shared state: each call has its own scratch buffers
+    reads_messages = True  # infer_parts reads the messages' own arrays, integer ADC counts included
 
     def __init__(self, model_path: str | Path, *, threads: int = 0, **options: Any):
         super().__init__(model_path)
@@ -394,13 +403,14 @@ class NumbaBackend(Backend):
             if self._threads > 1 else None
         self._lock = threading.Lock()
         self._closed = False
-        # Compile (or load from numba's cache) now, for both kinds of batch the daemon passes: its
-        # own writable buffer and a message's read-only array (numba types them apart), so no
-        # batch waits for a compiler.
-        one = np.zeros((1, weights["length"]), np.float32)
-        _encode(one, *self._args, np.empty((1, len(weights["dense"][1])), np.float32))
-        one.setflags(write=False)
-        _encode(one, *self._args, np.empty((1, len(weights["dense"][1])), np.float32))
+        # Compile (or load from numba's cache) now, for the kinds of batch the daemon passes: a
+        # writable float32 array and the messages' own read-only arrays of float32 or int16 ADC
+        # counts (numba types them apart), so no batch waits for a compiler. Other integer wire
+        # dtypes compile on first use.
+        for dtype, writable in ((np.float32, True), (np.float32, False), (np.int16, False)):
+            one = np.zeros((1, weights["length"]), dtype)
+            one.setflags(write=writable)
+            self.infer_parts([one], 0.0, 1.0)
 
     @property
     def input_name(self) -> str:
@@ -415,19 +425,45 @@ class NumbaBackend(Backend):
         return [self._w["output"]]
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        n = len(batch)
+        return self.infer_parts([batch])
+
+    def infer_parts(self, parts: list[np.ndarray], pedestal: float = 0.0, gain: float = 1.0) -> dict[str, np.ndarray]:
+        """The encoder on the events of ``parts`` in order, read where they lie (the messages' own
+        arrays, float32 or integer ADC counts): no batch is assembled, and integer samples become
+        ``(adc - pedestal) * gain`` as the kernel reads them, with the batch assembly's arithmetic
+        (:func:`trigger.runtime.batcher.fill`), bit for bit. Float samples are taken as calibrated.
+
+        Args:
+            parts: ``[n_i, samples]`` arrays (any layout numba reads; C order is fastest).
+            pedestal: subtracted from integer samples.
+            gain: multiplies integer samples after the pedestal.
+        """
+        sizes = [len(p) for p in parts]
+        n = sum(sizes)
         out = np.empty((n, self._w["dense"][0].shape[0]), np.float32)
-        parts = min(self._threads, n)
-        if parts <= 1 or self._pool is None:
-            _encode(batch, *self._args, out)
-        else:
-            edges = [n * k // parts for k in range(parts + 1)]
-            futures = [self._pool.submit(_encode, batch[edges[k]:edges[k + 1]], *self._args,
-                                         out[edges[k]:edges[k + 1]]) for k in range(1, parts)]
-            _encode(batch[:edges[1]], *self._args, out[:edges[1]])
-            for f in futures:
-                f.result()
+        adc = [(np.float32(0.0), np.float32(1.0)) if p.dtype.kind == "f" else (np.float32(pedestal), np.float32(gain))
+               for p in parts]
+        threads = max(1, min(self._threads, n)) if self._pool is not None else 1
+        # Split the events into ``threads`` equal shares, each a list of slices of the parts.
+        edges = [n * k // threads for k in range(threads + 1)]
+        shares: list[list[tuple]] = [[] for _ in range(threads)]
+        start = 0
+        for p, (ped, g) in zip(parts, adc, strict=True):
+            stop = start + len(p)
+            for k in range(threads):
+                lo, hi = max(start, edges[k]), min(stop, edges[k + 1])
+                if lo < hi:
+                    shares[k].append((p[lo - start:hi - start], ped, g, out[lo:hi]))
+            start = stop
+        futures = [self._pool.submit(self._run_share, share) for share in shares[1:]]
+        self._run_share(shares[0])
+        for f in futures:
+            f.result()
         return {self._w["output"]: out}
+
+    def _run_share(self, share: list[tuple]) -> None:
+        for x, ped, g, dst in share:
+            _encode(x, ped, g, *self._args, dst)
 
     def describe(self) -> dict[str, str]:
         return {"backend": self.name, "device": "cpu", "version": numba.__version__, "threads": str(self._threads)}

@@ -41,7 +41,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     c.add_argument("--default-fpr", type=float, default=0.01)
     c.add_argument("--metric", choices=list(METRICS), default=DEFAULT_METRIC,
                    help="latent distance: mahalanobis (whitened by the noise covariance) or euclidean")
-    c.add_argument("--backend", default="onnxruntime")
+    c.add_argument("--backend", default="auto",
+                   help="backend that encodes the noise (default auto: as trigger serve picks it for the pulse model)")
     c.add_argument("-o", "--output", help="calibration file to write (default: beside the model)")
     add_log_level(c)
     c.set_defaults(func=run)
@@ -50,7 +51,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(a: argparse.Namespace) -> int:
     """``trigger calibrate``: 0 when the calibration file is written, 1 when it cannot be."""
-    from ..backends import create_backend
+    from ..pipelines.base import create_first
+    from ..pipelines.pulse import PulsePipeline
     from ..recalibrate import (
         calibrate,
         check_shape,
@@ -65,7 +67,8 @@ def run(a: argparse.Namespace) -> int:
     model = Path(a.model)
     recording = None
     try:
-        backend = create_backend(a.backend, model)
+        auto = a.backend == "auto"
+        backend = create_first(PulsePipeline.preferred_backends if auto else (a.backend,), model, auto=auto)
         if a.data and a.data.suffix != ".npz":  # a recording, streamed a chunk at a time
             recording = open_noise_run(a.data)
             check_shape(recording.event_shape, backend.input_shape, str(a.data))

@@ -72,7 +72,9 @@ OPTIONS = (
     Option("--model", "pipeline.model", {"help": f"ONNX model (default: shipped {DEFAULT_PULSE_MODEL.name})"}),
     Option("--calibration", "pipeline.calibration", {"help": "calibration file (default: beside the model)"}),
     Option("--working-point", "pipeline.working_point", {"help": "e.g. fpr_0.01"}),
-    Option("--backend", "backend.name", {"help": "inference backend (default onnxruntime)"}),
+    Option("--backend", "backend.name", {
+        "help": "inference backend: auto (default: the fastest that computes the model here; pulse: numba, "
+                "else onnxruntime), onnxruntime, numba, torch, tensorrt"}),
     Option("--threads", "backend.threads", {
         "help": "intra-op threads (0 = cores - workers + 1: workers and the backend's shared pool fill the cores)"}),
     Option("--workers", "batching.workers", {

@@ -10,6 +10,7 @@ the entry-point group ``trigger.pipelines`` (``name = "package.module"``) of an 
 from __future__ import annotations
 
 import importlib
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -23,6 +24,8 @@ from ..calibration import load_for_model, sha256_file
 
 if TYPE_CHECKING:
     from ..config import Config
+
+logger = logging.getLogger(__name__)
 
 PIPELINE_GROUP = "trigger.pipelines"
 _REGISTRY: dict[str, type[Pipeline]] = {}
@@ -66,6 +69,8 @@ class Pipeline(ABC):
     """The working point's threshold (``trigger_threshold``), for a pipeline that has one."""
     working_point: str | None = None
     """The working point's name (``fpr_0.01``: ``trigger_working_point_false_positive_rate``), if any."""
+    preferred_backends: ClassVar[tuple[str, ...]] = ("onnxruntime",)
+    """The backends ``backend.name: auto`` tries, in order: the first that computes the model here runs it."""
 
     @classmethod
     @abstractmethod
@@ -84,6 +89,22 @@ class Pipeline(ABC):
     @abstractmethod
     def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Per-event decision arrays for ``batch`` float32 ``[n, *event_shape]`` (row i = event i)."""
+
+    @property
+    def reads_messages(self) -> bool:
+        """Whether :meth:`decide_parts` decides the messages' own arrays (no batch is assembled)."""
+        return False
+
+    def decide_parts(self, parts: list[np.ndarray], pedestal: float, gain: float) -> dict[str, np.ndarray]:
+        """What :meth:`decide` gives on the batch the messages ``parts`` would assemble into
+        (integer ADC data as ``(adc - pedestal) * gain``), for a pipeline that :attr:`reads_messages`.
+
+        Args:
+            parts: the messages' ``[n_i, *event_shape]`` arrays, in batch order.
+            pedestal: subtracted from integer ADC data.
+            gain: multiplies integer ADC data after the pedestal.
+        """
+        raise NotImplementedError(f"the {self.name} pipeline decides assembled batches only")
 
     @abstractmethod
     def header(self) -> dict[str, Any]:
@@ -157,37 +178,97 @@ def model_description(backend: Backend, header: dict[str, Any], **extra: str) ->
             "calibration_sha256": model["calibration"][:16], **extra, **backend.describe()}
 
 
-def open_model(config: Config, calibration_kind: type) -> tuple[Backend, Any]:
+def open_model(config: Config, calibration_kind: type,
+               preferred: tuple[str, ...] = ("onnxruntime",)) -> tuple[Backend, Any]:
     """The configured model's backend and its calibration (checked to belong to that model file).
 
     Args:
         config: the daemon configuration (model, calibration, backend, batching).
         calibration_kind: the pipeline's calibration class, e.g. ``PulseCalibration``.
+        preferred: the pipeline's :attr:`Pipeline.preferred_backends`, tried in order when
+            ``backend.name`` is ``auto``.
     """
-    threads = backend_threads(config)  # refuses workers the backend cannot take, before loading anything
+    names = backend_candidates(config, preferred)
+    threads = backend_threads(config, names)  # refuses workers the backend cannot take, before loading anything
     model = config.model_path()
     if not Path(model).is_file():
         raise BackendUnavailable(f"model file {model} does not exist")
     calibration = load_for_model(model, config.pipeline.calibration, calibration_kind)
-    backend = create_backend(config.backend.name, model, threads=threads, **config.backend.options)
+    backend = create_first(names, model, threads=threads, options=config.backend.options,
+                           auto=config.backend.name == "auto")
     return backend, calibration
 
 
-def inference_workers(config: Config) -> int:
+def create_first(names: tuple[str, ...], model: str | Path, *, threads: int = 0,
+                 options: dict[str, Any] | None = None, auto: bool = True) -> Backend:
+    """The first of ``names`` that computes ``model`` here; the daemon's log says which and why
+    any before it was passed over.
+
+    Args:
+        names: backend names, in order of preference.
+        model: the model file.
+        threads: intra-op threads (0: the backend's default).
+        options: backend options (only with one named backend, ``auto`` False).
+        auto: whether ``names`` came from ``backend.name: auto`` (logged as such).
+    """
+    if not auto:
+        return create_backend(names[0], model, threads=threads, **(options or {}))
+    refusals = []
+    for name in names:
+        try:
+            backend = create_backend(name, model, threads=threads)
+        except BackendUnavailable as exc:
+            refusals.append(f"{name}: {exc}")
+            continue
+        logger.info("backend auto: %s%s", name, f" (passed over: {'; '.join(refusals)})" if refusals else "")
+        return backend
+    raise BackendUnavailable(f"backend auto: no backend computes {model} here ({'; '.join(refusals)})")
+
+
+def backend_candidates(config: Config, preferred: tuple[str, ...]) -> tuple[str, ...]:
+    """The backends to try: the configured one, or for ``auto`` the pipeline's preferred ones that
+    can take ``batching.workers`` (several workers need a backend that allows concurrent calls).
+
+    Args:
+        config: the daemon configuration.
+        preferred: the pipeline's preferred backends, in order.
+    """
+    if config.backend.name != "auto":
+        return (config.backend.name,)
+    if config.backend.options:
+        raise BackendUnavailable(f"backend.options {sorted(config.backend.options)} belong to one backend: "
+                                 "name it in backend.name instead of auto")
+    names = tuple(n for n in preferred if config.batching.workers == 1 or _concurrent(n))
+    if not names:
+        raise BackendUnavailable(f"backend auto: none of {', '.join(preferred)} takes batching.workers "
+                                 f"{config.batching.workers}; set workers to 1")
+    return names
+
+
+def _concurrent(name: str) -> bool:
+    try:
+        return backend_class(name).concurrent
+    except BackendUnavailable:
+        return False
+
+
+def inference_workers(config: Config, names: tuple[str, ...] | None = None) -> int:
     """``batching.workers``, refused above 1 for a backend whose ``infer`` must not be called from
     several threads at once.
 
     Args:
         config: the daemon configuration.
+        names: the backends that may run the model (default: the configured one).
     """
     workers = config.batching.workers
-    if workers > 1 and not backend_class(config.backend.name).concurrent:
-        raise BackendUnavailable(f"batching.workers {workers}: the {config.backend.name} backend takes one batch "
-                                 "at a time (it overlaps batches on its own streams); set workers to 1")
+    for name in names or (config.backend.name,):
+        if name != "auto" and workers > 1 and not backend_class(name).concurrent:
+            raise BackendUnavailable(f"batching.workers {workers}: the {name} backend takes one batch "
+                                     "at a time (it overlaps batches on its own streams); set workers to 1")
     return workers
 
 
-def backend_threads(config: Config) -> int:
+def backend_threads(config: Config, names: tuple[str, ...] | None = None) -> int:
     """Intra-op threads of the backend: ``backend.threads``, or ``cores - workers + 1``. ONNX
     Runtime gives a session one pool of ``threads - 1`` threads, shared by the calls running at
     once, each of which also computes on its caller's thread: the workers and the pool then fill
@@ -195,8 +276,9 @@ def backend_threads(config: Config) -> int:
 
     Args:
         config: the daemon configuration.
+        names: the backends that may run the model (default: the configured one).
     """
-    workers = inference_workers(config)  # checked even where threads are set
+    workers = inference_workers(config, names)  # checked even where threads are set
     return config.backend.threads or max(1, usable_cores() - workers + 1)
 
 

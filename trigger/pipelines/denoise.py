@@ -40,7 +40,7 @@ class DenoisePipeline(Pipeline):
 
     @classmethod
     def from_config(cls, config: Config) -> DenoisePipeline:
-        backend, calibration = open_model(config, DenoiseCalibration)
+        backend, calibration = open_model(config, DenoiseCalibration, cls.preferred_backends)
         return cls(backend, calibration)
 
     @property

@@ -111,6 +111,9 @@ class PulsePipeline(Pipeline):
     name = "pulse"
     input_kind = "waveform"
     outcome_labels = ("accept", "reject")
+    # The fused kernel computes the shipped encoder's graph (and refuses any other, for ONNX Runtime
+    # to run): several times ONNX Runtime's rate on a CPU core (benchmarks/README.md).
+    preferred_backends = ("numba", "onnxruntime")
     own_metrics = (
         PipelineMetric("distance_ratio", "bulk_histogram", "trigger_latent_distance_ratio",
                        "Latent distance of each decided event over the threshold d*", DISTANCE_RATIO_BUCKETS),
@@ -146,15 +149,25 @@ class PulsePipeline(Pipeline):
 
     @classmethod
     def from_config(cls, config: Config) -> PulsePipeline:
-        backend, calibration = open_model(config, PulseCalibration)
+        backend, calibration = open_model(config, PulseCalibration, cls.preferred_backends)
         return cls(backend, calibration, working_point=config.pipeline.working_point)
 
     @property
     def event_shape(self) -> tuple[int, ...]:
         return (self.calibration.n_samples,)
 
+    @property
+    def reads_messages(self) -> bool:
+        return self.backend.reads_messages
+
     def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        z = self.backend.infer(batch)[self._output].astype(np.float32, copy=False)
+        return self._score(self.backend.infer(batch)[self._output])
+
+    def decide_parts(self, parts: list[np.ndarray], pedestal: float, gain: float) -> dict[str, np.ndarray]:
+        return self._score(self.backend.infer_parts(parts, pedestal, gain)[self._output])
+
+    def _score(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        z = z.astype(np.float32, copy=False)
         score = distances(z, self._centre, self._whitening)
         return {"accept": score > self.threshold, "score": score, "z": z}
 

@@ -97,7 +97,7 @@ class SegmentPipeline(Pipeline):
 
     @classmethod
     def from_config(cls, config: Config) -> SegmentPipeline:
-        backend, calibration = open_model(config, SegmentCalibration)
+        backend, calibration = open_model(config, SegmentCalibration, cls.preferred_backends)
         return cls(backend, calibration, working_point=config.pipeline.working_point)
 
     @property

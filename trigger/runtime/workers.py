@@ -181,21 +181,64 @@ class Workers:
         for it in batch:
             m.stage_latency.labels("queue").observe(t_start - it.t_queued_mono)
         n = sum(it.n for it in batch)
-        if n <= cfg.max_batch:
-            result = pipeline.decide(buffer.assemble(batch, *adc))
-        else:  # one message larger than a batch: infer it in max_batch slices
-            data = as_float32(batch[0].data, *adc)
-            starts = range(0, n, cfg.max_batch)
-            parts = [pipeline.decide(data[i:i + cfg.max_batch]) for i in starts]
-            result = pipeline.merge(parts, [min(cfg.max_batch, n - i) for i in starts])
-        t_inf = time.monotonic()
-        m.stage_latency.labels("inference").observe(t_inf - t_start)
         m.batch_size.observe(n)
-        turns.wait(ticket)  # with several workers, "publish" includes waiting for earlier batches
-        self.reloader.close_retired(ticket)
+        # A pipeline that reads the messages where they lie computes event by event, so a batch
+        # gains nothing from being inferred whole: it is inferred and published in chunks of about
+        # PUBLISH_CHUNK_EVENTS, and its first messages leave after their own chunk, not the batch.
+        chunks = list(_chunks(batch, PUBLISH_CHUNK_EVENTS)) if pipeline.reads_messages and n <= cfg.max_batch \
+            else [batch]
+        waited = False
         try:
-            pipeline.monitor(result, m)
-            self.publisher.publish(pipeline, batch, result)
+            for chunk in chunks:
+                t_inf0 = time.monotonic()
+                result = self._infer(pipeline, buffer, chunk, adc)
+                t_inf = time.monotonic()
+                m.stage_latency.labels("inference").observe(t_inf - t_inf0)
+                if not waited:
+                    turns.wait(ticket)  # with several workers, "publish" includes waiting for earlier batches
+                    waited = True
+                    self.reloader.close_retired(ticket)
+                pipeline.monitor(result, m)
+                self.publisher.publish(pipeline, chunk, result)
+                m.stage_latency.labels("publish").observe(time.monotonic() - t_inf)
         finally:
-            turns.done(ticket)
-        m.stage_latency.labels("publish").observe(time.monotonic() - t_inf)
+            if waited:
+                turns.done(ticket)
+
+    def _infer(self, pipeline: Pipeline, buffer: BatchBuffer, batch: list[Item],
+               adc: tuple[float, float]) -> dict[str, np.ndarray]:
+        max_batch = self.batching.max_batch
+        n = sum(it.n for it in batch)
+        if n <= max_batch:
+            if pipeline.reads_messages:  # the messages' own arrays, no batch copy
+                return pipeline.decide_parts([it.data for it in batch], *adc)
+            return pipeline.decide(buffer.assemble(batch, *adc))
+        # One message larger than a batch: infer it in max_batch slices.
+        starts = range(0, n, max_batch)
+        if pipeline.reads_messages:
+            data = batch[0].data
+            parts = [pipeline.decide_parts([data[i:i + max_batch]], *adc) for i in starts]
+        else:
+            data = as_float32(batch[0].data, *adc)
+            parts = [pipeline.decide(data[i:i + max_batch]) for i in starts]
+        return pipeline.merge(parts, [min(max_batch, n - i) for i in starts])
+
+
+# Events per chunk a message-reading pipeline infers and publishes at a time: enough that the
+# per-call cost (handing work to the backend's threads) stays small against the kernel's, few
+# enough that a chunk takes about a millisecond on two cores (benchmarks/README.md).
+PUBLISH_CHUNK_EVENTS = 64
+
+
+def _chunks(batch: list[Item], events: int) -> Iterator[list[Item]]:
+    """Consecutive runs of ``batch``'s messages, each closed once it holds ``events`` events or more."""
+    chunk: list[Item] = []
+    held = 0
+    for it in batch:
+        chunk.append(it)
+        held += it.n
+        if held >= events:
+            yield chunk
+            chunk, held = [], 0
+    if chunk:
+        yield chunk

@@ -34,7 +34,7 @@ def test_defaults_are_valid_and_match_the_protocol():
     assert cfg.batching.max_batch >= 1
     assert cfg.batching.max_delay_ms >= 0
     assert cfg.batching.queue_events >= cfg.batching.max_batch
-    assert cfg.backend.name == "onnxruntime"
+    assert cfg.backend.name == "auto"  # each pipeline its fastest backend that computes the model
 
 
 def test_model_path_default_is_the_shipped_pulse_model():

@@ -62,3 +62,19 @@ def test_a_reload_to_a_backend_that_cannot_take_the_running_workers_is_refused()
     finally:
         ctx.term()
     assert daemon.reloader.pending is None
+
+
+def test_message_reading_pipelines_publish_in_chunks_of_whole_messages():
+    import numpy as np
+
+    from trigger.runtime.batcher import Item
+    from trigger.runtime.workers import _chunks
+
+    def item(n: int) -> Item:
+        return Item("adc00", 0, 0, 0, 0.0, np.zeros((n, 4), np.float32))
+
+    batch = [item(n) for n in (1, 30, 40, 64, 100, 2, 3)]
+    chunks = list(_chunks(batch, 64))
+    assert [[it.n for it in c] for c in chunks] == [[1, 30, 40], [64], [100], [2, 3]]
+    assert [it for c in chunks for it in c] == batch  # every message once, in order
+    assert list(_chunks([], 64)) == []
