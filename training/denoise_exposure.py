@@ -1,0 +1,372 @@
+"""The sky denoiser trained to be noise-level aware: every exposure, never worse than its input.
+
+    python -m training.denoise_exposure --steps 6000 --export trigger/models/denoise_default.onnx
+
+The first shipped denoiser saw Poisson noise at one level only (10 counts at the brightest pixel), so
+on frames ten times brighter or five times fainter it made them worse than it found them. This
+trainer keeps its architecture, its ONNX contract (``image`` [batch, 64, 64] raw or max-normalised
+frames in, ``denoised`` in the input's units out) and its four noise models ("mix"), and changes:
+
+* **Exposure range.** Every batch is fresh: noise-free frames of :mod:`simulators.sky` (its default
+  configuration and two variants with a wider PSF and fewer sources, in random orientation), counted
+  with Poisson statistics at an exposure drawn log-uniform over :data:`EXPOSURE_RANGE` expected counts
+  at the brightest pixel and max-normalised; Gaussian noise over a log-uniform range of levels, and
+  masking and salt-and-pepper over a range of fractions.
+* **A blind noise-level input.** :class:`NoiseAwareDenoiser` feeds the network one more channel, the
+  log of a noise level estimated from the frame alone: the mean absolute response of Immerkaer's
+  3 x 3 Laplacian-difference kernel to ``sqrt(x / max)`` (for Poisson counts the noise of the square
+  root is ``1 / (2 sqrt(max counts))`` everywhere in the frame). It is computed in the graph, so the
+  daemon needs nothing new.
+* **A loss relative to the input.** Each frame's MSE is divided by its noisy input's MSE, so the
+  bright frames, whose absolute errors are tiny, weigh as much as the faint ones: the quantity the
+  check "never worse than the input" bounds.
+
+The export writes ``<stem>.calib.json`` as :mod:`training.export_image` does (MSE on the four noise
+models at the reference's levels, noise model ``mix``), with this run's provenance and its MSE ratio to
+the input per exposure on held-out simulated frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from simulators.sky import SkyConfig, SkySimulator, add_noise, normalize_max, orient_image
+from training.image_models import DenoiseConfig, DenoisingAE, denoise_channels, pad_to_multiple
+
+logger = logging.getLogger("training")
+
+EXPOSURE_RANGE = (1.0, 30_000.0)
+"""Expected counts at the brightest pixel of a training frame: log-uniform between these."""
+GAUSSIAN_RANGE = (0.01, 0.4)
+"""Gaussian noise sigma of a training frame (max-normalised units): log-uniform between these."""
+FRACTION_RANGE = (0.2, 0.7)
+"""Fraction of pixels masked or salted of a training frame: uniform between these."""
+NOISE_MIX = {"poisson": 0.5, "gaussian": 0.15, "masked": 0.175, "salt_pepper": 0.175}
+"""Share of each noise model in the training batches."""
+SKY_VARIANTS = (SkyConfig(),
+                SkyConfig(psf_sigma_px=1.6, n_gc_min=20, n_gc_max=120, n_disk_min=50, n_disk_max=400),
+                SkyConfig(psf_sigma_px=1.3, n_gc_min=60, n_gc_max=300, n_disk_min=200, n_disk_max=1200))
+"""Noise-free frames come from these configurations of :mod:`simulators.sky` in turn."""
+VALIDATION_EXPOSURES = (2.0, 10.0, 100.0, 1000.0, 10_000.0)
+SEEDS = {"sky": 401, "noise": 402, "init": 403, "validation_sky": 404, "validation_noise": 405}
+LOG_SIGMA_OFFSET = 3.0
+"""Added to ``log(sigma)`` so the noise channel sits near 0 for typical frames."""
+
+
+class NoiseAwareDenoiser(DenoisingAE):
+    """:class:`DenoisingAE` with one more input channel: the log of the frame's blindly estimated noise.
+
+    Args:
+        config: the architecture (the shipped denoiser's by default).
+    """
+
+    def __init__(self, config: DenoiseConfig | None = None):
+        super().__init__(config)
+        first = self.enc[0][0]
+        self.enc[0][0] = nn.Conv2d(first.in_channels + 1, first.out_channels, 3, padding=1,
+                                   bias=first.bias is not None)
+        k = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+        self.register_buffer("laplace_kernel", k.view(1, 1, 3, 3))
+
+    def noise_level(self, x: torch.Tensor) -> torch.Tensor:
+        """Immerkaer's estimate of the noise sigma of ``sqrt(x)`` [B, 1, 1, 1] for normalised frames [B, 1, H, W]."""
+        r = F.conv2d(torch.sqrt(torch.clamp(x, min=0.0)), self.laplace_kernel)
+        return torch.mean(torch.abs(r), dim=(1, 2, 3), keepdim=True) * (math.sqrt(math.pi / 2) / 6)
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        height, width = x.shape[-2], x.shape[-1]
+        level = torch.log(torch.clamp(self.noise_level(x), min=1e-4)) + LOG_SIGMA_OFFSET
+        x = pad_to_multiple(x, 2 ** len(c.channels))
+        inp = denoise_channels(x, c.sqrt_channel, c.indicator_channels, self.fill_kernels)
+        h = torch.cat([inp, level.expand(-1, 1, x.shape[-2], x.shape[-1])], dim=1)
+        skips = []
+        for enc, down in zip(self.enc, self.down, strict=True):
+            h = enc(h)
+            skips.append(h)
+            h = down(h)
+        h = self.expand(self.latent(h))
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
+            h = up(h)
+            h = dec(torch.cat([h, skip], dim=1) if c.skips else h)
+        out = self.head(h)
+        if not c.gate:
+            return out[..., :height, :width]
+        n_fill = 2 * len(c.fill_sigmas)
+        fills = inp[:, inp.shape[1] - n_fill:] if n_fill else inp[:, :0]
+        candidates = torch.cat([x, fills, out[:, :1]], dim=1)
+        weights = torch.softmax(out[:, 1:], dim=1)
+        return torch.sum(weights * candidates, dim=1, keepdim=True)[..., :height, :width]
+
+
+def warm_start(model: NoiseAwareDenoiser, onnx_path: str | Path) -> dict[str, int]:
+    """Load an exported :class:`DenoisingAE` of the same architecture (``DenoiseConfig()``) into ``model``.
+
+    The export folds each batch norm into the convolution before it (``<conv>.weight`` holds the folded
+    kernel, ``<conv>.weight_bias`` the folded bias), so every batch norm is set to the identity with the
+    folded bias as its shift; the noise-level input channel gets zero weights, so the warm-started model
+    computes exactly what the file does until training moves it. Returns the counts of tensors loaded.
+
+    Args:
+        model: the model to load into (modified in place).
+        onnx_path: the exported file, e.g. the first shipped ``denoise_default.onnx``.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    init = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    loaded = {"conv": 0, "bn": 0}
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if not isinstance(mod, nn.Conv2d | nn.ConvTranspose2d) or f"{name}.weight" not in init:
+                continue
+            w = init[f"{name}.weight"]
+            if name == "enc.0.0":
+                mod.weight.zero_()
+                mod.weight[:, :w.shape[1]] = w
+            else:
+                mod.weight.copy_(w)
+            loaded["conv"] += 1
+            if f"{name}.bias" in init:
+                mod.bias.copy_(init[f"{name}.bias"])
+            if f"{name}.weight_bias" in init:
+                parent = model.get_submodule(name.rsplit(".", 1)[0])
+                bn = parent[int(name.rsplit(".", 1)[1]) + 1]
+                bn.weight.fill_(1.0)
+                bn.bias.copy_(init[f"{name}.weight_bias"])
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)
+                loaded["bn"] += 1
+    return loaded
+
+
+def freeze_batch_norm(model: nn.Module) -> None:
+    """Batch norms in eval mode (running statistics fixed, affine part still trained): a warm-started model
+    keeps the statistics folded into its file."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+
+
+class FrameStream:
+    """Fresh training pairs (noisy input, target in the input's units), float32 [n, 64, 64] each.
+
+    Args:
+        seed: seeds the sky simulators and the noise.
+    """
+
+    def __init__(self, seed: int):
+        self.sims = [SkySimulator(cfg, seed * 10 + k) for k, cfg in enumerate(SKY_VARIANTS)]
+        self.rng = np.random.default_rng(seed)
+        self.turn = 0
+
+    def _sky(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        sim = self.sims[self.turn % len(self.sims)]
+        self.turn += 1
+        b = sim.generate_full(n)
+        o = self.rng.integers(0, 8, n)
+        expected = np.stack([orient_image(e, int(k)) for e, k in zip(b.expected, o, strict=True)])
+        counts = np.stack([orient_image(e, int(k)) for e, k in zip(b.counts, o, strict=True)])
+        return expected.astype(np.float64), counts
+
+    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        expected, counts = self._sky(n)
+        noisy = np.empty(expected.shape, np.float32)
+        target = np.empty(expected.shape, np.float32)
+        kinds = self.rng.choice(list(NOISE_MIX), size=n, p=list(NOISE_MIX.values()))
+        for i, kind in enumerate(kinds):
+            if kind == "poisson":
+                exposure = math.exp(self.rng.uniform(*np.log(EXPOSURE_RANGE)))
+                noisy[i], target[i] = poisson_pair(expected[i], exposure, self.rng)
+                continue
+            clean = normalize_max(counts[i])
+            level = (math.exp(self.rng.uniform(*np.log(GAUSSIAN_RANGE))) if kind == "gaussian"
+                     else self.rng.uniform(*FRACTION_RANGE))
+            noisy[i], target[i] = add_noise(clean, kind, level, self.rng), clean
+        return noisy, target
+
+
+def poisson_pair(expected: np.ndarray, exposure: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One frame counted at ``exposure`` (expected counts at its brightest pixel): ``(counts / max(counts),
+    lam / max(counts))`` with ``lam`` the scaled noise-free frame; redrawn while all counts are zero."""
+    lam = expected / expected.max() * exposure
+    counts = rng.poisson(lam)
+    while counts.max() == 0:
+        counts = rng.poisson(lam)
+    peak = float(counts.max())
+    return (counts / peak).astype(np.float32), (lam / peak).astype(np.float32)
+
+
+def relative_loss(out: torch.Tensor, noisy: torch.Tensor, target: torch.Tensor, log: bool = False) -> torch.Tensor:
+    """Mean over frames of MSE(out, target) / MSE(noisy, target), or of its log (``log``: every noise model
+    and level weighs by its relative improvement, so the frames the input already corrupts little, or a lot,
+    neither dominate nor vanish)."""
+    num = torch.mean((out - target) ** 2, dim=(1, 2))
+    den = torch.clamp(torch.mean((noisy - target) ** 2, dim=(1, 2)), min=1e-10)
+    return torch.mean(torch.log(num / den + 1e-6)) if log else torch.mean(num / den)
+
+
+def validation_set(n: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Held-out simulated frames: all three sky variants counted at :data:`VALIDATION_EXPOSURES` (keys
+    ``poisson@<exposure>``), and default-configuration frames under the four noise models at the
+    reference's levels (``training.train_image.NOISE_LEVELS``, keys ``<model>``), as the calibration
+    measures them."""
+    from training.train_image import NOISE_LEVELS
+
+    stream = FrameStream(SEEDS["validation_sky"])
+    expected = np.concatenate([stream._sky(n // 3 + 1)[0] for _ in SKY_VARIANTS])[:n]
+    rng = np.random.default_rng(SEEDS["validation_noise"])
+    out = {}
+    for e in VALIDATION_EXPOSURES:
+        pairs = [poisson_pair(x, e, rng) for x in expected]
+        out[f"poisson@{e:g}"] = (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+    clean = normalize_max(stream.sims[0].generate_full(n).counts)
+    for name, level in NOISE_LEVELS.items():
+        out[name] = (add_noise(clean, name, level, rng), clean)
+    return out
+
+
+def ratios(model: nn.Module, val: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """MSE(model) / MSE(input) per validation set (pooled over frames)."""
+    model.eval()
+    out = {}
+    with torch.no_grad():
+        for key, (x, t) in val.items():
+            y = model(torch.from_numpy(x)).numpy()
+            out[key] = float(np.mean((y - t) ** 2) / np.mean((x - t) ** 2))
+    return out
+
+
+def selection_score(r: dict[str, float]) -> float:
+    """Mean log ratio over all validation sets, plus a penalty of 10 where a Poisson exposure's ratio
+    reaches 0.95 (the weights kept are the best ones that are clearly never worse)."""
+    worst = max(v for k, v in r.items() if k.startswith("poisson@"))
+    return float(np.mean(np.log(list(r.values())))) + (10.0 if worst >= 0.95 else 0.0)
+
+
+def train(steps: int, batch: int, lr: float, n_val: int, eval_every: int, minutes: float,
+          init_onnx: Path | None = None, log_loss: bool = False) -> tuple[NoiseAwareDenoiser, dict]:
+    """Train for ``steps`` steps or ``minutes`` of wall time, whichever ends first (the learning rate
+    follows a warm-up and cosine decay over that progress, so a run cut by the clock still anneals); keep
+    the weights with the best :func:`selection_score`.
+
+    Args:
+        steps: most optimiser steps.
+        batch: frames per step (fresh every step).
+        lr: peak learning rate.
+        n_val: validation frames per set.
+        eval_every: steps between validations.
+        minutes: wall-time budget of the loop.
+        init_onnx: warm-start from this exported denoiser (:func:`warm_start`), batch norms frozen.
+        log_loss: train on the log of the per-frame ratio (:func:`relative_loss`).
+    """
+    torch.manual_seed(SEEDS["init"])
+    model = NoiseAwareDenoiser(DenoiseConfig())
+    if init_onnx is not None:
+        logger.info("warm start from %s: %s", init_onnx, warm_start(model, init_onnx))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    stream = FrameStream(SEEDS["sky"])
+    val = validation_set(n_val)
+    history = []
+    r0 = ratios(model, val)
+    best, best_ratio = selection_score(r0), r0
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    logger.info("start: validation MSE ratio %s", {k: round(v, 3) for k, v in r0.items()})
+    t0 = time.perf_counter()
+    running, last = 0.0, 0
+    step, progress = 0, 0.0
+    while progress < 1:
+        step += 1
+        progress = max(step / steps, (time.perf_counter() - t0) / (60 * minutes))
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, progress / 0.05) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        model.train()
+        if init_onnx is not None:
+            freeze_batch_norm(model)
+        x, t = stream.batch(batch)
+        x, t = torch.from_numpy(x), torch.from_numpy(t)
+        loss = relative_loss(model(x), x, t, log=log_loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        running += float(loss.detach())
+        if step % eval_every == 0 or progress >= 1:
+            r = ratios(model, val)
+            score = selection_score(r)
+            history.append({"step": step, "seconds": round(time.perf_counter() - t0, 1),
+                            "train_loss": running / (step - last), "validation_ratio": r, "score": score})
+            logger.info("step %d (%.0f s): train loss %.4f, score %.3f, validation MSE ratio %s", step,
+                        time.perf_counter() - t0, running / (step - last), score,
+                        {k: round(v, 3) for k, v in r.items()})
+            running, last = 0.0, step
+            if score < best:
+                best, best_ratio, best_state = score, r, {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, {"history": history, "start_validation_ratio": r0, "best_score": best,
+                   "best_validation_ratio": best_ratio, "steps": step,
+                   "train_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.export_image import calibrate_denoise, diff_summary, export_onnx
+    from training.train_image import SEEDS as IMAGE_SEEDS
+    from training.train_image import denoise_test_sets, simulate_sky
+    from trigger.calibration import sha256_file
+
+    p = argparse.ArgumentParser(prog="python -m training.denoise_exposure", description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--minutes", type=float, default=22.0, help="wall-time budget of the training loop")
+    p.add_argument("--validation-frames", type=int, default=96)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--test-images", type=int, default=2000, help="images of the calibration's four-noise test")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--init-onnx", type=Path, help="warm-start from this exported denoiser (same architecture)")
+    p.add_argument("--log-loss", action="store_true", help="train on the log of the per-frame MSE ratio")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/denoise-exposure"))
+    p.add_argument("--export", type=Path, help=".onnx file to write (with its .calib.json)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(a.threads)
+    a.run_dir.mkdir(parents=True, exist_ok=True)
+    model, info = train(a.steps, a.batch, a.lr, a.validation_frames, a.eval_every, a.minutes, a.init_onnx,
+                        a.log_loss)
+    torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict()}, a.run_dir / "model.pt")
+    (a.run_dir / "history.json").write_text(json.dumps(info, indent=1))
+    if a.export:
+        exp = export_onnx(model, "denoise", a.export)
+        test = simulate_sky(a.test_images, IMAGE_SEEDS["test"], progress=False)
+        prov = {"command": "python -m training.denoise_exposure " + shlex.join(sys.argv[1:] if argv is None else argv),
+                "trainer": "training/denoise_exposure.py", "architecture": "NoiseAwareDenoiser(DenoiseConfig())",
+                "steps": info["steps"], "max_steps": a.steps, "minutes": a.minutes, "batch_size": a.batch, "lr": a.lr,
+                "frames_seen": info["steps"] * a.batch,
+                "train_seconds": info["train_seconds"], "torch": torch.__version__,
+                "exposure_range": list(EXPOSURE_RANGE), "gaussian_range": list(GAUSSIAN_RANGE),
+                "fraction_range": list(FRACTION_RANGE), "noise_mix": NOISE_MIX, "seeds": SEEDS,
+                "validation_mse_ratio_by_exposure": info["best_validation_ratio"],
+                "best_selection_score": info["best_score"],
+                "warm_start": None if a.init_onnx is None else {"path": str(a.init_onnx),
+                                                                "sha256": sha256_file(a.init_onnx)},
+                "log_loss": a.log_loss, "start_validation_mse_ratio": info["start_validation_ratio"],
+                "ort_vs_torch": diff_summary(exp)}
+        calibrate_denoise(a.export, denoise_test_sets(test), noise="mix", provenance=prov)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
