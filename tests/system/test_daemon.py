@@ -171,7 +171,7 @@ def test_pull_input_and_integer_adc_with_pedestal_and_gain(chain_factory, tmp_pa
     """PULL from a PUSH readout, int16 ADC counts converted with the configured pedestal and gain."""
     cfg = tmp_path / "adc.yaml"
     cfg.write_text("pipeline:\n  pedestal: 100.0\n  gain: 0.001\n")
-    chain = chain_factory("--config", str(cfg), pattern="push", probe=False)
+    chain = chain_factory("--config", str(cfg), pattern="push")  # probe handshake first
     data, truth = WaveformSimulator(seed=11, signal_fraction=0.5).generate(64)
     adc = np.round(data / 0.001 + 100.0).astype(np.int16)
     for seq in range(4):

@@ -25,7 +25,7 @@ def test_numba_daemon_decides_as_onnxruntime(chain_factory, tmp_path, pulse_mode
     the configured pedestal and gain while the batches are assembled)."""
     cfg = tmp_path / "numba.yaml"
     cfg.write_text("backend:\n  name: numba\npipeline:\n  pedestal: 100.0\n  gain: 0.001\n")
-    chain = chain_factory("--config", str(cfg), "--max-batch", "128", pattern="push", probe=False)
+    chain = chain_factory("--config", str(cfg), "--max-batch", "128", pattern="push")  # probe handshake first
     data, _ = WaveformSimulator(seed=23, signal_fraction=0.5).generate(N)
     if wire == "int16":
         sent = np.round(data / 0.001 + 100.0).astype(np.int16)

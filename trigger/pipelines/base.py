@@ -220,7 +220,10 @@ def create_first(names: tuple[str, ...], model: str | Path, *, threads: int = 0,
         except BackendUnavailable as exc:
             refusals.append(f"{name}: {exc}")
             continue
-        logger.info("backend auto: %s%s", name, f" (passed over: {'; '.join(refusals)})" if refusals else "")
+        if refusals:  # the choice itself shows in the ready line and trigger_model_info
+            logger.info("backend auto: %s (passed over: %s)", name, "; ".join(refusals))
+        else:
+            logger.debug("backend auto: %s", name)
         return backend
     raise BackendUnavailable(f"backend auto: no backend computes {model} here ({'; '.join(refusals)})")
 

@@ -121,9 +121,9 @@ class Daemon:
         self.reloader.start()
         d = self.pipeline.describe()
         logger.info(
-            "ready: %s pipeline, model %s (sha256 %s, %s %s), %d inference worker%s, input %s %s, decisions on %s, "
-            "metrics %s", d["pipeline"], d.get("model"), d.get("model_sha256"), d.get("working_point"),
-            d.get("threshold"), self.workers, "" if self.workers == 1 else "s",
+            "ready: %s pipeline, model %s (sha256 %s, %s %s) on %s, %d inference worker%s, input %s %s, "
+            "decisions on %s, metrics %s", d["pipeline"], d.get("model"), d.get("model_sha256"), d.get("working_point"),
+            d.get("threshold"), d.get("backend"), self.workers, "" if self.workers == 1 else "s",
             cfg.input.pattern, ",".join(cfg.input.endpoints), cfg.output.endpoint,
             f"http://{cfg.metrics.host}:{self.metrics_port}/metrics" if self.metrics_port else "off")
 

@@ -26,7 +26,7 @@ def test_auto_is_the_default_and_runs_the_shipped_pulse_model_on_the_fused_kerne
         pipe = load_pipeline(config())
     try:
         assert pipe.backend.name == "numba"
-        assert "backend auto: numba" in caplog.text
+        assert "passed over" not in caplog.text  # nothing refused the shipped model
     finally:
         pipe.backend.close()
 
