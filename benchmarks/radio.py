@@ -35,6 +35,10 @@ Methods, each turning a noisy trace into a recovered one:
   whose exponent is chosen on a tuning stream of that model (seed ``507 * 10 + 1``, :data:`LP_POWERS`) and whose
   bound is the largest |value| of pulse-free traces of its own stream (seed ``506 * 10 + 1``); heights kept inside
   the prior's range (:func:`clip_to_prior`), as the ceiling's are. Like ``template_fit`` it knows the noise model.
+* ``bounded_posterior`` (uniform only) -- the Bayes rule for the 2% window under the noise bound, the shape unknown
+  (:func:`bounded_posterior_fit`): the posterior of height, time, slope and phase is the prior cut to the parameters
+  consistent with the bound; an adaptive Metropolis chain per trace, started at the L_p fit, samples it, and the
+  height is the centre of the 2% window holding the most posterior mass (``--chain-steps`` per trace).
 * ``bandpass`` -- the tuned band-pass alone; ``noisy`` -- the input itself (for scale).
 * ``ceiling`` -- not a method: an oracle told the pulse's shape (and the RFI lines) that estimates only the
   height, as well as the noise allows (:func:`ceiling`). Within a few tenths of a point (the prior), no method on
@@ -389,8 +393,9 @@ def bounded_posterior_fit(traces: np.ndarray, config: RadioConfig, bound: float,
     started at the L_p fit (:func:`shape_fit` with ``power``; a start outside the set is walked in, each step kept
     only when it lowers the largest residual); the last three quarters of ``steps`` are kept. The height is the
     centre of the window ``[A / (1 + tol), A / (1 - tol)]`` holding the most posterior samples of the height, the
-    window the amplitude reading scores; the shape is the L_p fit's. (The ceiling does the same with the shape told:
-    its interval's midpoint.) Returns the recovered traces [n, samples], ``max |x|`` the height.
+    window the amplitude reading scores, centred on the samples it holds; the shape is the L_p fit's. (The ceiling
+    does the same with the shape told: its interval's midpoint.) Returns the recovered traces [n, samples],
+    ``max |x|`` the height.
 
     Args:
         traces: noisy traces [n, samples].
@@ -443,7 +448,10 @@ def bounded_posterior_fit(traces: np.ndarray, config: RadioConfig, bound: float,
     samples = np.sort(np.array(kept).T, axis=1)  # log heights [n, kept]
     h1, h2 = math.log1p(tolerance), -math.log1p(-tolerance)
     right = np.stack([np.searchsorted(row, row + h1 + h2, side="right") for row in samples])
-    best = samples[np.arange(n_tr), np.argmax(right - np.arange(samples.shape[1]), axis=1)] + h1
+    j = np.argmax(right - np.arange(samples.shape[1]), axis=1)  # the window's first sample
+    rows = np.arange(n_tr)
+    # Centred on the samples it holds (a posterior narrower than the window sits in its middle, not at its edge).
+    best = 0.5 * (samples[rows, j] + samples[rows, right[rows, j] - 1]) + 0.5 * (h1 - h2)
     unit = fit / np.where(np.abs(fit).max(axis=1, keepdims=True) > 0, np.abs(fit).max(axis=1, keepdims=True), 1.0)
     return unit * np.exp(best)[:, None]
 

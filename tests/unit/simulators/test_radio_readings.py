@@ -162,3 +162,16 @@ def test_ceiling_shape_is_exact_without_background(bench):
     psd = np.ones(len(cfg.frequencies_mhz))
     rec = bench.ceiling_shape(b.clean, b, psd, cfg)
     np.testing.assert_allclose(rec[inside], b.clean[inside], rtol=1e-4, atol=1e-4)
+
+
+def test_bounded_posterior_recovers_heights_under_a_tight_bound(bench):
+    """Noise bounded by 0.01 (0.2% of the smallest pulse): the posterior is far narrower than the 2% window, and
+    the height, the centre of the window over it, comes back within 0.2% (a window put at the posterior's edge
+    would be 2% off)."""
+    cfg = RadioConfig()
+    b = simulate(30, seed=93, noise="uniform")
+    rng = np.random.default_rng(93)
+    y = b.clean + rng.uniform(-0.01, 0.01, b.clean.shape)
+    rec = bench.bounded_posterior_fit(y, cfg, bound=0.01, power=16.0, steps=600)
+    inside = (b.truth["snr"] > cfg.snr_min * 1.03) & (b.truth["snr"] < cfg.snr_max * 0.97)
+    np.testing.assert_allclose(np.abs(rec).max(axis=1)[inside], b.truth["peak_amplitude"][inside], rtol=2e-3)
