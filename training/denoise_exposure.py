@@ -61,6 +61,8 @@ SKY_VARIANTS = (SkyConfig(),
 """Noise-free frames come from these configurations of :mod:`simulators.sky` in turn."""
 VALIDATION_EXPOSURES = (2.0, 10.0, 100.0, 1000.0, 10_000.0)
 SEEDS = {"sky": 401, "noise": 402, "init": 403, "validation_sky": 404, "validation_noise": 405}
+PASS_THROUGH_LR_SCALE = 20.0
+"""The two pass-through parameters learn this much faster than the network (they start at 0 on a warm start)."""
 LOG_SIGMA_OFFSET = 3.0
 """Added to ``log(sigma)`` so the noise channel sits near 0 for typical frames."""
 
@@ -79,6 +81,10 @@ class NoiseAwareDenoiser(DenoisingAE):
                                    bias=first.bias is not None)
         k = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
         self.register_buffer("laplace_kernel", k.view(1, 1, 3, 3))
+        self.pass_through = nn.Parameter(torch.zeros(2))
+        """(slope, offset) of a term added to the gate's logit for the input candidate: ``slope * level +
+        offset``, so the noise level can hand a frame back almost untouched where it is clean (zeros: no
+        effect, as a warm start needs)."""
 
     def noise_level(self, x: torch.Tensor) -> torch.Tensor:
         """Immerkaer's estimate of the noise sigma of ``sqrt(x)`` [B, 1, 1, 1] for normalised frames [B, 1, H, W]."""
@@ -107,7 +113,10 @@ class NoiseAwareDenoiser(DenoisingAE):
         n_fill = 2 * len(c.fill_sigmas)
         fills = inp[:, inp.shape[1] - n_fill:] if n_fill else inp[:, :0]
         candidates = torch.cat([x, fills, out[:, :1]], dim=1)
-        weights = torch.softmax(out[:, 1:], dim=1)
+        logits = out[:, 1:]
+        bias = self.pass_through[0] * level + self.pass_through[1]
+        logits = torch.cat([logits[:, :1] + bias, logits[:, 1:]], dim=1)
+        weights = torch.softmax(logits, dim=1)
         return torch.sum(weights * candidates, dim=1, keepdim=True)[..., :height, :width]
 
 
@@ -258,7 +267,8 @@ def selection_score(r: dict[str, float]) -> float:
 
 
 def train(steps: int, batch: int, lr: float, n_val: int, eval_every: int, minutes: float,
-          init_onnx: Path | None = None, log_loss: bool = False) -> tuple[NoiseAwareDenoiser, dict]:
+          init_onnx: Path | None = None, log_loss: bool = False, init_checkpoint: Path | None = None
+          ) -> tuple[NoiseAwareDenoiser, dict]:
     """Train for ``steps`` steps or ``minutes`` of wall time, whichever ends first (the learning rate
     follows a warm-up and cosine decay over that progress, so a run cut by the clock still anneals); keep
     the weights with the best :func:`selection_score`.
@@ -271,13 +281,21 @@ def train(steps: int, batch: int, lr: float, n_val: int, eval_every: int, minute
         eval_every: steps between validations.
         minutes: wall-time budget of the loop.
         init_onnx: warm-start from this exported denoiser (:func:`warm_start`), batch norms frozen.
+        init_checkpoint: or from a ``model.pt`` of this trainer (batch norms frozen too).
         log_loss: train on the log of the per-frame ratio (:func:`relative_loss`).
     """
     torch.manual_seed(SEEDS["init"])
     model = NoiseAwareDenoiser(DenoiseConfig())
     if init_onnx is not None:
         logger.info("warm start from %s: %s", init_onnx, warm_start(model, init_onnx))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    if init_checkpoint is not None:
+        missing = model.load_state_dict(torch.load(init_checkpoint)["state_dict"], strict=False).missing_keys
+        logger.info("warm start from %s (new, left at their initial values: %s)", init_checkpoint, missing)
+    frozen = init_onnx is not None or init_checkpoint is not None
+    gate = [model.pass_through]
+    rest = [q for q in model.parameters() if all(q is not g for g in gate)]
+    opt = torch.optim.AdamW([{"params": rest, "scale": 1.0}, {"params": gate, "scale": PASS_THROUGH_LR_SCALE,
+                                                            "weight_decay": 0.0}], lr=lr, weight_decay=1e-4)
     stream = FrameStream(SEEDS["sky"])
     val = validation_set(n_val)
     history = []
@@ -292,9 +310,9 @@ def train(steps: int, batch: int, lr: float, n_val: int, eval_every: int, minute
         step += 1
         progress = max(step / steps, (time.perf_counter() - t0) / (60 * minutes))
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, progress / 0.05) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+            g["lr"] = g["scale"] * lr * min(1.0, progress / 0.05) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         model.train()
-        if init_onnx is not None:
+        if frozen:
             freeze_batch_norm(model)
         x, t = stream.batch(batch)
         x, t = torch.from_numpy(x), torch.from_numpy(t)
@@ -338,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--init-onnx", type=Path, help="warm-start from this exported denoiser (same architecture)")
     p.add_argument("--log-loss", action="store_true", help="train on the log of the per-frame MSE ratio")
+    p.add_argument("--init-checkpoint", type=Path, help="warm-start from a model.pt of this trainer")
     p.add_argument("--run-dir", type=Path, default=Path("runs/denoise-exposure"))
     p.add_argument("--export", type=Path, help=".onnx file to write (with its .calib.json)")
     a = p.parse_args(argv)
@@ -345,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     a.run_dir.mkdir(parents=True, exist_ok=True)
     model, info = train(a.steps, a.batch, a.lr, a.validation_frames, a.eval_every, a.minutes, a.init_onnx,
-                        a.log_loss)
+                        a.log_loss, a.init_checkpoint)
     torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict()}, a.run_dir / "model.pt")
     (a.run_dir / "history.json").write_text(json.dumps(info, indent=1))
     if a.export:
@@ -362,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                 "best_selection_score": info["best_score"],
                 "warm_start": None if a.init_onnx is None else {"path": str(a.init_onnx),
                                                                 "sha256": sha256_file(a.init_onnx)},
+                "warm_start_checkpoint": None if a.init_checkpoint is None else {
+                    "path": str(a.init_checkpoint), "sha256": sha256_file(a.init_checkpoint)},
                 "log_loss": a.log_loss, "start_validation_mse_ratio": info["start_validation_ratio"],
                 "ort_vs_torch": diff_summary(exp)}
         calibrate_denoise(a.export, denoise_test_sets(test), noise="mix", provenance=prov)
