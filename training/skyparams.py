@@ -280,6 +280,8 @@ def train_streaming(settings: StreamSettings, config: SkyConfig, *, seed: int = 
             total += loss.item() * len(b)
             done += len(b)
             seen += len(b)
+        if done == 0:  # the budget ended the run before this epoch's first batch
+            break
         epoch += 1
         pred = predict(model, val[0])
         maes = {k: normalised_mae(pred[:, j], val[1][k], *ranges[j]) for j, k in enumerate(settings.outputs)}
@@ -349,12 +351,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", type=Path, default=None, help="run folder (default runs/skyparams-<outputs>)")
     p.add_argument("--export", type=Path, default=None, help=".onnx file to write, with its card")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--channels", type=int, nargs="+", default=None,
+                   help="CNN channels per stage (default 4 8 16 32)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     config = reference_config() if args.sky == "reference" else SkyConfig()
+    model_kw = dict(StreamSettings().model, **({"channels": tuple(args.channels)} if args.channels else {}))
     settings = StreamSettings(outputs=OUTPUT_SETS[args.outputs], images=args.images, epochs=args.epochs,
-                              max_seconds=args.max_seconds)
+                              max_seconds=args.max_seconds, model=model_kw)
     run_dir = args.run_dir or Path("runs") / f"skyparams-{args.outputs}"
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
