@@ -157,6 +157,8 @@ class StreamSettings:
     epochs: int = 15
     n_val: int = 1000
     n_test: int = 2000
+    n_fit: int = 2048
+    """Images (a stream of their own) on which the target and brightness standardisation is fitted."""
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -167,7 +169,7 @@ class StreamSettings:
         "channels": (4, 8, 16, 32), "hidden": 64, "linear_features": 8})
 
     def __post_init__(self) -> None:
-        if min(self.images, self.epochs, self.n_val, self.n_test, self.batch_size) < 1:
+        if min(self.images, self.epochs, self.n_val, self.n_test, self.n_fit, self.batch_size) < 1:
             raise ValueError(f"sizes must be >= 1: {self}")
         if self.images < self.epochs:
             raise ValueError(f"need at least one image per epoch: {self.images} images, {self.epochs} epochs")
@@ -242,7 +244,7 @@ def train_streaming(settings: StreamSettings, config: SkyConfig, *, seed: int = 
         val: validation (counts, truth), simulated from the validation stream when not given.
     """
     torch.manual_seed(SEEDS["init"] * 1000 + seed)
-    fit_counts, fit_truth = simulate(2048, SEEDS["fit"] * 1000 + seed, config)
+    fit_counts, fit_truth = simulate(settings.n_fit, SEEDS["fit"] * 1000 + seed, config)
     model = make_model(settings, fit_counts, fit_truth)
     if val is None:
         val = simulate(settings.n_val, SEEDS["validation"] * 1000 + seed, config)

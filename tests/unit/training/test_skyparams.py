@@ -81,7 +81,7 @@ def test_reference_sky_fixes_the_flux_scale_and_keeps_the_stream():
 def test_short_streaming_run_exports_and_scores_with_onnxruntime(tmp_path):
     torch.set_num_threads(1)
     config = reference_config()
-    settings = sp.StreamSettings(outputs=sp.OUTPUT_SETS[2], images=256, epochs=2, n_val=64, n_test=64,
+    settings = sp.StreamSettings(outputs=sp.OUTPUT_SETS[2], images=256, epochs=2, n_val=64, n_test=64, n_fit=128,
                                  batch_size=32, lr=3e-3, model={"channels": (4, 8), "hidden": 8})
     model, history, best = sp.train_streaming(settings, config, seed=3)
     assert [h["images_seen"] for h in history] == [128, 256]
