@@ -322,7 +322,10 @@ def _relu_pool_phases(y, n, dst):  # pragma: no cover - compiled
                 row[_PAD + t] = (max(yc[8 * t + 2 * r], zero) + max(yc[8 * t + 2 * r + 1], zero)) / two
 
 
-@numba.njit(nogil=True, cache=True)
+# fastmath=False explicitly: a callee compiled for a fast-math caller inherits the caller's flags
+# unless it sets its own, and a fused multiply-add here would round differently from the batch
+# assembly (seen: 1 ulp in the latents after a recompile).
+@numba.njit(nogil=True, cache=True, fastmath=False)
 def _split_phases(xe, pedestal, gain, offset, n1, p1):  # pragma: no cover - compiled
     """p1[r, PAD + t] = (float32(xe[4t + r]) - pedestal) * gain - offset: the samples in physical
     units (the daemon's batch assembly's arithmetic, each operation rounded to float32: no fast-math
@@ -369,6 +372,32 @@ def _encode(x, pedestal, gain, offset, w1, b1, w2, b2, w3, b3, wd, bd, out):  # 
             for i in range(h.shape[0]):
                 s += wd[k, i] * h[i]
             out[e, k] = s
+
+
+# A call into the kernel costs about 10 us beside its events (numba's dispatch of 13 arguments,
+# the scratch buffers): messages smaller than this are copied together into one array first, so a
+# stream of one-event messages pays one copy per event instead (2-3 us for a 38 kB waveform).
+_SMALL_PART = 16
+
+
+def _coalesce(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """``parts`` with each run of consecutive small arrays of one dtype concatenated into one."""
+    out: list[np.ndarray] = []
+    run: list[np.ndarray] = []
+    for p in parts:
+        if len(p) < _SMALL_PART and (not run or p.dtype == run[0].dtype):
+            run.append(p)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else np.concatenate(run))
+            run = []
+        if len(p) < _SMALL_PART:
+            run.append(p)
+        else:
+            out.append(p)
+    if run:
+        out.append(run[0] if len(run) == 1 else np.concatenate(run))
+    return out
 
 
 @register_backend
@@ -438,8 +467,8 @@ class NumbaBackend(Backend):
             pedestal: subtracted from integer samples.
             gain: multiplies integer samples after the pedestal.
         """
-        sizes = [len(p) for p in parts]
-        n = sum(sizes)
+        parts = _coalesce(parts)
+        n = sum(len(p) for p in parts)
         out = np.empty((n, self._w["dense"][0].shape[0]), np.float32)
         adc = [(np.float32(0.0), np.float32(1.0)) if p.dtype.kind == "f" else (np.float32(pedestal), np.float32(gain))
                for p in parts]

@@ -177,3 +177,19 @@ def test_one_thread_parts_match_many(events):
                                       create_backend("numba", SHIPPED, threads=2).infer_parts(parts)["z_mean"])
     finally:
         one.close()
+
+
+def test_small_messages_are_coalesced_in_order_by_dtype(numba_backend, events):
+    from trigger.backends.numba_cpu import _SMALL_PART, _coalesce
+
+    f = [events[i:i + 1] for i in range(5)]
+    big = events[5:5 + _SMALL_PART]
+    i16 = np.zeros((2, events.shape[1]), np.int16)
+    out = _coalesce([*f[:3], big, i16, i16, f[3], f[4]])
+    assert [(len(p), p.dtype.name) for p in out] == [(3, "float32"), (_SMALL_PART, "float32"), (4, "int16"),
+                                                     (2, "float32")]
+    np.testing.assert_array_equal(out[0], events[:3])
+    # One-event messages give what one assembled batch gives, bit for bit.
+    parts = [events[i:i + 1] for i in range(40)]
+    whole = numba_backend.infer(events[:40])["z_mean"]
+    np.testing.assert_array_equal(numba_backend.infer_parts(parts)["z_mean"], whole)
