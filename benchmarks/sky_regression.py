@@ -230,8 +230,9 @@ def plot(path: Path, result: dict, preds: dict) -> None:
         for j in range(len(m["outputs"]), ncol):
             axes[r, j].axis("off")
     bottom = axes[-1]
-    for ax in bottom[2:]:
+    for ax in bottom[3:]:
         ax.axis("off")
+    bottom[2].axis("off")
     for m in models:
         h = m.get("history")
         if not h:
@@ -260,11 +261,45 @@ def plot(path: Path, result: dict, preds: dict) -> None:
                            label=m["name"], color=f"C{4 + models.index(m)}")
         f5 = lim["n_total_from_significant_sources"]["significant_flux_percentiles_5_50_95"][0]
         ax.axvline(f5, color="0.6", lw=0.8, label="5th pct. flux of significant sources")
+        gc = lim.get("n_gc_from_count_above_flux")
+        if gc:
+            ax.plot([c["flux_threshold"] for c in gc], [c["mae_normalised"] for c in gc], "k.--", alpha=0.6,
+                    label="n_gc: every GC source above S0 counted")
+            ax.axhline(0.1364, color="C2", ls="-.", lw=0.8, label="reference n_gc, 3 outputs")
+            for m in models:
+                if "n_gc" in m["outputs"]:
+                    ax.axhline(m["scores"]["reference"]["n_gc"]["mae_normalised"], lw=0.8, ls="--", alpha=0.7,
+                               label=f"{m['name']} n_gc", color=f"C{4 + models.index(m)}")
         ax.set_xscale("log")
         ax.set_xlabel("flux threshold S0 (expected counts)", fontsize=7)
-        ax.set_ylabel("n_total MAE (normalised)", fontsize=7)
+        ax.set_ylabel("MAE (normalised)", fontsize=7)
         ax.legend(fontsize=5)
-        ax.set_title("n_total: what counting sources tells (reference sky)", fontsize=8)
+        ax.set_title("n_total, n_gc: what counting sources tells (reference sky)", fontsize=8)
+    runs = [(m["training"]["images_seen"], m["training"]["channels"], m["scores"]["reference"]) for m in models
+            if m.get("training") and m["outputs"] == ["amp_dm", "n_total"]]
+    runs += [(a["images_seen"], a["channels"], a["scores"]) for a in result.get("ablation", [])]
+    if runs:
+        ax = bottom[2]
+        ax.axis("on")
+        for name, color in (("amp_dm", "C0"), ("n_total", "C1")):
+            for small in (True, False):
+                sel = sorted((r for r in runs if (tuple(r[1]) == (4, 8, 16, 32)) == small), key=lambda r: r[0])
+                if not sel:
+                    continue
+                x = [r[0] for r in sel]
+                y = [r[2][name]["mae_normalised"] for r in sel]
+                err = np.array([[r[2][name]["mae_normalised"] - r[2][name]["mae_normalised_ci95"][0],
+                                 r[2][name]["mae_normalised_ci95"][1] - r[2][name]["mae_normalised"]] for r in sel]).T
+                ax.errorbar(x, y, yerr=err, fmt="o-" if small else "s", color=color, ms=3, capsize=2,
+                            label=f"{name}, channels {'4-8-16-32' if small else '-'.join(map(str, sel[0][1]))}")
+        ax.axhline(0.0354, color="C1", ls=":", label="reference n_total (2 outputs)")
+        ax.axhline(0.1093, color="C0", ls=":", label="reference amp_dm (2 outputs)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("fresh training images (full schedule each)", fontsize=7)
+        ax.set_ylabel("test MAE (normalised), 95% CI", fontsize=7)
+        ax.legend(fontsize=5)
+        ax.set_title("2 outputs: error vs training images", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
