@@ -68,7 +68,7 @@ from trigger.pipelines.pulse import PulsePipeline  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = {"calibration_noise": 311, "test_signal": 312, "test_noise": 313, "training_like": 314}
 DETECTORS = ("matched_filter", "vcae", "vcae_recalibrated", "deconv_residual", "deconv_amplitude",
-             "opening_baseline_mf", "opening_mf", "vcae_arm", "vcae_density")
+             "opening_baseline_mf", "opening_mf", "vcae_arm", "vcae_fisher", "vcae_density")
 LABELS = {
     "matched_filter": "matched filter (known position)",
     "vcae": "VCAE distance (d* from calibration file)",
@@ -78,11 +78,12 @@ LABELS = {
     "opening_baseline_mf": "matched filter after opening-baseline subtraction",
     "opening_mf": "matched filter on a short opening (strips noise pulses)",
     "vcae_arm": "VCAE latent: one-sided projection on the signal arm",
+    "vcae_fisher": "VCAE latent: one-sided projection on the Fisher direction",
     "vcae_density": "VCAE latent: -log density of noise latents (KDE)",
 }
 KIND = {"matched_filter": "reference", "vcae": "reference", "vcae_recalibrated": "reference",
         "deconv_residual": "classical", "deconv_amplitude": "classical", "opening_baseline_mf": "classical",
-        "opening_mf": "classical", "vcae_arm": "latent", "vcae_density": "latent"}
+        "opening_mf": "classical", "vcae_arm": "latent", "vcae_fisher": "latent", "vcae_density": "latent"}
 CHUNK = 256
 log = setup_logging()
 
@@ -143,7 +144,7 @@ def plot(path: Path, amps: np.ndarray, curves: dict, a50s: dict, fpr_actual: dic
     style = {"matched_filter": ("C3", "s", "-"), "vcae": ("C0", "o", "-"), "vcae_recalibrated": ("C0", "", ":"),
              "deconv_residual": ("k", "D", "-"), "deconv_amplitude": ("0.45", "d", "--"),
              "opening_baseline_mf": ("C1", "v", "-"), "opening_mf": ("C1", "^", "--"),
-             "vcae_arm": ("C2", "P", "-"), "vcae_density": ("C4", "X", "-")}
+             "vcae_arm": ("C2", "P", "-"), "vcae_fisher": ("C2", "", "--"), "vcae_density": ("C4", "X", "-")}
     fig, ax = plt.subplots(figsize=(10, 7.5), layout="constrained")
     for name in DETECTORS:
         c, (colour, marker, ls) = curves[name], style[name]
@@ -239,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
 
     is_sig = train["amplitude"] > 0
     arm = LatentArm(np.asarray(cal.centre), train["z"][is_sig])
+    fisher = LatentArm(np.asarray(cal.centre), train["z"][is_sig], train["z"][~is_sig])
     density = LatentDensity(train["z"][~is_sig])
     for s in [calib, noise, *signal]:
         s["vcae_arm"] = arm(s["z"])
+        s["vcae_fisher"] = fisher(s["z"])
         s["vcae_density"] = density(s["z"])
         s["vcae_recalibrated"] = s["vcae"]
 
@@ -322,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                      "noise_pulse_fwhm": noise_pulse_width(config),
                      "deconvolution": {"window": list(scorer.deconv.window), "phases": 4,
                                        "passes": scorer.deconv.passes, "dictionary_columns": len(scorer.deconv.starts)},
-                     "latent_arm_direction": arm.direction.tolist(), "latent_centre": list(map(float, cal.centre)),
+                     "latent_arm_direction": arm.direction.tolist(),
+                     "latent_fisher_direction": fisher.direction.tolist(),
+                     "latent_centre": list(map(float, cal.centre)),
                      "threshold_rule": "score > (1 - fpr) quantile (method='higher') of the noise-only calibration "
                                        "set; vcae: d* from the calibration file",
                      "a50_rule": "as physics.py; 68% interval from a joint bootstrap over test events and the "

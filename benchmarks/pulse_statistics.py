@@ -19,8 +19,8 @@ Imported by ``benchmarks/physics_baselines.py``; every statistic maps a batch of
 
   Non-negative least squares (:func:`scipy.optimize.nnls`) over the same dictionary was tried first
   and fails here: with free pulse amplitudes, a broad signal is itself a non-negative sum of narrow
-  pulses, so NNLS explains signal and noise alike (it returned signal amplitude 0 for every event at
-  A = 0.01; benchmarks/README.md). The fixed pulse height is what identifies the signal, and NNLS
+  pulses, so NNLS explains signal and noise alike and leaves the signal column at zero (measured:
+  benchmarks/README.md). The fixed pulse height is what identifies the signal, and NNLS
   cannot use it; nothing in scipy fits pulses of fixed height, hence the greedy fit here.
 * :func:`opening_matched_filter` -- a morphological opening (:func:`scipy.ndimage.grey_opening`)
   with a flat structuring element, then the matched filter: on ``x - opening(x)`` with an element
@@ -29,7 +29,8 @@ Imported by ``benchmarks/physics_baselines.py``; every statistic maps a batch of
   (the opening strips the narrow noise pulses and keeps the broad signal).
 * :class:`LatentArm` -- a one-sided distance along the signal arm of the VCAE's latent cloud:
   the projection of ``z - centre`` on the unit direction from the noise centre to the mean latent
-  of signal events (learned on training-like events, never the test set).
+  of signal events (learned on training-like events, never the test set), or along the Fisher
+  direction that also weighs the noise cloud's covariance.
 * :class:`LatentDensity` -- minus the log density of the noise latents (a Gaussian kernel density
   estimate, :class:`scipy.stats.gaussian_kde`, fitted to noise-only latents): far from every noise
   event scores high, whichever the direction.
@@ -217,17 +218,25 @@ def opening_matched_filter(data: np.ndarray, size: int, template: np.ndarray, su
 
 
 class LatentArm:
-    """One-sided distance along the signal arm: ``<z - centre, u>`` with u the unit vector from the
-    noise centre to the mean latent of signal events.
+    """One-sided distance along the signal arm: ``<z - centre, u>``, u a unit vector from the noise
+    centre towards the mean latent of signal events.
+
+    With ``z_noise``, u is the Fisher (linear discriminant) direction ``C^-1 (mean_signal - centre)``
+    instead, C the covariance of the noise latents about the centre: it leans away from the axis
+    along which the noise cloud is wide.
 
     Args:
         centre: the noise-only centre (the calibration's) [k].
         z_signal: latent means of signal events from training-like data, not the test set [n, k].
+        z_noise: noise-only latent means from training-like data, for the Fisher direction [m, k].
     """
 
-    def __init__(self, centre: np.ndarray, z_signal: np.ndarray):
+    def __init__(self, centre: np.ndarray, z_signal: np.ndarray, z_noise: np.ndarray | None = None):
         self.centre = np.asarray(centre, dtype=np.float64)
         arm = np.asarray(z_signal, dtype=np.float64).mean(axis=0) - self.centre
+        if z_noise is not None:
+            diff = np.asarray(z_noise, dtype=np.float64) - self.centre
+            arm = np.linalg.solve(diff.T @ diff / max(len(diff) - 1, 1), arm)
         norm = float(np.linalg.norm(arm))
         if not norm > 0:
             raise ValueError("the mean signal latent coincides with the noise centre: no arm to follow")

@@ -132,6 +132,14 @@ def test_latent_arm_projects_on_the_signal_direction(ps):
         ps.LatentArm(np.zeros(2), np.zeros((3, 2)))
 
 
+def test_fisher_direction_leans_away_from_the_wide_noise_axis(ps):
+    rng = np.random.default_rng(1)
+    noise = rng.normal(size=(20000, 2)) * [3.0, 1.0]  # wide along x
+    arm = ps.LatentArm(np.zeros(2), np.array([[1.0, 1.0]]), noise)
+    # C^-1 (1, 1) = (1/9, 1): normalised (0.110, 0.994) up to the sampling of C.
+    np.testing.assert_allclose(arm.direction, np.array([1 / 9, 1.0]) / np.hypot(1 / 9, 1.0), atol=0.01)
+
+
 def test_latent_density_scores_rise_away_from_the_noise(ps):
     z = np.random.default_rng(0).normal(size=(2000, 2))
     score = ps.LatentDensity(z)(np.array([[0.0, 0.0], [2.0, 0.0], [0.0, -4.0], [8.0, 8.0]]))
