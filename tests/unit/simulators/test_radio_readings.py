@@ -145,6 +145,7 @@ def test_shape_fit_recovers_noiseless_pulses_off_the_slope_grid(bench):
     assert np.max(np.abs(np.abs(grid).max(axis=1) / b.truth["peak_amplitude"] - 1)) > 1e-3  # the grid's error
 
 
+@pytest.mark.slow
 def test_bounded_fit_beats_least_squares_on_uniform_noise(bench):
     """Uniform noise is bounded: the L_p fit lands far more peaks within 2% than the Gaussian (least-squares) fit of
     the same pulse family (0.77 against 0.65 on a 300-trace tuning stream)."""
