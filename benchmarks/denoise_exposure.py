@@ -26,10 +26,12 @@ Methods, all on the same frames at every exposure:
 * each ``--model label=path``: an ONNX denoiser fed the max-normalised frame (default: the shipped
   ``trigger/models/denoise_default.onnx``).
 
-Classical parameters are tuned on separate frames (frame seed 502, noise seed 512 + k), never on the
-test frames (501, 511 + k). Every point is the mean over frames of the per-frame MSE with a 95%
-bootstrap interval over frames; the ratio of a method's MSE to the input's (and to BM3D's) has a
-paired bootstrap interval (the same resampled frames in numerator and denominator). Results:
+``--reuse-classical`` takes the classical methods' per-frame results from an earlier run on the same
+frames (to compare new models without running BM3D again). Classical parameters are tuned on separate
+frames (frame seed 502, noise seed 512 + k), never on the test frames (501, 511 + k). Every point is the
+mean over frames of the per-frame MSE with a 95% bootstrap interval over frames; the ratio of a method's
+MSE to the input's (and to BM3D's) has a paired bootstrap interval (the same resampled frames in
+numerator and denominator). Results:
 ``results/denoise_exposure.json`` and ``denoise_exposure.png``.
 """
 
@@ -46,6 +48,7 @@ from scipy import ndimage
 
 from simulators.diffuse_frames import FrameConfig, noise_free_frames, poisson_frames
 from trigger.backends import create_backend
+from trigger.calibration import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "trigger" / "models" / "denoise_default.onnx"
@@ -121,7 +124,7 @@ def infer(path: Path, x: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ run
 
 def measure(models: dict[str, Path], n: int, n_bm3d: int, n_tune: int, n_tune_bm3d: int,
-            exposures: tuple[float, ...]) -> dict:
+            exposures: tuple[float, ...], reuse: dict | None = None) -> dict:
     config = FrameConfig()
     clean_test = noise_free_frames(n, np.random.default_rng(SEEDS["test"]), config)
     clean_tune = noise_free_frames(n_tune, np.random.default_rng(SEEDS["tuning"]), config)
@@ -130,21 +133,32 @@ def measure(models: dict[str, Path], n: int, n_bm3d: int, n_tune: int, n_tune_bm
     for k, e in enumerate(exposures):
         t0 = time.perf_counter()
         x, t, peak = poisson_frames(clean_test, e, np.random.default_rng(SEEDS["noise_test"] + k))
-        xt, tt, pt = poisson_frames(clean_tune, e, np.random.default_rng(SEEDS["noise_tuning"] + k))
-        g_sigma, g_scores = tune("anscombe_gaussian", GAUSS_GRID, xt, tt, pt)
-        b_sigma, b_scores = tune("anscombe_bm3d", BM3D_GRID, xt[:n_tune_bm3d], tt[:n_tune_bm3d], pt[:n_tune_bm3d])
-        per_frame = {"identity": frame_mse(x, t),
-                     "anscombe_gaussian": frame_mse(np.stack([classical("anscombe_gaussian", a, b, g_sigma)
-                                                              for a, b in zip(x, peak, strict=True)]), t)}
-        bm = frame_mse(np.stack([classical("anscombe_bm3d", a, b, b_sigma) for a, b in
-                                 zip(x[:n_bm3d], peak[:n_bm3d], strict=True)]), t[:n_bm3d])
+        if reuse is not None:  # the classical methods' results of an earlier run on the same frames
+            old = reuse["points"][k]
+            tuned = old["tuned"]
+            per_frame = {m: np.array(old["per_frame_mse"][m]) for m in ("identity", "anscombe_gaussian")}
+            bm = np.array(old["per_frame_mse"]["anscombe_bm3d"])
+            if old["exposure"] != e or not np.allclose(per_frame["identity"], frame_mse(x, t), rtol=1e-9):
+                raise SystemExit(f"--reuse-classical: exposure {e} is not on the same frames as before")
+        else:
+            xt, tt, pt = poisson_frames(clean_tune, e, np.random.default_rng(SEEDS["noise_tuning"] + k))
+            g_sigma, g_scores = tune("anscombe_gaussian", GAUSS_GRID, xt, tt, pt)
+            b_sigma, b_scores = tune("anscombe_bm3d", BM3D_GRID, xt[:n_tune_bm3d], tt[:n_tune_bm3d],
+                                     pt[:n_tune_bm3d])
+            tuned = {"anscombe_gaussian_sigma": g_sigma, "anscombe_bm3d_sigma_psd": b_sigma,
+                     "anscombe_gaussian_tuning_mse": g_scores, "anscombe_bm3d_tuning_mse": b_scores}
+            per_frame = {"identity": frame_mse(x, t),
+                         "anscombe_gaussian": frame_mse(np.stack([classical("anscombe_gaussian", a, b, g_sigma)
+                                                                  for a, b in zip(x, peak, strict=True)]), t)}
+            bm = frame_mse(np.stack([classical("anscombe_bm3d", a, b, b_sigma) for a, b in
+                                     zip(x[:n_bm3d], peak[:n_bm3d], strict=True)]), t[:n_bm3d])
         for label, path in models.items():
             per_frame[label] = frame_mse(infer(path, x), t)
         point: dict = {"exposure": e, "n_frames": n, "n_frames_bm3d": n_bm3d,
                        "mean_peak_counts": float(peak.mean()),
-                       "tuned": {"anscombe_gaussian_sigma": g_sigma, "anscombe_bm3d_sigma_psd": b_sigma,
-                                 "anscombe_gaussian_tuning_mse": g_scores, "anscombe_bm3d_tuning_mse": b_scores},
-                       "mse": {}, "ratio_to_input": {}, "ratio_to_bm3d_same_frames": {}}
+                       "tuned": tuned, "mse": {}, "ratio_to_input": {}, "ratio_to_bm3d_same_frames": {},
+                       "per_frame_mse": {**{m: v.tolist() for m, v in per_frame.items()},
+                                         "anscombe_bm3d": bm.tolist()}}
         for label, v in per_frame.items():
             point["mse"][label] = {"mean": float(v.mean()), "interval": interval(v, boot)}
             point["ratio_to_input"][label] = ratio(v, per_frame["identity"], boot)
@@ -221,6 +235,9 @@ def main() -> int:
     p.add_argument("--bm3d-tuning-frames", type=int, default=4)
     p.add_argument("--model", action="append", default=[], metavar="LABEL=PATH",
                    help="an ONNX denoiser to measure (repeatable; default: ours=the shipped model)")
+    p.add_argument("--reuse-classical", type=Path, metavar="JSON",
+                   help="take the classical methods' per-frame results from an earlier run with the same frame "
+                        "counts (checked: the input's per-frame MSE must agree) instead of recomputing BM3D")
     p.add_argument("--name", default="denoise_exposure")
     a = p.parse_args()
     exposures = EXPOSURES
@@ -231,11 +248,21 @@ def main() -> int:
     models = dict(m.split("=", 1) for m in a.model) if a.model else {"ours": str(SHIPPED)}
     models = {k: Path(v) for k, v in models.items()}
     t0 = time.perf_counter()
-    res = measure(models, a.frames, a.bm3d_frames, a.tuning_frames, a.bm3d_tuning_frames, exposures)
+    reuse = None
+    if a.reuse_classical is not None:
+        import json
+
+        reuse = json.loads(a.reuse_classical.read_text())["denoise_exposure"]
+        if (reuse["n_frames"], reuse["n_frames_bm3d"], reuse["exposures"]) != (a.frames, a.bm3d_frames,
+                                                                               list(exposures)):
+            p.error(f"--reuse-classical {a.reuse_classical}: another frame count or exposure grid")
+    res = measure(models, a.frames, a.bm3d_frames, a.tuning_frames, a.bm3d_tuning_frames, exposures, reuse)
     res.update(n_frames=a.frames, n_frames_bm3d=a.bm3d_frames, generator="simulators.diffuse_frames.FrameConfig()",
-               models={k: str(v.relative_to(REPO) if v.is_relative_to(REPO) else v) for k, v in models.items()},
+               models={k: {"path": str(v.relative_to(REPO) if v.is_relative_to(REPO) else v),
+                           "sha256": sha256_file(v)} for k, v in models.items()},
                grids={"anscombe_gaussian": GAUSS_GRID, "anscombe_bm3d": BM3D_GRID})
-    result = {"settings": {**vars(a), "seeds": SEEDS}, "denoise_exposure": res, "rows": rows_of(res, models),
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}
+    result = {"settings": {**settings, "seeds": SEEDS}, "denoise_exposure": res, "rows": rows_of(res, models),
               "seconds": round(time.perf_counter() - t0, 1)}
     path = write_result(a.name, result)
     plot(RESULTS / f"{a.name}.png", res)
