@@ -246,7 +246,7 @@ def main() -> int:
         exposures = (EXPOSURES[0], EXPOSURES[3], EXPOSURES[-1])
     a.bm3d_frames = min(a.bm3d_frames, a.frames)
     models = dict(m.split("=", 1) for m in a.model) if a.model else {"ours": str(SHIPPED)}
-    models = {k: Path(v) for k, v in models.items()}
+    models = {k: Path(v).resolve() for k, v in models.items()}
     t0 = time.perf_counter()
     reuse = None
     if a.reuse_classical is not None:
