@@ -297,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                          "interval_68": interval(boot[n] / boot["vcae_recalibrated"])}
 
     best = min((n for n in DETECTORS if math.isfinite(a50s[n]["a50"])), key=lambda n: a50s[n]["a50"])
-    title = (f"Trigger efficiency at {100 * a.fpr:g}% FPR: stronger classical baselines and latent statistics — "
-             f"model {a.model.name} ({model_sha[:8]})\nlowest A50: {LABELS[best]}; {a.per_amplitude} events per "
-             f"amplitude, thresholds from {a.noise_calibration} noise events, FPR on {a.noise_test} others")
+    title = (f"Efficiency at {100 * a.fpr:g}% FPR: classical baselines and latent statistics, model {a.model.name} "
+             f"({model_sha[:8]})\n{a.per_amplitude} events per amplitude; thresholds from {a.noise_calibration} "
+             f"noise events, FPR on {a.noise_test} others; lowest A50: {best}")
     png = RESULTS / f"{name}.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(png, amps, curves, a50s, fpr_actual, title, a.fpr)
