@@ -777,7 +777,7 @@ def main() -> int:
                    help="uniform-noise traces (own stream) on which the bounded shape fit's exponent is chosen")
     p.add_argument("--chain-steps", type=int, default=6000,
                    help="Metropolis steps per trace of the bounded-noise posterior (uniform noise; on its tuning "
-                        "stream 2,000 steps gave 80.7%%, 6,000 82.7-83.3%%: the chains are not fully mixed)")
+                        "stream 2,000 steps gave 80.7%%, 6,000 82.7-83.3%%)")
     p.add_argument("--model", type=Path, default=MODEL)
     p.add_argument("--name", default="radio")
     a = p.parse_args()
