@@ -1,7 +1,9 @@
 """The sky denoiser trained to be noise-level aware: every exposure, never worse than its input.
 
     # the shipped denoise_default.onnx: warm start from the first shipped denoiser (its file), 22 minutes
-    # on one thread, then the final blend fitted and the model exported with its calibration
+    # on one thread, then the final blend fitted and the model exported with its calibration. The first
+    # step ran at commit 7a6d0f0, before the pass-through term existed (the shipped model's is zero);
+    # with this file it trains that term too, so a rerun gives a close but not identical model.
     python -m training.denoise_exposure --steps 3000 --minutes 22 --lr 5e-4 --log-loss \
         --init-onnx first_denoise_default.onnx --eval-every 100 --validation-frames 60 --run-dir runs/dx-ft
     python -m training.denoise_exposure --steps 0 --init-checkpoint runs/dx-ft/model.pt --fit-shrink \
