@@ -1,8 +1,9 @@
 """Train the sky-image models: U-net segmentation, denoising autoencoder, parameter CNN.
 
     python -m training.train_image --task segment --profile default --export trigger/models/segment_default.onnx
-    python -m training.train_image --task denoise --noise mix --profile default \\
-        --export trigger/models/denoise_default.onnx
+    python -m training.train_image --task denoise --noise mix --profile default --export denoise_mix.onnx
+        (the starting point of the shipped denoise_default.onnx, which training/denoise_exposure.py
+        trains on from there over a wide range of exposures)
     python -m training.train_image --task regress --profile default --export trigger/models/skyparams_default.onnx
     python -m training.train_image --task segment --profile quick --noise-data noise_run.h5 --export seg.onnx
     python -m training.train_image --task segment --data labelled_run.h5 --export seg.onnx
