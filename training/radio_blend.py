@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from simulators.radio import RadioConfig, simulate
-from trigger.calibration import calibration_path_for, sha256_file
+from trigger.calibration import calibration_path_for
 
 logger = logging.getLogger("training.radio_blend")
 
@@ -105,14 +105,24 @@ def blend_model(base: Any, l0: float, slope: float) -> Any:
 
 
 def loudness(traces: np.ndarray) -> np.ndarray:
-    """The graph's ``L`` in numpy: log(max|x| / max((n//2)-th largest |x|, TINY)) per trace, at least 0."""
+    """The graph's ``L`` in numpy: log(max|x| / max((n//2)-th largest |x|, TINY)) per trace, at least 0.
+
+    Args:
+        traces: raw traces ``[n, samples]``.
+    """
     a = np.abs(traces.astype(np.float32))
     kth = -np.partition(-a, a.shape[1] // 2 - 1, axis=1)[:, a.shape[1] // 2 - 1]
     return np.log(np.maximum(a.max(axis=1) / np.maximum(kth, TINY), 1.0))
 
 
 def fit_sets(model: Path, n: int, threads: int = 1) -> list[dict[str, Any]]:
-    """Held-out traces at every (noise model, SNR) point with the base DAE's output on them."""
+    """Held-out traces at every (noise model, SNR) point with the base DAE's output on them.
+
+    Args:
+        model: the base DAE (.onnx).
+        n: traces per point.
+        threads: ONNX Runtime threads.
+    """
     from training.train_radio import ort_infer
 
     pts = []
@@ -125,7 +135,13 @@ def fit_sets(model: Path, n: int, threads: int = 1) -> list[dict[str, Any]]:
 
 
 def point_ratio(pt: dict[str, Any], l0: float, slope: float) -> float:
-    """Mean output MSE over mean input MSE at one point for the blend ``(l0, slope)``."""
+    """Mean output MSE over mean input MSE at one point for the blend ``(l0, slope)``.
+
+    Args:
+        pt: a point of :func:`fit_sets` (``x``, ``clean``, ``dae``, ``loud``).
+        l0: see :func:`blend_model`.
+        slope: see :func:`blend_model`.
+    """
     from scipy.special import expit
 
     w = expit(slope * (l0 - pt["loud"].astype(np.float64)))
@@ -134,12 +150,23 @@ def point_ratio(pt: dict[str, Any], l0: float, slope: float) -> float:
 
 
 def objective(pts: list[dict[str, Any]], l0: float, slope: float) -> float:
+    """Mean log ratio over the points plus a penalty on ratios above :data:`RATIO_CAP`.
+
+    Args:
+        pts: the points of :func:`fit_sets`.
+        l0: see :func:`blend_model`.
+        slope: see :func:`blend_model`.
+    """
     r = np.array([point_ratio(p, l0, slope) for p in pts])
     return float(np.mean(np.log(r)) + 50.0 * np.sum(np.maximum(r - RATIO_CAP, 0.0) ** 2))
 
 
 def fit(pts: list[dict[str, Any]]) -> tuple[float, float]:
-    """``(l0, slope)`` minimising :func:`objective`: a coarse grid, then Nelder-Mead from its best."""
+    """``(l0, slope)`` minimising :func:`objective`: a coarse grid, then Nelder-Mead from its best.
+
+    Args:
+        pts: the points of :func:`fit_sets`.
+    """
     from scipy.optimize import minimize
 
     grid = [(l0, s) for l0 in np.linspace(3.0, 8.0, 26) for s in (1.0, 2.0, 3.0, 5.0, 8.0, 12.0)]
@@ -150,7 +177,11 @@ def fit(pts: list[dict[str, Any]]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: fit the blend, write the wrapped model and its calibration."""
+    """CLI: fit the blend, write the wrapped model and its calibration.
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+    """
     import onnx
 
     from training.train_radio import SEEDS as TRAIN_SEEDS
