@@ -415,13 +415,13 @@ def rows_of(seg: dict, den: dict, reg: dict) -> list[dict]:
         txt = (", ".join(f"{k} {v:.3f}" for k, v in reg["relative_error"].items())
                + f" ({reg['images']} images; amp_dm by a Poisson template fit {tf['template_fit']:.3f}, "
                f"by the same fit told the point sources {tf['oracle_sources_told']:.3f})")
-        met = all(reg["relative_error"].get(k, math.inf) <= v for k, v in REFERENCE_REG.items()
-                  if k in reg["relative_error"]) if reg["relative_error"] else None
+        # The reference's figures are MAEs on targets normalised to [0, 1], not relative errors: the
+        # comparison is benchmarks/sky_regression.py's; this row is context only.
         out.append({"benchmark": "Sky regression, mean relative error", "measured": txt,
-                    "target": "<= reference (dm 0.081, n_total 0.035)", "met": met})
+                    "target": "- (the reference's metric: sky_regression.py)", "met": None})
     else:
         out.append({"benchmark": "Sky regression, mean relative error", "measured": reg.get("reason", "not run"),
-                    "target": "<= reference (dm 0.081, n_total 0.035)", "met": None})
+                    "target": "- (the reference's metric: sky_regression.py)", "met": None})
     return out
 
 
