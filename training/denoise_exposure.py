@@ -59,10 +59,8 @@ from simulators.sky import SkyConfig, SkySimulator, add_noise, normalize_max, or
 from training.image_models import (
     DenoiseConfig,
     DenoisingAE,
-    denoise_channels,
     frame_pedestal,
     normalise_max,
-    pad_to_multiple,
 )
 
 logger = logging.getLogger("training")
@@ -124,28 +122,12 @@ class NoiseAwareDenoiser(DenoisingAE):
         return torch.mean(torch.abs(r), dim=(1, 2, 3), keepdim=True) * (math.sqrt(math.pi / 2) / 6)
 
     def normalised(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.config
         height, width = x.shape[-2], x.shape[-1]
         level = torch.log(torch.clamp(self.noise_level(x), min=1e-4)) + LOG_SIGMA_OFFSET
-        x = pad_to_multiple(x, 2 ** len(c.channels))
-        inp = denoise_channels(x, c.sqrt_channel, c.indicator_channels, self.fill_kernels)
-        h = torch.cat([inp, level.expand(-1, 1, x.shape[-2], x.shape[-1])], dim=1)
-        skips = []
-        for enc, down in zip(self.enc, self.down, strict=True):
-            h = enc(h)
-            skips.append(h)
-            h = down(h)
-        h = self.expand(self.latent(h))
-        for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
-            h = up(h)
-            h = dec(torch.cat([h, skip], dim=1) if c.skips else h)
-        out = self.head(h)
-        if not c.gate:
+        x, inp, out = self.trunk(x, extra=level)
+        if not self.config.gate:
             return out[..., :height, :width]
-        n_fill = 2 * len(c.fill_sigmas)
-        fills = inp[:, inp.shape[1] - n_fill:] if n_fill else inp[:, :0]
-        candidates = torch.cat([x, fills, out[:, :1]], dim=1)
-        logits = out[:, 1:]
+        candidates, logits = self.gate_inputs(x, inp, out)
         bias = self.pass_through[0] * level + self.pass_through[1]
         logits = torch.cat([logits[:, :1] + bias, logits[:, 1:]], dim=1)
         weights = torch.softmax(logits, dim=1)

@@ -307,10 +307,29 @@ class DenoisingAE(nn.Module):
 
     def normalised(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised noisy images [B, 1, H, W] -> denoised normalised images [B, 1, H, W]."""
-        c = self.config
         height, width = x.shape[-2], x.shape[-1]
+        x, inp, out = self.trunk(x)
+        if not self.config.gate:
+            return out[..., :height, :width]
+        candidates, logits = self.gate_inputs(x, inp, out)
+        weights = torch.softmax(logits, dim=1)
+        return torch.sum(weights * candidates, dim=1, keepdim=True)[..., :height, :width]
+
+    def trunk(self, x: torch.Tensor, extra: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The U-net on normalised images: (x padded to the net's multiple, its input channels, the head's
+        output), both at the padded size.
+
+        Args:
+            x: normalised noisy images [B, 1, H, W].
+            extra: [B, 1, 1, 1], broadcast to one more input channel after the image's own (a subclass's
+                conditioning, e.g. a noise level); None: none.
+        """
+        c = self.config
         x = pad_to_multiple(x, 2 ** len(c.channels))
         h = inp = denoise_channels(x, c.sqrt_channel, c.indicator_channels, self.fill_kernels)
+        if extra is not None:
+            h = torch.cat([inp, extra.expand(-1, 1, x.shape[-2], x.shape[-1])], dim=1)
         skips = []
         for enc, down in zip(self.enc, self.down, strict=True):
             h = enc(h)
@@ -320,14 +339,14 @@ class DenoisingAE(nn.Module):
         for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
             h = up(h)
             h = dec(torch.cat([h, skip], dim=1) if c.skips else h)
-        out = self.head(h)
-        if not c.gate:
-            return out[..., :height, :width]
-        n_fill = 2 * len(c.fill_sigmas)
+        return x, inp, self.head(h)
+
+    def gate_inputs(self, x: torch.Tensor, inp: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gate's candidates (the input, the fills, the U-net's estimate) and their logits, from
+        :meth:`trunk`'s outputs."""
+        n_fill = 2 * len(self.config.fill_sigmas)
         fills = inp[:, inp.shape[1] - n_fill:] if n_fill else inp[:, :0]
-        candidates = torch.cat([x, fills, out[:, :1]], dim=1)
-        weights = torch.softmax(out[:, 1:], dim=1)
-        return torch.sum(weights * candidates, dim=1, keepdim=True)[..., :height, :width]
+        return torch.cat([x, fills, out[:, :1]], dim=1), out[:, 1:]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Raw images [B, H, W] -> denoised images [B, H, W] in the same units."""
