@@ -126,6 +126,25 @@ def score_stream(scorer: Scorer, sim: WaveformSimulator, n: int, amplitude: floa
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def efficiency_errorbars(curve: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A curve's efficiencies and their Wilson error bars, as ``errorbar`` takes them."""
+    eff = np.asarray(curve["efficiency"])
+    return eff, np.abs(np.vstack([eff - curve["wilson_low"], np.asarray(curve["wilson_high"]) - eff]))
+
+
+def efficiency_axes(ax, amps: np.ndarray, fpr: float, title: str) -> None:
+    """The frame of an efficiency-against-amplitude plot: the 50% and working-point lines, log amplitude."""
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.axhline(fpr, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlim(amps[0] / 1.2, amps[-1] * 1.2)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("signal peak amplitude A (noise pulses: 0.02 each)")
+    ax.set_ylabel("trigger efficiency (95% Wilson interval)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+
+
 def plot(path: Path, amps: np.ndarray, curves: dict, a50s: dict, fpr_actual: dict, title: str,
          fpr: float) -> None:
     import matplotlib
@@ -139,8 +158,7 @@ def plot(path: Path, amps: np.ndarray, curves: dict, a50s: dict, fpr_actual: dic
     for name in DETECTORS:
         c = curves[name]
         colour, marker, ls = style[name]
-        eff = np.asarray(c["efficiency"])
-        yerr = np.abs(np.vstack([eff - c["wilson_low"], np.asarray(c["wilson_high"]) - eff]))
+        eff, yerr = efficiency_errorbars(c)
         a = a50s[name]["a50"]
         a_txt = f"{a:.3g}" if math.isfinite(a) else "n/a"
         label = f"{LABELS[name]}: A50 = {a_txt}, FPR = {100 * fpr_actual[name]['fpr']:.2f}%"
@@ -150,16 +168,8 @@ def plot(path: Path, amps: np.ndarray, curves: dict, a50s: dict, fpr_actual: dic
             if name != "peak_window":
                 ax.axvline(a, color=colour, lw=0.8, ls=":", alpha=0.8)
             ax.plot([a], [0.5], marker="D", color=colour, ms=7 if name != "peak_window" else 5, mec="k", zorder=5)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.axhline(fpr, color="grey", lw=0.8, ls=":")
+    efficiency_axes(ax, amps, fpr, title)
     ax.text(amps[-1], fpr + 0.012, f"target FPR {100 * fpr:g}%", color="grey", fontsize=8, ha="right")
-    ax.set_xscale("log")
-    ax.set_xlim(amps[0] / 1.2, amps[-1] * 1.2)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("signal peak amplitude A (noise pulses: 0.02 each)")
-    ax.set_ylabel("trigger efficiency (95% Wilson interval)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
     fig.legend(loc="outside lower center", ncol=2, fontsize=8, title_fontsize=8,
                title="detector: A50 (diamond on the 50% line), false-positive rate measured on the noise-only test set")
     fig.savefig(path, dpi=130)

@@ -49,7 +49,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 from _common import RESULTS, setup_logging, write_result  # noqa: E402
-from physics import DEFAULT_MODEL, a50, wilson  # noqa: E402
+from physics import DEFAULT_MODEL, a50, efficiency_axes, efficiency_errorbars, wilson  # noqa: E402
 from pulse_statistics import (  # noqa: E402
     LatentArm,
     LatentDensity,
@@ -148,8 +148,7 @@ def plot(path: Path, amps: np.ndarray, curves: dict, a50s: dict, fpr_actual: dic
     fig, ax = plt.subplots(figsize=(10, 7.5), layout="constrained")
     for name in DETECTORS:
         c, (colour, marker, ls) = curves[name], style[name]
-        eff = np.asarray(c["efficiency"])
-        yerr = np.abs(np.vstack([eff - c["wilson_low"], np.asarray(c["wilson_high"]) - eff]))
+        eff, yerr = efficiency_errorbars(c)
         a = a50s[name]["a50"]
         iv = a50s[name]["interval_68"]
         a_txt = f"{a:.3g} [{iv[0]:.3g}, {iv[1]:.3g}]" if math.isfinite(a) else "n/a"
@@ -158,15 +157,7 @@ def plot(path: Path, amps: np.ndarray, curves: dict, a50s: dict, fpr_actual: dic
                     alpha=0.6 if name == "vcae_recalibrated" else 1.0)
         if math.isfinite(a):
             ax.plot([a], [0.5], marker="D", color=colour, ms=6, mec="k", zorder=5)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.axhline(fpr, color="grey", lw=0.8, ls=":")
-    ax.set_xscale("log")
-    ax.set_xlim(amps[0] / 1.2, amps[-1] * 1.2)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("signal peak amplitude A (noise pulses: 0.02 each)")
-    ax.set_ylabel("trigger efficiency (95% Wilson interval)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
+    efficiency_axes(ax, amps, fpr, title)
     fig.legend(loc="outside lower center", ncol=1, fontsize=8, title_fontsize=8,
                title="statistic: A50 [68% bootstrap interval] (diamond on the 50% line), FPR on the noise-only "
                      "test set")
