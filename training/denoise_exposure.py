@@ -254,15 +254,30 @@ def validation_set(n: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     ``poisson@<exposure>``), and default-configuration frames under the four noise models at the
     reference's levels (``training.train_image.NOISE_LEVELS``, keys ``<model>``), as the calibration
     measures them."""
+    return frame_sets(SEEDS["validation_sky"], SEEDS["validation_noise"], VALIDATION_EXPOSURES, n, "poisson@{:g}")
+
+
+def frame_sets(sky_seed: int, noise_seed: int, exposures, n: int, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(noisy, target) frame sets: ``n`` frames of the three sky variants counted at each of ``exposures``
+    (keys ``key.format(exposure)``), and ``n`` default-configuration frames under each reference noise model
+    at its level (keys ``<model>``).
+
+    Args:
+        sky_seed: the frame stream's seed.
+        noise_seed: the noise draws' seed.
+        exposures: expected counts at the brightest pixel.
+        n: frames per set.
+        key: format of a Poisson set's key.
+    """
     from training.train_image import NOISE_LEVELS
 
-    stream = FrameStream(SEEDS["validation_sky"])
+    stream = FrameStream(sky_seed)
     expected = np.concatenate([stream._sky(n // 3 + 1)[0] for _ in SKY_VARIANTS])[:n]
-    rng = np.random.default_rng(SEEDS["validation_noise"])
+    rng = np.random.default_rng(noise_seed)
     out = {}
-    for e in VALIDATION_EXPOSURES:
+    for e in exposures:
         pairs = [poisson_pair(x, e, rng) for x in expected]
-        out[f"poisson@{e:g}"] = (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+        out[key.format(e)] = (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
     clean = normalize_max(stream.sims[0].generate_full(n).counts)
     for name, level in NOISE_LEVELS.items():
         out[name] = (add_noise(clean, name, level, rng), clean)
@@ -297,18 +312,7 @@ def fit_shrink(model: NoiseAwareDenoiser, n: int) -> dict:
         model: the trained model (``shrink`` is set in place).
         n: frames per set.
     """
-    from training.train_image import NOISE_LEVELS
-
-    stream = FrameStream(SEEDS["shrink_sky"])
-    expected = np.concatenate([stream._sky(n // 3 + 1)[0] for _ in SKY_VARIANTS])[:n]
-    rng = np.random.default_rng(SEEDS["shrink_noise"])
-    sets = {}
-    for e in SHRINK_EXPOSURES:
-        pairs = [poisson_pair(x, e, rng) for x in expected]
-        sets[f"poisson@{e:.3g}"] = (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
-    clean = normalize_max(stream.sims[0].generate_full(n).counts)
-    for name, level in NOISE_LEVELS.items():
-        sets[name] = (add_noise(clean, name, level, rng), clean)
+    sets = frame_sets(SEEDS["shrink_sky"], SEEDS["shrink_noise"], SHRINK_EXPOSURES, n, "poisson@{:.3g}")
     model.eval()
     model.shrink.copy_(torch.tensor([0.0, SHRINK_OFF]))
     pre = {}

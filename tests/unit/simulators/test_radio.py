@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +22,6 @@ from trigger.calibration import DenoiseCalibration, calibration_path_for, load_f
 from trigger.config import PACKAGE_MODELS
 
 MODEL = PACKAGE_MODELS / "radio_denoise.onnx"
-REPO = Path(__file__).resolve().parents[3]
 CONFIG = RadioConfig()
 F = CONFIG.frequencies_mhz
 IN_BAND = (F >= CONFIG.band_low_mhz) & (F <= CONFIG.band_high_mhz)
@@ -213,16 +209,6 @@ def test_shipped_model_denoises_a_batch_in_the_input_units():
 
 
 # ------------------------------------------------------------------------------------- baseline
-
-@pytest.fixture
-def bench(monkeypatch):
-    """benchmarks/radio.py as a module (it imports its sibling _common the way the scripts do)."""
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_radio", REPO / "benchmarks" / "radio.py")
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_radio", mod)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("mode", ["notch", "subtract"])
