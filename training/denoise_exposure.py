@@ -191,17 +191,56 @@ def freeze_batch_norm(model: nn.Module) -> None:
             m.eval()
 
 
+FRAME_SOURCES = ("sky", "diffuse", "sky+fields")
+"""Where a :class:`FrameStream`'s noise-free frames come from: ``sky`` (the shipped protocol), ``diffuse``
+(:mod:`simulators.diffuse_frames`, the benchmark's own generator, from streams disjoint from its test and
+tuning seeds: an oracle training distribution for diagnosis only) or ``sky+fields`` (half of every batch
+from the sky variants, half from :mod:`simulators.random_fields`, a family the benchmark was not written
+against)."""
+
+
 class FrameStream:
     """Fresh training pairs (noisy input, target in the input's units), float32 [n, 64, 64] each.
 
     Args:
         seed: seeds the sky simulators and the noise.
+        source: one of :data:`FRAME_SOURCES` (default ``sky``: the shipped protocol, unchanged).
     """
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, source: str = "sky"):
+        if source not in FRAME_SOURCES:
+            raise ValueError(f"source must be one of {FRAME_SOURCES}, got {source!r}")
         self.sims = [SkySimulator(cfg, seed * 10 + k) for k, cfg in enumerate(SKY_VARIANTS)]
         self.rng = np.random.default_rng(seed)
         self.turn = 0
+        self.source = source
+        # the other families' frames: a stream of their own, never default_rng(seed) of any benchmark seed
+        self.frame_rng = np.random.default_rng([seed, 1])
+
+    def _other(self, n: int) -> np.ndarray:
+        """``n`` noise-free frames of the non-sky family of :attr:`source`, in random orientation."""
+        if self.source == "diffuse":
+            from simulators.diffuse_frames import noise_free_frames
+
+            frames = noise_free_frames(n, self.frame_rng)
+        else:
+            from simulators.random_fields import noise_free_fields
+
+            frames = noise_free_fields(n, self.frame_rng)
+        o = self.frame_rng.integers(0, 8, n)
+        return np.stack([orient_image(f, int(k)) for f, k in zip(frames, o, strict=True)])
+
+    def frames(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(expected, clean)`` [n, 64, 64] of the source: the noise-free frame the Poisson noise counts, and
+        the image the other noise models corrupt (for the sky, its simulated counts; otherwise the frame)."""
+        if self.source == "sky":
+            return self._sky(n)
+        if self.source == "diffuse":
+            e = self._other(n)
+            return e, e
+        e_sky, c_sky = self._sky(n - n // 2)
+        e = self._other(n // 2)
+        return np.concatenate([e_sky, e]), np.concatenate([c_sky, e])
 
     def _sky(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         sim = self.sims[self.turn % len(self.sims)]
@@ -213,7 +252,7 @@ class FrameStream:
         return expected.astype(np.float64), counts
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        expected, counts = self._sky(n)
+        expected, counts = self.frames(n)
         noisy = np.empty(expected.shape, np.float32)
         target = np.empty(expected.shape, np.float32)
         kinds = self.rng.choice(list(NOISE_MIX), size=n, p=list(NOISE_MIX.values()))
@@ -249,18 +288,20 @@ def relative_loss(out: torch.Tensor, noisy: torch.Tensor, target: torch.Tensor, 
     return torch.mean(torch.log(num / den + 1e-6)) if log else torch.mean(num / den)
 
 
-def validation_set(n: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Held-out simulated frames: all three sky variants counted at :data:`VALIDATION_EXPOSURES` (keys
-    ``poisson@<exposure>``), and default-configuration frames under the four noise models at the
-    reference's levels (``training.train_image.NOISE_LEVELS``, keys ``<model>``), as the calibration
-    measures them."""
-    return frame_sets(SEEDS["validation_sky"], SEEDS["validation_noise"], VALIDATION_EXPOSURES, n, "poisson@{:g}")
+def validation_set(n: int, source: str = "sky") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Held-out simulated frames: all three sky variants (or the frames of ``source``) counted at
+    :data:`VALIDATION_EXPOSURES` (keys ``poisson@<exposure>``), and default-configuration frames under the
+    four noise models at the reference's levels (``training.train_image.NOISE_LEVELS``, keys ``<model>``),
+    as the calibration measures them."""
+    return frame_sets(SEEDS["validation_sky"], SEEDS["validation_noise"], VALIDATION_EXPOSURES, n, "poisson@{:g}",
+                      source)
 
 
-def frame_sets(sky_seed: int, noise_seed: int, exposures, n: int, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(noisy, target) frame sets: ``n`` frames of the three sky variants counted at each of ``exposures``
-    (keys ``key.format(exposure)``), and ``n`` default-configuration frames under each reference noise model
-    at its level (keys ``<model>``).
+def frame_sets(sky_seed: int, noise_seed: int, exposures, n: int, key: str, source: str = "sky"
+               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(noisy, target) frame sets: ``n`` frames of the three sky variants (or of ``source``) counted at each
+    of ``exposures`` (keys ``key.format(exposure)``), and ``n`` default-configuration frames under each
+    reference noise model at its level (keys ``<model>``).
 
     Args:
         sky_seed: the frame stream's seed.
@@ -268,11 +309,15 @@ def frame_sets(sky_seed: int, noise_seed: int, exposures, n: int, key: str) -> d
         exposures: expected counts at the brightest pixel.
         n: frames per set.
         key: format of a Poisson set's key.
+        source: one of :data:`FRAME_SOURCES`: where the Poisson sets' frames come from.
     """
     from training.train_image import NOISE_LEVELS
 
-    stream = FrameStream(sky_seed)
-    expected = np.concatenate([stream._sky(n // 3 + 1)[0] for _ in SKY_VARIANTS])[:n]
+    stream = FrameStream(sky_seed, source)
+    if source == "sky":
+        expected = np.concatenate([stream._sky(n // 3 + 1)[0] for _ in SKY_VARIANTS])[:n]
+    else:
+        expected = stream.frames(n)[0]
     rng = np.random.default_rng(noise_seed)
     out = {}
     for e in exposures:
@@ -302,7 +347,7 @@ def selection_score(r: dict[str, float]) -> float:
     return float(np.mean(np.log(list(r.values())))) + (10.0 if worst >= 0.95 else 0.0)
 
 
-def fit_shrink(model: NoiseAwareDenoiser, n: int) -> dict:
+def fit_shrink(model: NoiseAwareDenoiser, n: int, source: str = "sky") -> dict:
     """Fit ``model.shrink`` on held-out simulated frames (``n`` per set, seeds ``shrink_*``): the (a, b) of
     :data:`SHRINK_GRID` with the smallest mean log MSE ratio over the Poisson exposures of
     :data:`SHRINK_EXPOSURES` and the four reference noise sets, among those keeping every exposure's ratio
@@ -311,8 +356,9 @@ def fit_shrink(model: NoiseAwareDenoiser, n: int) -> dict:
     Args:
         model: the trained model (``shrink`` is set in place).
         n: frames per set.
+        source: one of :data:`FRAME_SOURCES`: where the Poisson sets' frames come from.
     """
-    sets = frame_sets(SEEDS["shrink_sky"], SEEDS["shrink_noise"], SHRINK_EXPOSURES, n, "poisson@{:.3g}")
+    sets = frame_sets(SEEDS["shrink_sky"], SEEDS["shrink_noise"], SHRINK_EXPOSURES, n, "poisson@{:.3g}", source)
     model.eval()
     model.shrink.copy_(torch.tensor([0.0, SHRINK_OFF]))
     pre = {}
@@ -345,8 +391,8 @@ def fit_shrink(model: NoiseAwareDenoiser, n: int) -> dict:
 
 
 def train(steps: int, batch: int, lr: float, n_val: int, eval_every: int, minutes: float,
-          init_onnx: Path | None = None, log_loss: bool = False, init_checkpoint: Path | None = None
-          ) -> tuple[NoiseAwareDenoiser, dict]:
+          init_onnx: Path | None = None, log_loss: bool = False, init_checkpoint: Path | None = None,
+          source: str = "sky", config: DenoiseConfig | None = None) -> tuple[NoiseAwareDenoiser, dict]:
     """Train for ``steps`` steps or ``minutes`` of wall time, whichever ends first (the learning rate
     follows a warm-up and cosine decay over that progress, so a run cut by the clock still anneals); keep
     the weights with the best :func:`selection_score`.
@@ -361,9 +407,11 @@ def train(steps: int, batch: int, lr: float, n_val: int, eval_every: int, minute
         init_onnx: warm-start from this exported denoiser (:func:`warm_start`), batch norms frozen.
         init_checkpoint: or from a ``model.pt`` of this trainer (batch norms frozen too).
         log_loss: train on the log of the per-frame ratio (:func:`relative_loss`).
+        source: where the training and validation frames come from (:data:`FRAME_SOURCES`).
+        config: the architecture (default ``DenoiseConfig()``, the shipped one; a warm start needs it).
     """
     torch.manual_seed(SEEDS["init"])
-    model = NoiseAwareDenoiser(DenoiseConfig())
+    model = NoiseAwareDenoiser(config or DenoiseConfig())
     if init_onnx is not None:
         logger.info("warm start from %s: %s", init_onnx, warm_start(model, init_onnx))
     if init_checkpoint is not None:
@@ -374,8 +422,8 @@ def train(steps: int, batch: int, lr: float, n_val: int, eval_every: int, minute
     rest = [q for q in model.parameters() if all(q is not g for g in gate)]
     opt = torch.optim.AdamW([{"params": rest, "scale": 1.0}, {"params": gate, "scale": PASS_THROUGH_LR_SCALE,
                                                             "weight_decay": 0.0}], lr=lr, weight_decay=1e-4)
-    stream = FrameStream(SEEDS["sky"])
-    val = validation_set(n_val)
+    stream = FrameStream(SEEDS["sky"], source)
+    val = validation_set(n_val, source)
     history = []
     r0 = ratios(model, val)
     best, best_ratio = selection_score(r0), r0
@@ -447,36 +495,51 @@ def main(argv: list[str] | None = None) -> int:
                    "take it as it is)")
     p.add_argument("--fit-shrink", action="store_true", help="fit the final noise-level blend after training")
     p.add_argument("--shrink-frames", type=int, default=90, help="frames per set for --fit-shrink")
+    p.add_argument("--frames", choices=FRAME_SOURCES, default="sky",
+                   help="training, validation and blend-fit frames (diffuse: the benchmark's own generator, "
+                        "for diagnosis only)")
+    p.add_argument("--channels", type=int, nargs="+", help="encoder channels (default: the shipped model's)")
+    p.add_argument("--latent-channels", type=int, help="latent channels (default: the shipped model's)")
     p.add_argument("--run-dir", type=Path, default=Path("runs/denoise-exposure"))
     p.add_argument("--export", type=Path, help=".onnx file to write (with its .calib.json)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(a.threads)
     a.run_dir.mkdir(parents=True, exist_ok=True)
+    config = DenoiseConfig()
+    if a.channels or a.latent_channels:
+        config = DenoiseConfig(channels=tuple(a.channels or config.channels),
+                               latent_channels=a.latent_channels or config.latent_channels)
     if a.steps == 0:  # no training: the warm-start checkpoint as it is (e.g. to fit the final blend only)
         if a.init_checkpoint is None:
             p.error("--steps 0 needs --init-checkpoint")
-        model = NoiseAwareDenoiser(DenoiseConfig())
-        model.load_state_dict(torch.load(a.init_checkpoint)["state_dict"], strict=False)
+        saved = torch.load(a.init_checkpoint)
+        config = DenoiseConfig(**{**saved["config"], "channels": tuple(saved["config"]["channels"]),
+                                  "fill_sigmas": tuple(saved["config"]["fill_sigmas"])})
+        model = NoiseAwareDenoiser(config)
+        model.load_state_dict(saved["state_dict"], strict=False)
         model.eval()
-        val = validation_set(a.validation_frames)
+        val = validation_set(a.validation_frames, a.frames)
         r = ratios(model, val)
         info = {"history": [], "start_validation_ratio": r, "best_score": selection_score(r),
                 "best_validation_ratio": r, "steps": 0, "train_seconds": 0.0}
     else:
         model, info = train(a.steps, a.batch, a.lr, a.validation_frames, a.eval_every, a.minutes, a.init_onnx,
-                            a.log_loss, a.init_checkpoint)
+                            a.log_loss, a.init_checkpoint, a.frames, config)
     if a.fit_shrink:
         with torch.no_grad():
-            info["shrink"] = fit_shrink(model, a.shrink_frames)
-        info["final_validation_ratio"] = ratios(model, validation_set(a.validation_frames))
+            info["shrink"] = fit_shrink(model, a.shrink_frames, a.frames)
+        info["final_validation_ratio"] = ratios(model, validation_set(a.validation_frames, a.frames))
     torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict()}, a.run_dir / "model.pt")
     (a.run_dir / "history.json").write_text(json.dumps(info, indent=1))
     if a.export:
         exp = export_onnx(model, "denoise", a.export)
         test = simulate_sky(a.test_images, IMAGE_SEEDS["test"], progress=False)
         prov = {"command": "python -m training.denoise_exposure " + shlex.join(sys.argv[1:] if argv is None else argv),
-                "trainer": "training/denoise_exposure.py", "architecture": "NoiseAwareDenoiser(DenoiseConfig())",
+                "trainer": "training/denoise_exposure.py",
+                "architecture": ("NoiseAwareDenoiser(DenoiseConfig())" if config == DenoiseConfig()
+                                 else f"NoiseAwareDenoiser({config!r})"),
+                "frames": a.frames,
                 "steps": info["steps"], "max_steps": a.steps, "minutes": a.minutes, "batch_size": a.batch, "lr": a.lr,
                 "frames_seen": info["steps"] * a.batch,
                 "train_seconds": info["train_seconds"], "torch": torch.__version__,
