@@ -39,7 +39,7 @@ from training.core import checkpoint
 from training.core import metrics as core_metrics
 from training.core.metrics import a50
 from training.core.plots import plot_efficiency
-from training.vcae import VCAE, VCAEConfig, count_parameters, vae_loss
+from training.vcae import RECON_LOSSES, VCAE, VCAEConfig, count_parameters, vae_loss
 from trigger.calibration import PulseCalibration, distances
 
 logger = logging.getLogger("training")
@@ -47,6 +47,7 @@ logger = logging.getLogger("training")
 # Independent random streams: training never sees the test, calibration or evaluation waveforms.
 SEEDS = {"trainval": 101, "test": 102, "calibration": 103, "efficiency": 104, "fpr": 105, "select_signal": 106,
          "select_noise": 107}
+FRESH_SEED = 108  # base of the fresh training streams (Profile.fresh_amplitudes), offset by the init seed
 WORKING_POINT = "fpr_0.01"
 
 
@@ -85,6 +86,19 @@ class Profile:
     input_scale: str = "std"
     """What the fixed variant divides by: ``std`` of all training samples, or ``noise``: the
     per-sample standard deviation of the noise-only training waveforms (the pile-up noise level)."""
+    # Retraining candidates of issue 17 (benchmarks/pulse_retraining.py); the defaults are the shipped protocol.
+    beta: float = 1.0
+    """Weight of the KL term."""
+    recon: str = "sse"
+    """Reconstruction term: ``sse``, ``huber`` or ``logcosh`` (:func:`training.vcae.reconstruction_error`)."""
+    recon_delta: float = 1.0
+    """Scale of the robust reconstruction terms, in the standardised units the loss works in."""
+    free_bits: float = 0.0
+    """Nats per latent dimension the KL term does not charge (0: the plain KL)."""
+    fresh_amplitudes: tuple[float, float] | None = None
+    """If set: every epoch trains on as many *fresh* simulated waveforms as the fold's training set
+    (half noise only, half with signal amplitudes log-uniform in this range) instead of the fold's
+    fixed ones; the input standardisation, validation and selection stay those of the fold."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.folds_trained <= self.folds or self.folds < 2:
@@ -94,6 +108,16 @@ class Profile:
         if self.selection not in ("val_loss", "a50") or self.input_scale not in ("std", "noise"):
             raise ValueError(f"selection must be val_loss or a50, input_scale std or noise: {self.selection}, "
                              f"{self.input_scale}")
+        if self.recon not in RECON_LOSSES or not (self.beta >= 0 and self.recon_delta > 0 and self.free_bits >= 0):
+            raise ValueError(f"recon must be one of {RECON_LOSSES}, beta >= 0, recon_delta > 0, free_bits >= 0: "
+                             f"{self.recon}, {self.beta}, {self.recon_delta}, {self.free_bits}")
+        if self.fresh_amplitudes is not None and not 0 < self.fresh_amplitudes[0] <= self.fresh_amplitudes[1]:
+            raise ValueError(f"fresh_amplitudes must be (lo, hi) with 0 < lo <= hi: {self.fresh_amplitudes}")
+
+    @property
+    def loss_options(self) -> dict:
+        """The keyword arguments of :func:`training.vcae.vae_loss` this profile trains with."""
+        return {"beta": self.beta, "recon": self.recon, "delta": self.recon_delta, "free_bits": self.free_bits}
 
 
 PROFILES = {
@@ -164,14 +188,17 @@ def make_model(variant: str, x_train: np.ndarray, latent_dim: int = 2, initial_l
 
 # ------------------------------------------------------------------------------------- training
 
-def evaluate_loss(model: VCAE, x: torch.Tensor, batch_size: int = 512, beta: float = 1.0) -> dict[str, float]:
-    """Mean loss, SSE and KL over ``x`` with z = z_mean (deterministic, so comparable between epochs)."""
+def evaluate_loss(model: VCAE, x: torch.Tensor, batch_size: int = 512, beta: float = 1.0,
+                  loss_options: dict | None = None) -> dict[str, float]:
+    """Mean loss, SSE and KL over ``x`` with z = z_mean (deterministic, so comparable between epochs).
+    ``loss_options``: keyword arguments of :func:`training.vcae.vae_loss` (they override ``beta``)."""
+    opts = {"beta": beta, **(loss_options or {})}
     model.eval()
     tot = np.zeros(3)
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size]
-            loss, sse, kl = vae_loss(model, xb, beta)
+            loss, sse, kl = vae_loss(model, xb, **opts)
             tot += len(xb) * np.array([loss.item(), sse.item(), kl.item()])
     loss, sse, kl = tot / len(x)
     return {"loss": loss, "sse": sse, "kl": kl}
@@ -180,27 +207,34 @@ def evaluate_loss(model: VCAE, x: torch.Tensor, batch_size: int = 512, beta: flo
 def train_epochs(model: VCAE, opt: torch.optim.Optimizer, x_train: torch.Tensor, x_val: torch.Tensor, epochs: int,
                  batch_size: int, generator: torch.Generator, *, start_epoch: int = 0, beta: float = 1.0,
                  desc: str = "training", progress: bool = True,
-                 on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+                 on_epoch: Callable[[int, dict], None] | None = None, loss_options: dict | None = None,
+                 fresh: Callable[[int], torch.Tensor] | None = None) -> list[dict]:
     """Train ``epochs`` epochs; return one record per epoch (train and validation loss/sse/kl).
 
     ``on_epoch(epoch, record)`` is called after each epoch (checkpointing, diagnostics).
+    ``loss_options``: keyword arguments of :func:`training.vcae.vae_loss` (they override ``beta``).
+    ``fresh(epoch)``: the training waveforms of that epoch, instead of ``x_train`` (same count).
     """
     records = []
     n = len(x_train)
+    opts = {"beta": beta, **(loss_options or {})}
     bar = tqdm(range(start_epoch, start_epoch + epochs), desc=desc, unit="epoch", leave=False, disable=not progress)
     for epoch in bar:
+        if fresh is not None:
+            x_train = fresh(epoch)
+            n = len(x_train)
         model.train()
         tot, t0 = np.zeros(3), time.perf_counter()
         perm = torch.randperm(n, generator=generator)
         for i in range(0, n, batch_size):
             xb = x_train[perm[i:i + batch_size]]
             opt.zero_grad(set_to_none=True)
-            loss, sse, kl = vae_loss(model, xb, beta)
+            loss, sse, kl = vae_loss(model, xb, **opts)
             loss.backward()
             opt.step()
             tot += len(xb) * np.array([loss.item(), sse.item(), kl.item()])
         train_s = time.perf_counter() - t0
-        val = evaluate_loss(model, x_val, beta=beta)
+        val = evaluate_loss(model, x_val, loss_options=opts)
         rec = {"epoch": epoch + 1, "train_loss": tot[0] / n, "train_sse": tot[1] / n, "train_kl": tot[2] / n,
                "val_loss": val["loss"], "val_sse": val["sse"], "val_kl": val["kl"], "train_seconds": train_s}
         if not all(math.isfinite(v) for v in rec.values()):
@@ -214,6 +248,22 @@ def train_epochs(model: VCAE, opt: torch.optim.Optimizer, x_train: torch.Tensor,
 
 def init_seed(base: int, fold: int, init: int) -> int:
     return base * 100_000 + fold * 1000 + init
+
+
+def fresh_stream(profile: Profile, n: int, seed: int) -> Callable[[int], torch.Tensor] | None:
+    """With ``profile.fresh_amplitudes``: a function epoch -> ``n`` new waveforms (half noise only, half
+    with log-uniform amplitudes in that range), from one stream seeded by ``seed``; else None."""
+    if profile.fresh_amplitudes is None:
+        return None
+    lo, hi = profile.fresh_amplitudes
+    sim = WaveformSimulator(WaveformConfig(), FRESH_SEED * 1_000_003 + seed, 0.5)
+    rng = np.random.default_rng([FRESH_SEED, seed])
+
+    def draw(epoch: int) -> torch.Tensor:
+        amps = np.exp(rng.uniform(math.log(lo), math.log(hi), n)) * (rng.random(n) < 0.5)
+        return torch.from_numpy(sim.generate(n, amps.astype(np.float32))[0])
+
+    return draw
 
 
 def train_fold(profile: Profile, x_tv: np.ndarray, a_tv: np.ndarray, fold: int, seed: int,
@@ -242,9 +292,12 @@ def train_fold(profile: Profile, x_tv: np.ndarray, a_tv: np.ndarray, fold: int, 
             if selector is not None:
                 rec["val_a50"] = selector(model)
 
+        fresh = fresh_stream(profile, len(tr_idx), s)
         hist = train_epochs(model, opt, x_train, x_val, profile.init_epochs, profile.batch_size, gen,
-                            desc=f"fold {fold} init {init}", progress=progress, on_epoch=score)
-        starts.append({"init": init, "seed": s, "model": model, "opt": opt, "gen": gen, "history": hist})
+                            desc=f"fold {fold} init {init}", progress=progress, on_epoch=score,
+                            loss_options=profile.loss_options, fresh=fresh)
+        starts.append({"init": init, "seed": s, "model": model, "opt": opt, "gen": gen, "history": hist,
+                       "fresh": fresh})
         logger.info("fold %d init %d (seed %d): %s %.5g after %d epochs", fold, init, s, key, hist[-1][key],
                     profile.init_epochs)
     best = min(starts, key=lambda r: r["history"][-1][key])
@@ -262,7 +315,8 @@ def train_fold(profile: Profile, x_tv: np.ndarray, a_tv: np.ndarray, fold: int, 
 
     hist += train_epochs(model, opt, x_train, x_val, profile.epochs - profile.init_epochs, profile.batch_size, gen,
                          start_epoch=profile.init_epochs, desc=f"fold {fold} init {best['init']}",
-                         progress=progress, on_epoch=remember)
+                         progress=progress, on_epoch=remember, loss_options=profile.loss_options,
+                         fresh=best["fresh"])
     model.load_state_dict(keep["state"])
     logger.info("fold %d: best %s %.5g at epoch %d (init %d)", fold, key, keep["score"], keep["epoch"],
                 best["init"])

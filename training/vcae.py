@@ -246,14 +246,67 @@ def kl_divergence(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1.0 + log_var - mu.square() - log_var.exp(), dim=1)
 
 
-def vae_loss(model: VCAE, x: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+RECON_LOSSES = ("sse", "huber", "logcosh")
+
+
+def reconstruction_error(err: torch.Tensor, recon: str = "sse", delta: float = 1.0) -> torch.Tensor:
+    """Per-event reconstruction term, [B], of the residual ``err`` [B, n] (in the encoder's standardised units).
+
+    ``sse``: the sum of squares. ``huber`` and ``logcosh`` are robust versions scaled to agree with it
+    for ``|err| << delta``: ``2 * huber_delta(err)`` (quadratic below ``delta``, linear above) and
+    ``2 * delta^2 * log(cosh(err / delta))``, so a residual much larger than ``delta`` (a pile-up pulse
+    the latent code cannot predict) pulls with a bounded gradient.
+
+    Args:
+        err: reconstruction minus target, [B, n].
+        recon: one of ``RECON_LOSSES``.
+        delta: where the robust losses turn from quadratic to linear, in standardised units.
+    """
+    if recon == "sse":
+        return torch.sum(err.square(), dim=1)
+    if not (math.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta must be finite and > 0, got {delta}")
+    if recon == "huber":
+        return 2.0 * torch.sum(F.huber_loss(err, torch.zeros_like(err), reduction="none", delta=delta), dim=1)
+    if recon == "logcosh":
+        a = (err / delta).abs()
+        # log cosh a = log1p(2 sinh^2(a/2)) (exact for small a) below 10, a + log1p(e^-2a) - log 2 above
+        small = torch.log1p(2.0 * torch.sinh(0.5 * torch.clamp(a, max=10.0)).square())
+        large = a + torch.log1p(torch.exp(-2.0 * a)) - math.log(2.0)
+        return 2.0 * delta**2 * torch.sum(torch.where(a < 10.0, small, large), dim=1)
+    raise ValueError(f"recon must be one of {RECON_LOSSES}, got {recon!r}")
+
+
+def vae_loss(model: VCAE, x: torch.Tensor, beta: float = 1.0, recon: str = "sse", delta: float = 1.0,
+             free_bits: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, sse, kl) averaged over the batch; loss = sse + beta * kl, sse summed over the recorded samples
-    (the padding the network adds is not part of it)."""
-    recon, mu, log_var = model(x)
+    (the padding the network adds is not part of it).
+
+    The defaults are the shipped loss. Options (issue 17 retraining candidates, ``benchmarks/pulse_retraining.py``):
+
+    Args:
+        model: the VCAE.
+        x: raw waveforms [B, L].
+        beta: weight of the KL term.
+        recon: the reconstruction term (``reconstruction_error``); the returned ``sse`` is then that term.
+        delta: the robust losses' scale, standardised units.
+        free_bits: nats per latent dimension that the KL term does not charge (``max(free_bits, KL_d)``
+            with ``KL_d`` the batch mean of dimension d, Kingma et al. 2016); 0: the plain KL.
+            The returned ``kl`` is always the plain KL.
+    """
+    recon_x, mu, log_var = model(x)
     n = model.config.input_samples
-    err = recon - model.target(x)
-    sse = torch.sum((err if n == model.config.n_samples else err[:, :n]).square(), dim=1).mean()
+    err = recon_x - model.target(x)
+    if recon == "sse":
+        sse = torch.sum((err if n == model.config.n_samples else err[:, :n]).square(), dim=1).mean()
+    else:
+        sse = reconstruction_error(err if n == model.config.n_samples else err[:, :n], recon, delta).mean()
     kl = kl_divergence(mu, log_var).mean()
+    if free_bits > 0:
+        kl_dims = (-0.5 * (1.0 + log_var - mu.square() - log_var.exp())).mean(dim=0)
+        return sse + beta * torch.clamp(kl_dims, min=free_bits).sum(), sse, kl
+    if free_bits < 0 or not math.isfinite(free_bits):
+        raise ValueError(f"free_bits must be finite and >= 0, got {free_bits}")
     return sse + beta * kl, sse, kl
 
 
