@@ -55,7 +55,13 @@ from tqdm import tqdm  # noqa: E402
 
 from simulators.waveform import WaveformConfig, WaveformSimulator  # noqa: E402
 from trigger.backends import create_backend  # noqa: E402
-from trigger.calibration import load_for_model, sha256_file, working_point_name  # noqa: E402
+from trigger.calibration import (  # noqa: E402
+    distances,
+    load_for_model,
+    sha256_file,
+    whitening_matrix,
+    working_point_name,
+)
 from trigger.pipelines.pulse import PulsePipeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,27 +138,20 @@ def train(name: str, epochs: int, out: Path = RUNS) -> Path:
 
 # -------------------------------------------------------------------------------------- scoring
 
-class Mahalanobis:
-    """Squared Mahalanobis distance from the mean of noise-only latents (their covariance)."""
-
-    def __init__(self, z_noise: np.ndarray):
-        z = np.asarray(z_noise, np.float64)
-        self.mean = z.mean(axis=0)
-        self.prec = np.linalg.inv(np.cov(z, rowvar=False))
-
-    def __call__(self, z: np.ndarray) -> np.ndarray:
-        d = np.asarray(z, np.float64) - self.mean
-        return np.einsum("ij,jk,ik->i", d, self.prec, d)
-
-
 def statistics(z_train: np.ndarray, is_sig: np.ndarray, centre: np.ndarray | None) -> dict:
-    """The latent statistics of one model fitted to its training-like latents: name -> function z -> score."""
+    """The latent statistics of one model fitted to its training-like latents: name -> function z -> score.
+
+    ``distance`` and ``mahalanobis`` are the trigger's own metrics (:func:`trigger.calibration.distances`,
+    centre the median of the noise latents as :func:`trigger.calibration.fit` takes it, or the shipped
+    model's calibration centre); ``fisher`` the one-sided projection; ``kde`` (k > 2) minus the log density.
+    """
     zn, zs = z_train[~is_sig], z_train[is_sig]
     c = np.median(zn, axis=0) if centre is None else np.asarray(centre, np.float64)
-    fisher = LatentArm(c, zs, zn)
-    out = {"distance": lambda z: np.linalg.norm(np.asarray(z, np.float64) - c, axis=1), "fisher": fisher}
+    w = whitening_matrix(zn, c)
+    out = {"distance": lambda z: distances(np.asarray(z, np.float64), c).astype(np.float64),
+           "fisher": LatentArm(c, zs, zn),
+           "mahalanobis": lambda z: distances(np.asarray(z, np.float64), c, w).astype(np.float64)}
     if z_train.shape[1] > 2:
-        out["mahalanobis"] = Mahalanobis(zn)
         out["kde"] = LatentDensity(zn)
     return out
 
@@ -198,8 +197,12 @@ def plot(path: Path, entries: list[dict], title: str) -> None:
     for yi, e in zip(y, entries, strict=True):
         r, (lo, hi) = e["ratio"], e["interval_68"]
         colour = {"distance": "C0", "fisher": "C2", "mahalanobis": "C4", "kde": "C1"}.get(e["statistic"], "k")
-        if math.isfinite(r):
+        if math.isfinite(r) and math.isfinite(lo) and math.isfinite(hi):
             ax.errorbar([r], [yi], xerr=[[max(r - lo, 0)], [max(hi - r, 0)]], fmt="o", color=colour, capsize=3)
+        elif math.isfinite(r):
+            ax.plot([r], [yi], "o", color=colour)
+        else:
+            ax.text(1.0, yi, "  no A50 below the grid's top amplitude", va="center", fontsize=7)
     ax.axvline(1.0, color="C3", lw=1, ls="--", label="matched filter")
     ax.set_yticks(y, [e["label"] for e in entries], fontsize=7)
     ax.set(xlabel="A50 / matched filter's A50 (same events; 68% joint bootstrap interval)", title=title)
