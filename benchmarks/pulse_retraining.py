@@ -281,6 +281,14 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
                 table[n]["ratio_to_control"] = {"ratio": table[n]["a50"] / table[ctrl]["a50"],
                                                 "interval_68": interval(boot[n] / boot[ctrl])}
 
+    # What limits A50, statistic by statistic: the signal's mean shift at an amplitude near A50 in units of the
+    # noise spread (d'), and where the threshold sits in those units (the noise tail).
+    i_ref = int(np.argmin(np.abs(np.log(amps / 0.025))))
+    for n in stat_names:
+        mu, sd = float(np.mean(calib[n])), float(np.std(calib[n]))
+        table[n]["separation"] = {"amplitude": float(amps[i_ref]), "d_prime": float((np.mean(sig[n][i_ref]) - mu) / sd),
+                                  "threshold_sigma": float((table[n]["threshold"] - mu) / sd)}
+
     def describe(m: str) -> str:
         if m == "shipped":
             return "shipped model (pulse_default.onnx, seed 0, 2 threads)"
@@ -333,13 +341,15 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
         "plot": str(png.relative_to(REPO)),
     }
     path = write_result(name, result)
-    log.info("%-40s A50 %.4g", "matched_filter", mf["a50"])
+    log.info("%-40s A50 %.4g d' %.2f thr %.2f sd", "matched_filter", mf["a50"], mf["separation"]["d_prime"],
+             mf["separation"]["threshold_sigma"])
     for n in stat_names[1:]:
         t = table[n]
         r, rc = t["ratio_to_matched_filter"], t.get("ratio_to_control")
-        log.info("%-40s A50 %.4g /MF %.3f [%.3f, %.3f]%s FPR %.4f", n, t["a50"], r["ratio"], *r["interval_68"],
+        log.info("%-40s A50 %.4g /MF %.3f [%.3f, %.3f]%s FPR %.4f d' %.2f thr %.2f sd", n, t["a50"], r["ratio"],
+                 *r["interval_68"],
                  f" /control {rc['ratio']:.3f} [{rc['interval_68'][0]:.3f}, {rc['interval_68'][1]:.3f}]" if rc else "",
-                 t["fpr"]["fpr"])
+                 t["fpr"]["fpr"], t["separation"]["d_prime"], t["separation"]["threshold_sigma"])
     log.info("wrote %s and %s in %.0f s", path, png, time.perf_counter() - t_start)
     return path
 
