@@ -16,8 +16,10 @@ epoch picked by validation A50) at one torch thread, changing one thing (``CANDI
 * ``near_threshold`` -- fresh simulated waveforms every epoch, half of them with amplitudes log-uniform around
   A50 (0.005-0.08), the input standardisation and validation those of the control;
 * ``k4``, ``k8`` -- a larger latent space, scored with density statistics fitted to noise latents too;
+* ``huber``, ``free_bits`` -- the two changes of ``robust`` one at a time; ``control_f1`` the control on
+  another fold (a further control-protocol model);
 * ensembles -- no training of their own: the standardised scores of the control-protocol models (control,
-  control_s2 and the shipped model), averaged; they cost as many trainings as they have members.
+  control_s2, control_f1 and the shipped model), averaged; they cost as many trainings as they have members.
 
 Models are cached in ``runs/pulse_retraining/<candidate>/`` (``model.pt``, ``train.json``); a folder that
 exists is reused. Scoring uses the events and machinery of ``physics_baselines.py`` (its seeds, its
@@ -88,10 +90,15 @@ CANDIDATES = {
     "k4": Candidate("latent dimension k = 4", {"latent_dim": 4}),
     "k8": Candidate("latent dimension k = 8", {"latent_dim": 8}),
     "control_s2": Candidate("control, seed 2", seed=2),
+    # Second round: the robust candidate's two changes apart, and a third control-protocol model (another fold).
+    "huber": Candidate("Huber loss (delta 0.25 std units) alone", {"recon": "huber", "recon_delta": 0.25}),
+    "free_bits": Candidate("free bits (8 nats/dim) alone", {"free_bits": 8.0}),
+    "control_f1": Candidate("control, fold 1 (seed 1)", fold=1),
 }
 # The second seed of the best candidate is added by name (--train <candidate>_s2).
 ENSEMBLES = {"ensemble_controls2": ("control", "control_s2"),
-             "ensemble_controls3": ("control", "control_s2", "shipped")}
+             "ensemble_controls3": ("control", "control_s2", "shipped"),
+             "ensemble_controls4": ("control", "control_s2", "control_f1", "shipped")}
 
 
 def candidate(name: str) -> Candidate:
