@@ -231,16 +231,17 @@ class FrameStream:
         return np.stack([orient_image(f, int(k)) for f, k in zip(frames, o, strict=True)])
 
     def frames(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(expected, clean)`` [n, 64, 64] of the source: the noise-free frame the Poisson noise counts, and
-        the image the other noise models corrupt (for the sky, its simulated counts; otherwise the frame)."""
-        if self.source == "sky":
-            return self._sky(n)
+        """``(expected, clean)`` [n, 64, 64]: the noise-free frames the Poisson noise counts, from the source,
+        and the images the other noise models corrupt, always the sky simulator's counts. (Frames with a
+        floor have no zero pixel, so masking them would teach that every zero is a masked pixel: at a few
+        counts a frame is mostly zeros, and the model then fills real zeros. The other noise models keep
+        the shipped protocol's images so the source changes the Poisson frames only.)"""
+        expected, counts = self._sky(n)
         if self.source == "diffuse":
-            e = self._other(n)
-            return e, e
-        e_sky, c_sky = self._sky(n - n // 2)
-        e = self._other(n // 2)
-        return np.concatenate([e_sky, e]), np.concatenate([c_sky, e])
+            expected = self._other(n)
+        elif self.source == "sky+fields":
+            expected = np.concatenate([expected[:n - n // 2], self._other(n // 2)])
+        return expected, counts
 
     def _sky(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         sim = self.sims[self.turn % len(self.sims)]

@@ -43,7 +43,10 @@ def test_mixture_is_half_sky_half_fields():
     from simulators.sky import orient_image
 
     s = dx.FrameStream(14, "sky+fields")
-    e, _ = s.frames(8)
+    e, c = s.frames(8)
+    sky_e, sky_c = dx.FrameStream(14)._sky(8)  # the other noise models keep the sky images
+    np.testing.assert_array_equal(c, sky_c)
+    np.testing.assert_array_equal(e[:4], sky_e[:4])
     rng = np.random.default_rng([14, 1])
     fields = noise_free_fields(4, rng)
     o = rng.integers(0, 8, 4)
