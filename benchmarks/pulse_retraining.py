@@ -101,7 +101,11 @@ CANDIDATES = {
 # The second seed of the best candidate is added by name (--train <candidate>_s2).
 ENSEMBLES = {"ensemble_controls2": ("control", "control_s2"),
              "ensemble_controls3": ("control", "control_s2", "shipped"),
-             "ensemble_controls4": ("control", "control_s2", "control_f1", "shipped")}
+             "ensemble_controls4": ("control", "control_s2", "control_f1", "shipped"),
+             "ensemble_near_threshold2": ("near_threshold", "near_threshold_s2"),
+             "ensemble_robust2": ("robust", "robust_s2")}
+# A candidate's ensemble is compared with the control ensemble of as many members.
+CONTROL_OF = {"ensemble_near_threshold2": "ensemble_controls2", "ensemble_robust2": "ensemble_controls2"}
 
 
 def candidate(name: str) -> Candidate:
@@ -286,7 +290,8 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
         if n != "matched_filter":
             table[n]["ratio_to_matched_filter"] = {"ratio": table[n]["a50"] / table["matched_filter"]["a50"],
                                                    "interval_68": interval(boot[n] / boot["matched_filter"])}
-            ctrl = f"control/{n.split('/')[1]}"
+            m_name, s_name = n.split("/")
+            ctrl = f"{CONTROL_OF.get(m_name, 'control')}/{s_name}"
             if ctrl in table and n != ctrl:
                 table[n]["ratio_to_control"] = {"ratio": table[n]["a50"] / table[ctrl]["a50"],
                                                 "interval_68": interval(boot[n] / boot[ctrl])}
