@@ -293,7 +293,7 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
             m_name, s_name = n.split("/")
             ctrl = f"{CONTROL_OF.get(m_name, 'control')}/{s_name}"
             if ctrl in table and n != ctrl:
-                table[n]["ratio_to_control"] = {"ratio": table[n]["a50"] / table[ctrl]["a50"],
+                table[n]["ratio_to_control"] = {"reference": ctrl, "ratio": table[n]["a50"] / table[ctrl]["a50"],
                                                 "interval_68": interval(boot[n] / boot[ctrl])}
 
     # What limits A50, statistic by statistic: the signal's mean shift at an amplitude near A50 in units of the
@@ -323,7 +323,8 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
                     f"[{r['interval_68'][0]:.3f}, {r['interval_68'][1]:.3f}]")
         if "ratio_to_control" in t:
             rc = t["ratio_to_control"]
-            measured += f"; / control {rc['ratio']:.3f} [{rc['interval_68'][0]:.3f}, {rc['interval_68'][1]:.3f}]"
+            measured += (f"; / {rc['reference'].split('/')[0]} (same statistic) {rc['ratio']:.3f} "
+                         f"[{rc['interval_68'][0]:.3f}, {rc['interval_68'][1]:.3f}]")
         measured += f"; FPR {100 * f['fpr']:.2f}% [{100 * f['wilson_low']:.2f}, {100 * f['wilson_high']:.2f}]"
         rows.append({"benchmark": f"A50 at {100 * a.fpr:g}% FPR, retrained VCAE (issue 17): {describe(m)}; "
                                   f"{'one-sided Fisher projection' if s_name == 'fisher' else s_name}",
