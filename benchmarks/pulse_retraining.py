@@ -98,22 +98,25 @@ CANDIDATES = {
     "beta01": Candidate("beta = 0.1 (KL weight) alone", {"beta": 0.1}),
     "control_f1": Candidate("control, fold 1 (seed 1)", fold=1),
 }
-# The second seed of the best candidate is added by name (--train <candidate>_s2).
+# Further seeds of a candidate are trained by name (--train <candidate>_s2, _s3, ...).
 ENSEMBLES = {"ensemble_controls2": ("control", "control_s2"),
              "ensemble_controls3": ("control", "control_s2", "shipped"),
              "ensemble_controls4": ("control", "control_s2", "control_f1", "shipped"),
              "ensemble_near_threshold2": ("near_threshold", "near_threshold_s2"),
-             "ensemble_robust2": ("robust", "robust_s2")}
+             "ensemble_robust2": ("robust", "robust_s2"),
+             "ensemble_free_bits20_2": ("free_bits20", "free_bits20_s2")}
 # A candidate's ensemble is compared with the control ensemble of as many members.
-CONTROL_OF = {"ensemble_near_threshold2": "ensemble_controls2", "ensemble_robust2": "ensemble_controls2"}
+CONTROL_OF = {"ensemble_near_threshold2": "ensemble_controls2", "ensemble_robust2": "ensemble_controls2",
+              "ensemble_free_bits20_2": "ensemble_controls2"}
 
 
 def candidate(name: str) -> Candidate:
     if name in CANDIDATES:
         return CANDIDATES[name]
-    if name.endswith("_s2") and name[:-3] in CANDIDATES:
-        c = CANDIDATES[name[:-3]]
-        return dataclasses.replace(c, description=f"{c.description}; seed 2", seed=2)
+    base, _, seed = name.rpartition("_s")
+    if base in CANDIDATES and seed.isdigit() and int(seed) >= 2:
+        c = CANDIDATES[base]
+        return dataclasses.replace(c, description=f"{c.description}; seed {seed}", seed=int(seed))
     raise KeyError(name)
 
 
@@ -373,7 +376,7 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train", nargs="*", metavar="CANDIDATE",
-                   help=f"train (or reuse) these and stop; names: {', '.join(CANDIDATES)}, or <name>_s2")
+                   help=f"train (or reuse) these and stop; names: {', '.join(CANDIDATES)}, or <name>_s<seed>")
     p.add_argument("--score-only", action="store_true", help="score the trained models in runs/pulse_retraining/")
     p.add_argument("--epochs", type=int, default=30, help="epochs of every training (the shipped protocol's 30)")
     p.add_argument("--fpr", type=float, default=0.01)
@@ -403,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.score_only:
         for n in CANDIDATES:
             train(n, a.epochs)
-    names = [n for n in [*CANDIDATES, *(f"{c}_s2" for c in CANDIDATES)] if (RUNS / n / "model.pt").is_file()]
+    names = [n for n in [*CANDIDATES, *(f"{c}_s{k}" for k in (2, 3) for c in CANDIDATES)]
+             if (RUNS / n / "model.pt").is_file()]
     if not names:
         p.error(f"no trained model in {RUNS}")
     score(names, a)
