@@ -104,10 +104,10 @@ ENSEMBLES = {"ensemble_controls2": ("control", "control_s2"),
              "ensemble_controls4": ("control", "control_s2", "control_f1", "shipped"),
              "ensemble_near_threshold2": ("near_threshold", "near_threshold_s2"),
              "ensemble_robust2": ("robust", "robust_s2"),
-             "ensemble_free_bits20_2": ("free_bits20", "free_bits20_s2")}
+             "ensemble_free_bits20_3": ("free_bits20", "free_bits20_s2", "free_bits20_s3")}
 # A candidate's ensemble is compared with the control ensemble of as many members.
 CONTROL_OF = {"ensemble_near_threshold2": "ensemble_controls2", "ensemble_robust2": "ensemble_controls2",
-              "ensemble_free_bits20_2": "ensemble_controls2"}
+              "ensemble_free_bits20_3": "ensemble_controls3"}
 
 
 def candidate(name: str) -> Candidate:
