@@ -34,6 +34,11 @@ frames in, ``denoised`` in the input's units out) and its four noise models ("mi
   bright frames, whose absolute errors are tiny, weigh as much as the faint ones: the quantity the
   check "never worse than the input" bounds.
 
+``--frames`` changes where the Poisson training frames come from (:data:`FRAME_SOURCES`; default ``sky``, the
+shipped protocol): ``diffuse`` trains on the benchmark's own generator (an oracle, to diagnose the gap to BM3D),
+``sky+fields`` on half sky frames and half :mod:`simulators.random_fields` frames; ``--channels`` and
+``--latent-channels`` change the width (from scratch only). Results: benchmarks/README.md.
+
 The export writes ``<stem>.calib.json`` as :mod:`training.export_image` does (MSE on the four noise
 models at the reference's levels, noise model ``mix``), with this run's provenance and its MSE ratio to
 the input per exposure on held-out simulated frames.
