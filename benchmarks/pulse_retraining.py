@@ -97,6 +97,10 @@ CANDIDATES = {
     "free_bits20": Candidate("free bits (20 nats/dim) alone", {"free_bits": 20.0}),
     "beta01": Candidate("beta = 0.1 (KL weight) alone", {"beta": 0.1}),
     "control_f1": Candidate("control, fold 1 (seed 1)", fold=1),
+    # Third round: the best epoch is 1-4 in nearly every training and the validation A50 ranks trainings much as
+    # the test does, so the same epoch budget spent on many short starts, kept by validation A50.
+    "many_starts": Candidate("12 starts of 3 epochs (the control's budget), kept by validation A50",
+                             {"n_init": 12, "init_epochs": 3, "epochs": 3}),
 }
 # Further seeds of a candidate are trained by name (--train <candidate>_s2, _s3, ...).
 ENSEMBLES = {"ensemble_controls2": ("control", "control_s2"),
@@ -134,8 +138,8 @@ def train(name: str, epochs: int, out: Path = RUNS) -> Path:
         return run_dir
     c = candidate(name)
     torch.set_num_threads(1)
-    profile = dataclasses.replace(ps.PROFILES["default"], name=f"retraining-{name}", epochs=epochs,
-                                  init_epochs=min(ps.PROFILES["default"].init_epochs, epochs), **c.changes)
+    sizes = {"epochs": epochs, "init_epochs": min(ps.PROFILES["default"].init_epochs, epochs)}
+    profile = dataclasses.replace(ps.PROFILES["default"], name=f"retraining-{name}", **{**sizes, **c.changes})
     t0 = time.perf_counter()
     x_tv, a_tv = ps.simulate_chunked(profile.n_trainval, ps.SEEDS["trainval"], desc="simulating train+validation")
     selector = ps.a50_selector()
