@@ -17,7 +17,8 @@ epoch picked by validation A50) at one torch thread, changing one thing (``CANDI
   A50 (0.005-0.08), the input standardisation and validation those of the control;
 * ``k4``, ``k8`` -- a larger latent space, scored with density statistics fitted to noise latents too;
 * ``huber`` -- the robust term alone; ``free_bits20``, ``beta01`` -- a higher KL floor, a smaller KL
-  weight; ``control_f1`` the control on another fold (a further control-protocol model);
+  weight; ``control_f1`` the control on another fold (a further control-protocol model); ``many_starts`` the
+  control's epoch budget spent on 12 starts of 3 epochs, the one kept chosen by validation A50;
 * ensembles -- no training of their own: the standardised scores of the control-protocol models (control,
   control_s2, control_f1 and the shipped model), averaged; they cost as many trainings as they have members.
 
