@@ -136,6 +136,7 @@ class PulsePipeline(Pipeline):
         self._centre = np.asarray(calibration.centre, dtype=np.float32)
         self._whitening = calibration.whitening_array()
         self._drift_mean: np.ndarray | None = None
+        self._drift_events = 0
         self.noise_monitor = (None if calibration.noise_quantiles is None
                               else NoiseScaleMonitor(calibration.noise_quantiles, self.threshold))
         self._output = calibration.output_name
@@ -185,7 +186,10 @@ class PulsePipeline(Pipeline):
         metrics.distance_ratio.observe_many(ratio)
         noise = result["z"][~result["accept"]]
         if len(noise):
-            w = min(1.0, len(noise) / self.DRIFT_EVENTS)
+            # A plain mean of everything seen until DRIFT_EVENTS, then an exponential one: the first
+            # batch (a single start-up probe, say) weighs as many events as it holds, not as the past.
+            self._drift_events += len(noise)
+            w = min(1.0, len(noise) / min(self._drift_events, self.DRIFT_EVENTS))
             mean = noise.mean(axis=0, dtype=np.float64)
             self._drift_mean = mean if self._drift_mean is None else (1 - w) * self._drift_mean + w * mean
             offset = (self._drift_mean - self._centre)[None, :].astype(np.float32)
