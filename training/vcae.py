@@ -294,19 +294,16 @@ def vae_loss(model: VCAE, x: torch.Tensor, beta: float = 1.0, recon: str = "sse"
             with ``KL_d`` the batch mean of dimension d, Kingma et al. 2016); 0: the plain KL.
             The returned ``kl`` is always the plain KL.
     """
+    if free_bits < 0 or not math.isfinite(free_bits):
+        raise ValueError(f"free_bits must be finite and >= 0, got {free_bits}")
     recon_x, mu, log_var = model(x)
     n = model.config.input_samples
     err = recon_x - model.target(x)
-    if recon == "sse":
-        sse = torch.sum((err if n == model.config.n_samples else err[:, :n]).square(), dim=1).mean()
-    else:
-        sse = reconstruction_error(err if n == model.config.n_samples else err[:, :n], recon, delta).mean()
+    sse = reconstruction_error(err if n == model.config.n_samples else err[:, :n], recon, delta).mean()
     kl = kl_divergence(mu, log_var).mean()
     if free_bits > 0:
         kl_dims = (-0.5 * (1.0 + log_var - mu.square() - log_var.exp())).mean(dim=0)
         return sse + beta * torch.clamp(kl_dims, min=free_bits).sum(), sse, kl
-    if free_bits < 0 or not math.isfinite(free_bits):
-        raise ValueError(f"free_bits must be finite and >= 0, got {free_bits}")
     return sse + beta * kl, sse, kl
 
 
