@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-pytest.importorskip("onnxruntime")
+from .conftest import load_benchmark
 
-REPO = Path(__file__).resolve().parents[3]
+pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture
 def gap(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_denoise_bm3d_gap", REPO / "benchmarks" / "denoise_bm3d_gap.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark(monkeypatch, "denoise_bm3d_gap")
 
 
 def test_span_is_the_widest_run_of_consecutive_exposures_below_one(gap):
