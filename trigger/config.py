@@ -112,6 +112,10 @@ class PipelineConfig(_Model):
     """Calibration file; default: beside the model (model.calib.json)."""
     working_point: str | None = None
     """Calibrated working point, e.g. fpr_0.01; default: the calibration's default."""
+    risk_guard: bool = False
+    """denoise pipeline, frame models only: blend each output frame toward its input by the weight that
+    minimises a Stein unbiased estimate of its error (trigger.denoise_guard), so a frame the model
+    would make worse is served closer to the input. Costs a second forward pass per frame."""
 
     @field_validator("name")
     @classmethod
@@ -119,6 +123,12 @@ class PipelineConfig(_Model):
         if not is_pipeline(value):
             raise ValueError(f"unknown pipeline {value!r}; known: {', '.join(available_pipelines())}")
         return value
+
+    @model_validator(mode="after")
+    def _guard_denoise_only(self) -> PipelineConfig:
+        if self.risk_guard and self.name != "denoise":
+            raise ValueError(f"risk_guard is an option of the denoise pipeline, not of {self.name!r}")
+        return self
 
     @field_validator("model", mode="before")
     @classmethod
