@@ -113,9 +113,10 @@ class PipelineConfig(_Model):
     working_point: str | None = None
     """Calibrated working point, e.g. fpr_0.01; default: the calibration's default."""
     risk_guard: bool = False
-    """denoise pipeline, frame models only: blend each output frame toward its input by the weight that
-    minimises a Stein unbiased estimate of its error (trigger.denoise_guard), so a frame the model
-    would make worse is served closer to the input. Costs a second forward pass per frame."""
+    """denoise pipeline, frame models, Poisson count frames: blend each output frame toward its input by
+    the weight that minimises a Stein unbiased estimate of its error (trigger.denoise_guard), so a frame
+    the model would make worse is served closer to the input. Costs a second forward pass per frame; a
+    frame that cannot be counts (a negative pixel) is served as it came."""
 
     @field_validator("name")
     @classmethod
