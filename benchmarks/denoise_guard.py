@@ -216,9 +216,9 @@ def rows_of(diff: list[dict], flds: list[dict], tp: dict, n: int, nf: int) -> li
                      "target": "-", "met": None})
     rows.append({"benchmark": f"Denoise pipeline decide, risk guard on / off (batch {tp['batch']}, one thread, "
                               "same process, alternating)",
-                 "measured": f"{tp['ratio_on_over_off']:.2f} [{tp['ratio_range'][0]:.2f}, {tp['ratio_range'][1]:.2f}] "
-                             f"({tp['frames_per_s_on']:.0f} / {tp['frames_per_s_off']:.0f} frames/s, "
-                             f"{tp['rounds']} rounds)",
+                 "measured": f"{tp['ratio_on_over_off']:.2f} median, range {tp['ratio_range'][0]:.2f}-"
+                             f"{tp['ratio_range'][1]:.2f} over {tp['rounds']} rounds ({tp['frames_per_s_on']:.0f} / "
+                             f"{tp['frames_per_s_off']:.0f} frames/s)",
                  "target": "-", "met": None})
     return rows
 
