@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 Denoiser = Callable[[np.ndarray], np.ndarray]
 """A batch of frames [n, h, w] (float32) -> denoised frames of the same shape."""
 
+GAIN_METHODS = ("auto", "lattice", "variance")
+"""The ways :func:`estimate_gain` reads the gain."""
+
 LATTICE_MAX_COUNTS = 65536
 """The largest count scale :func:`estimate_gain` tries to read off the lattice of values."""
 
@@ -128,8 +131,8 @@ def estimate_gain(frames: np.ndarray, *, method: str = "auto", tile: int = 8, qu
         quantile: which quantile of the tiles' variance ratios the variance method reads.
         lattice_tol: largest distance from an integer a value over the spacing may have.
     """
-    if method not in ("auto", "lattice", "variance"):
-        raise ValueError(f"method must be auto, lattice or variance, got {method!r}")
+    if method not in GAIN_METHODS:
+        raise ValueError(f"method must be one of {', '.join(GAIN_METHODS)}, got {method!r}")
     if tile < 2 or tile % 2:
         raise ValueError(f"tile must be an even number >= 2, got {tile}")
     y = _check(frames)
@@ -175,7 +178,8 @@ class RiskGuard:
     def __init__(self, denoise: Denoiser, *, epsilon: float = 0.1, gain_method: str = "auto", seed: int = 0):
         if not 0 < epsilon <= 10:
             raise ValueError(f"epsilon must be in (0, 10], got {epsilon}")
-        estimate_gain(np.ones((1, 2, 2)), method=gain_method)  # validates the method name
+        if gain_method not in GAIN_METHODS:
+            raise ValueError(f"gain_method must be one of {', '.join(GAIN_METHODS)}, got {gain_method!r}")
         self.denoise = denoise
         self.epsilon = float(epsilon)
         self.gain_method = gain_method
