@@ -21,11 +21,17 @@ most f). The same function serves the training export and ``trigger calibrate``.
 
 The file also keeps the quantile function of the noise-only distances (``noise_quantiles``): the
 daemon's drift monitor compares the live noise-dominated bulk against it and estimates the
-false-positive rate the stream now has (``trigger.pipelines.pulse.NoiseScaleMonitor``).
+false-positive rate the stream now has. It keeps a random sample of the noise-only latent means
+too (``noise_sample``, up to :data:`NOISE_SAMPLE_SIZE` of them, little-endian float32 in base64):
+with it the monitor fits a shift and a stretch of the whole noise cloud
+(``trigger.pipelines.pulse.NoiseCloudMonitor``), which holds for models whose noise moves as well as
+widens; files without it get the distances-only monitor (``NoiseScaleMonitor``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as _dt
 import hashlib
 import json
@@ -49,6 +55,12 @@ DEFAULT_METRIC = "euclidean"  # the reference method; mahalanobis helps when the
 # drift monitor's median), the tail in steps of 0.001 (the false-positive rates of working points).
 NOISE_QUANTILE_PS = tuple(float(p) for p in np.round(np.concatenate(
     [np.arange(0, 0.9, 0.005), np.arange(0.9, 0.999, 0.001), [0.999, 0.9995, 0.9999, 1.0]]), 6))
+
+
+# Noise-only latent means kept in the file for the drift monitor: enough that the 1% tail of the fitted
+# cloud rests on ~160 events, small enough for a JSON file (128 KiB as float32, 2 latent dimensions).
+NOISE_SAMPLE_SIZE = 16_384
+NOISE_SAMPLE_SEED = 0
 
 
 class CalibrationError(ValueError):
@@ -123,6 +135,37 @@ def noise_quantiles(d_noise: np.ndarray) -> dict[str, list[float]]:
     return {"p": list(NOISE_QUANTILE_PS), "d": [float(v) for v in np.maximum.accumulate(d)]}
 
 
+def encode_noise_sample(z_noise: np.ndarray, size: int = NOISE_SAMPLE_SIZE) -> dict[str, Any]:
+    """A fixed-seed random sample of at most ``size`` rows of ``z_noise`` [n, k], as stored in the file:
+    ``{"shape": [m, k], "dtype": "<f4", "base64": ...}`` (row-major)."""
+    z = np.asarray(z_noise, dtype=np.float64)
+    if len(z) > size:
+        z = z[np.sort(np.random.default_rng(NOISE_SAMPLE_SEED).choice(len(z), size, replace=False))]
+    raw = np.ascontiguousarray(z, dtype="<f4").tobytes()
+    return {"shape": [int(d) for d in z.shape], "dtype": "<f4", "base64": base64.b64encode(raw).decode("ascii")}
+
+
+def decode_noise_sample(sample: Any, k: int) -> np.ndarray:
+    """The [m, k] float32 array of a stored ``noise_sample``; :class:`CalibrationError` if it is not one."""
+    ok = (isinstance(sample, dict) and set(sample) == {"shape", "dtype", "base64"} and sample["dtype"] == "<f4"
+          and isinstance(sample["shape"], list) and len(sample["shape"]) == 2
+          and all(type(v) is int for v in sample["shape"]) and sample["shape"][0] >= 1 and sample["shape"][1] == k
+          and isinstance(sample["base64"], str))
+    if not ok:
+        raise CalibrationError(f"noise_sample must be {{'shape': [m >= 1, {k}], 'dtype': '<f4', 'base64': ...}}")
+    try:
+        raw = base64.b64decode(sample["base64"], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CalibrationError(f"noise_sample is not base64: {exc}") from None
+    m = sample["shape"][0]
+    if len(raw) != 4 * m * k:
+        raise CalibrationError(f"noise_sample holds {len(raw)} bytes, shape {sample['shape']} needs {4 * m * k}")
+    z = np.frombuffer(raw, dtype="<f4").reshape(m, k).astype(np.float32)
+    if not np.isfinite(z).all():
+        raise CalibrationError("noise_sample holds NaN or Inf")
+    return z
+
+
 @dataclass(frozen=True)
 class PulseCalibration:
     """Everything the pulse pipeline needs besides the ONNX file itself."""
@@ -147,6 +190,9 @@ class PulseCalibration:
     noise_quantiles: dict[str, list[float]] | None = None
     """Quantile function of the noise-only distances: ``{"p": [...], "d": [...]}``, both increasing
     (absent in files made before the drift monitor; the monitor is then off)."""
+    noise_sample: dict[str, Any] | None = None
+    """A random sample of the noise-only latent means (:func:`encode_noise_sample`) for the drift
+    monitor's fit of the noise cloud (absent in older files: the monitor then reads distances only)."""
     centre_method: str = CENTRE_METHOD
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -192,10 +238,16 @@ class PulseCalibration:
                               and (np.diff(d) >= 0).all() and p[0] >= 0 and p[-1] <= 1):
                 raise CalibrationError("noise_quantiles must be {'p': [...], 'd': [...]} of equal length, p increasing "
                                        "in [0, 1], d non-decreasing and finite")
+        if self.noise_sample is not None:
+            decode_noise_sample(self.noise_sample, k)
 
     @property
     def latent_dim(self) -> int:
         return len(self.centre)
+
+    def noise_sample_array(self) -> np.ndarray | None:
+        """The stored noise-only latent means [m, k], float32 (None in files without them)."""
+        return None if self.noise_sample is None else decode_noise_sample(self.noise_sample, self.latent_dim)
 
     def whitening_array(self) -> np.ndarray | None:
         return None if self.whitening is None else np.asarray(self.whitening, dtype=np.float32)
@@ -220,7 +272,8 @@ class PulseCalibration:
                    working_points=thresholds, default_working_point=default_working_point,
                    n_noise=len(z_noise), provenance=dict(provenance or {}), metric=metric,
                    whitening=None if whitening is None else tuple(tuple(float(v) for v in r) for r in whitening),
-                   noise_quantiles=noise_quantiles(distances(np.asarray(z_noise, np.float64), centre, whitening)))
+                   noise_quantiles=noise_quantiles(distances(np.asarray(z_noise, np.float64), centre, whitening)),
+                   noise_sample=encode_noise_sample(z_noise))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -1,6 +1,7 @@
 """The pulse trigger: latent means of a VCAE encoder, distance from the noise-only centre, cut at d*.
 
-Besides deciding, the pipeline watches what sets its false-positive rate (:class:`NoiseScaleMonitor`).
+Besides deciding, the pipeline watches what sets its false-positive rate: :class:`NoiseCloudMonitor`
+with calibrations that keep a sample of the noise cloud, :class:`NoiseScaleMonitor` with older ones.
 """
 
 from __future__ import annotations
@@ -75,24 +76,14 @@ class NoiseScaleMonitor:
         """Median below ``cut`` of the calibration's noise distances times ``s``."""
         return s * self._quantile(self._cdf(self.cut / s) / 2)
 
-    def update(self, score: np.ndarray, now: float | None = None) -> bool:
-        """Take the distances of a decided batch; True when a new estimate was made."""
-        bulk = score[score < self.cut]
-        w = len(self._ring)
-        if len(bulk) >= w:
-            self._ring[:] = bulk[-w:]
-            self._n += len(bulk)
-        elif len(bulk):
-            i = self._n % w
-            first = min(len(bulk), w - i)
-            self._ring[i:i + first] = bulk[:first]
-            self._ring[:len(bulk) - first] = bulk[first:]
-            self._n += len(bulk)
+    def update(self, score: np.ndarray, z: np.ndarray | None = None, now: float | None = None) -> bool:
+        """Take the distances of a decided batch (``z`` is not needed); True when a new estimate was made."""
+        self._n = _ring_add(self._ring, self._n, score[score < self.cut])
         now = time.monotonic() if now is None else now
         if self._n < self._min or now - self._last < self._interval:
             return False
         self._last = now
-        live = float(np.median(self._ring[:min(self._n, w)]))
+        live = float(np.median(self._ring[:min(self._n, len(self._ring))]))
         # Solve bulk_median(s) = live on a log grid, then refine between the bracketing points.
         grid = np.geomspace(0.125, 8.0, 241)
         m = self._bulk_median(grid)
@@ -103,6 +94,120 @@ class NoiseScaleMonitor:
             lo, hi = (mid, hi) if self._bulk_median(np.array(mid)) < live else (lo, mid)
         self.scale = float((lo * hi) ** 0.5)
         self.fpr_estimate = float(1.0 - self._cdf(self.threshold / self.scale))
+        return True
+
+
+def _ring_add(ring: np.ndarray, n: int, rows: np.ndarray) -> int:
+    """Write ``rows`` into the ring buffer ``ring`` that has seen ``n`` rows; returns the new count."""
+    w = len(ring)
+    if len(rows) >= w:
+        ring[:] = rows[-w:]
+    elif len(rows):
+        i = n % w
+        first = min(len(rows), w - i)
+        ring[i:i + first] = rows[:first]
+        ring[:len(rows) - first] = rows[first:]
+    return n + len(rows)
+
+
+class NoiseCloudMonitor:
+    """Fits a shift and a stretch of the calibration's noise cloud to the live one, and reads off the
+    false-positive rate the fitted cloud has at d*.
+
+    Noise that changes (more pile-up, another gain) moves the cloud of noise latents, widens it, or
+    both, depending on the model: one model widens its cloud about the centre, another shifts it
+    along an axis. The monitor assumes neither. In the metric's space (``W (z - c)``: the whitened
+    latent space for ``mahalanobis``, the centred one for ``euclidean``) it rotates to the principal
+    axes of the calibration's noise sample ``x``, and models the live noise as ``b + s * x``
+    (a shift ``b`` and a stretch ``s`` per axis). It keeps the last ``window`` noise-dominated latents
+    (distance below the calibration's 90% quantile, ``cut``: signals sit mostly above d*), and at
+    most every ``interval_s`` it solves for ``b`` and ``s`` such that the transformed sample, cut the
+    same way, has the live bulk's median and interquartile range on every axis (a fixed-point
+    iteration). Then
+
+    * ``fpr_estimate`` is the fraction of the transformed sample beyond d*;
+    * ``scale`` is the geometric mean of ``s``: 1 as calibrated, > 1 for a wider cloud;
+    * ``shift`` is ``|b| / d*``.
+
+    A change in the signal rate leaves the noise alone, but faint signals inside the bulk pull it
+    slightly along their arm: with half the events signals the estimate reads high (see
+    benchmarks/README.md). Its state is the window alone: a new pipeline (a reload) starts empty.
+
+    Args:
+        sample: the calibration's noise-only latent means [m, k].
+        centre: the calibration's centre [k].
+        whitening: the calibration's ``L^-1`` (``mahalanobis``) or None.
+        threshold: d* of the working point in use.
+        window: noise-dominated events the fit is made over.
+        interval_s: least time between two estimates.
+        min_events: events needed before the first estimate.
+        cut_p: the quantile of the calibration's noise distances below which an event counts as bulk.
+    """
+
+    ITERATIONS = 60
+    TOLERANCE = 1e-4
+
+    def __init__(self, sample: np.ndarray, centre: np.ndarray, whitening: np.ndarray | None, threshold: float, *,
+                 window: int = 10_000, interval_s: float = 1.0, min_events: int = 2_000, cut_p: float = 0.9):
+        self._centre = np.asarray(centre, np.float64)
+        k = len(self._centre)
+        metric = np.eye(k) if whitening is None else np.asarray(whitening, np.float64)
+        x = (np.asarray(sample, np.float64) - self._centre) @ metric.T
+        _, axes = np.linalg.eigh(np.cov(x.T).reshape(k, k))
+        self._to_axes = metric.T @ axes  # (z - c) @ _to_axes: coordinates along the principal axes
+        self._x = x @ axes
+        self.threshold = float(threshold)
+        self.cut = float(np.quantile(np.linalg.norm(self._x, axis=1), cut_p))
+        self._ring = np.zeros((window, k), np.float64)
+        self._n = 0
+        self._interval = interval_s
+        self._min = min(min_events, window)
+        self._last = -np.inf
+        self.scale: float | None = None
+        self.shift: float | None = None
+        self.fpr_estimate: float | None = None
+        self.converged = False
+
+    @staticmethod
+    def _stats(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q = np.quantile(y, [0.25, 0.5, 0.75], axis=0)
+        return q[1], q[2] - q[0]
+
+    def fit(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shift and stretch [k] that carry the calibration's bulk onto ``live`` (principal-axis coordinates)."""
+        k = self._x.shape[1]
+        b, s = np.zeros(k), np.ones(k)
+        loc, spread = self._stats(live)
+        self.converged = False
+        for _ in range(self.ITERATIONS):
+            y = b + s * self._x
+            bulk = y[np.einsum("ij,ij->i", y, y) < self.cut ** 2]
+            if len(bulk) < 10:  # the fitted cloud left the bulk region: no fit
+                break
+            l_fit, s_fit = self._stats(bulk)
+            step = np.where(s_fit > 0, spread / np.where(s_fit > 0, s_fit, 1.0), 1.0)
+            b = b + (loc - l_fit)
+            s = np.clip(s * step, 1 / 16, 16)
+            if np.abs(loc - l_fit).max() < self.TOLERANCE * self.cut and np.abs(step - 1).max() < self.TOLERANCE:
+                self.converged = True
+                break
+        return b, s
+
+    def update(self, score: np.ndarray, z: np.ndarray | None = None, now: float | None = None) -> bool:
+        """Take the distances and latent means [n, k] of a decided batch; True when a new estimate was made."""
+        if z is None:
+            raise ValueError("NoiseCloudMonitor needs the latent means of the batch")
+        bulk = score < self.cut
+        self._n = _ring_add(self._ring, self._n, (np.asarray(z[bulk], np.float64) - self._centre) @ self._to_axes)
+        now = time.monotonic() if now is None else now
+        if self._n < self._min or now - self._last < self._interval:
+            return False
+        self._last = now
+        b, s = self.fit(self._ring[:min(self._n, len(self._ring))])
+        y = b + s * self._x
+        self.scale = float(np.exp(np.log(s).mean()))
+        self.shift = float(np.linalg.norm(b) / self.threshold)
+        self.fpr_estimate = float(np.mean(np.einsum("ij,ij->i", y, y) > self.threshold ** 2))
         return True
 
 
@@ -120,10 +225,10 @@ class PulsePipeline(Pipeline):
         PipelineMetric("noise_centre_drift", "gauge", "trigger_noise_centre_drift_ratio",
                        "Distance of the running mean of noise-like latent means from the calibrated centre, over d*"),
         PipelineMetric("noise_scale", "gauge", "trigger_noise_scale_ratio",
-                       "Spread of the noise-dominated latent distances over the calibration's (1: noise as "
-                       "calibrated; NaN until enough events)", initial=float("nan")),
+                       "Spread of the noise-dominated latents over the calibration's (the fitted stretch of the "
+                       "noise cloud; 1: noise as calibrated; NaN until enough events)", initial=float("nan")),
         PipelineMetric("fpr_estimate", "gauge", "trigger_false_positive_rate_estimate",
-                       "False-positive rate of the working point implied by the live noise scale, without truth "
+                       "False-positive rate of the working point implied by the live noise cloud, without truth "
                        "(NaN until enough events)", initial=float("nan")),
     )
 
@@ -137,8 +242,11 @@ class PulsePipeline(Pipeline):
         self._whitening = calibration.whitening_array()
         self._drift_mean: np.ndarray | None = None
         self._drift_events = 0
-        self.noise_monitor = (None if calibration.noise_quantiles is None
-                              else NoiseScaleMonitor(calibration.noise_quantiles, self.threshold))
+        sample = calibration.noise_sample_array()
+        self.noise_monitor: NoiseCloudMonitor | NoiseScaleMonitor | None = (
+            NoiseCloudMonitor(sample, self._centre, self._whitening, self.threshold) if sample is not None
+            else None if calibration.noise_quantiles is None
+            else NoiseScaleMonitor(calibration.noise_quantiles, self.threshold))
         self._output = calibration.output_name
         check_io(backend, (calibration.n_samples,), self._output)
         self._header = {
@@ -181,7 +289,7 @@ class PulsePipeline(Pipeline):
 
     def monitor(self, result: dict[str, np.ndarray], metrics: Any) -> None:
         """Distance distribution (d / d*), the drift of the noise cloud's mean from the centre, and the
-        noise scale with the false-positive rate it implies (:class:`NoiseScaleMonitor`)."""
+        noise scale with the false-positive rate it implies (:class:`NoiseCloudMonitor`)."""
         ratio = result["score"] / np.float32(self.threshold)
         metrics.distance_ratio.observe_many(ratio)
         noise = result["z"][~result["accept"]]
@@ -195,7 +303,7 @@ class PulsePipeline(Pipeline):
             offset = (self._drift_mean - self._centre)[None, :].astype(np.float32)
             metrics.noise_centre_drift.set(float(distances(offset, np.zeros_like(self._centre), self._whitening)[0])
                                            / self.threshold)
-        if self.noise_monitor is not None and self.noise_monitor.update(result["score"]):
+        if self.noise_monitor is not None and self.noise_monitor.update(result["score"], result["z"]):
             metrics.noise_scale.set(self.noise_monitor.scale)
             metrics.fpr_estimate.set(self.noise_monitor.fpr_estimate)
 

@@ -1,15 +1,26 @@
-"""The noise-scale monitor of the pulse pipeline on distances of a known distribution: it finds the
-scale of the noise, ignores events above its cut (where signals sit), windows correctly, and the
-calibration keeps the quantile function it reads."""
+"""The drift monitors of the pulse pipeline on noise of a known distribution.
+
+The noise-scale monitor (distances only, for older calibrations) finds the scale of the noise,
+ignores events above its cut (where signals sit), windows correctly, and the calibration keeps the
+quantile function it reads. The noise-cloud monitor finds the false-positive rate of a cloud that
+moved as well as widened, where the scale monitor reads the wrong way, and the calibration keeps
+the noise sample it fits."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from trigger.calibration import NOISE_QUANTILE_PS, CalibrationError, PulseCalibration, noise_quantiles
+from trigger.calibration import (
+    NOISE_QUANTILE_PS,
+    NOISE_SAMPLE_SIZE,
+    CalibrationError,
+    PulseCalibration,
+    distances,
+    noise_quantiles,
+)
 from trigger.config import DEFAULT_PULSE_MODEL
-from trigger.pipelines.pulse import NoiseScaleMonitor
+from trigger.pipelines.pulse import NoiseCloudMonitor, NoiseScaleMonitor
 
 
 def _rayleigh(n: int, seed: int, scale: float = 1.0) -> np.ndarray:
@@ -88,3 +99,81 @@ def test_the_shipped_calibration_has_the_quantile_function_of_its_thresholds():
         fpr = float(name.removeprefix("fpr_"))
         # within the difference between the "higher" quantile of the thresholds and interpolation
         assert np.interp(1 - fpr, q["p"], q["d"]) == pytest.approx(d, rel=5e-3), name
+
+
+# --- the noise-cloud monitor: a shift and a stretch of the calibration's cloud -----------------------
+
+def _cloud(n: int, seed: int, shift=(0.0, 0.0), stretch=(1.0, 1.0)) -> np.ndarray:
+    """An elongated, tilted 2-d Gaussian noise cloud about (1, -2), shifted and stretched along its axes."""
+    rot = np.array([[np.cos(0.6), -np.sin(0.6)], [np.sin(0.6), np.cos(0.6)]])
+    x = np.random.default_rng(seed).normal(size=(n, 2)) * np.array([0.3, 1.0]) * np.asarray(stretch)
+    return ((x + np.asarray(shift)) @ rot.T + np.array([1.0, -2.0])).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def cloud_calibration() -> PulseCalibration:
+    return PulseCalibration.from_noise(_cloud(100_000, 1), model_sha256="0" * 64, n_samples=256)
+
+
+def _cloud_fed(cal: PulseCalibration, z: np.ndarray, whitening=None) -> tuple[NoiseCloudMonitor, float]:
+    """The monitor after ``z`` in batches, and the true rate of ``z`` beyond d*."""
+    m = NoiseCloudMonitor(cal.noise_sample_array(), np.asarray(cal.centre), whitening, cal.threshold(),
+                          window=20_000, interval_s=0.0)
+    d = distances(z, np.asarray(cal.centre, np.float32), whitening)
+    for i in range(0, len(z), 1000):
+        m.update(d[i:i + 1000], z[i:i + 1000], now=float(i))
+    return m, float(np.mean(d > cal.threshold()))
+
+
+@pytest.mark.parametrize(("shift", "stretch"), [
+    ((0.0, 0.0), (1.0, 1.0)),  # as calibrated
+    ((0.0, 0.0), (1.5, 1.5)),  # wider about the centre (what a radial scale also sees)
+    ((0.0, 0.0), (0.6, 0.6)),
+    ((0.0, 0.8), (1.0, 1.0)),  # moved along its long axis: the distances grow, and so does the rate
+    ((0.0, -0.5), (0.7, 0.7)),  # narrower and moved: the case a radial scale reads the wrong way
+    ((0.3, 0.0), (1.0, 1.3)),
+])
+def test_the_cloud_monitor_finds_the_false_positive_rate_of_a_moved_and_stretched_cloud(cloud_calibration, shift,
+                                                                                      stretch):
+    m, true = _cloud_fed(cloud_calibration, _cloud(20_000, 2, shift, stretch))
+    assert m.converged
+    assert m.fpr_estimate == pytest.approx(true, rel=0.3, abs=1.5e-3), (m.fpr_estimate, true)
+    assert m.scale == pytest.approx(np.sqrt(np.prod(stretch)), rel=0.05)
+    assert m.shift == pytest.approx(np.hypot(*shift) / cloud_calibration.threshold(), abs=0.03)
+
+
+def test_a_radial_scale_misreads_a_moved_narrower_cloud_the_cloud_monitor_does_not(cloud_calibration):
+    """The reason for the cloud monitor: the cloud narrows (fewer false positives) and moves."""
+    z = _cloud(20_000, 3, (0.0, -0.9), (0.6, 0.6))
+    cloud, true = _cloud_fed(cloud_calibration, z)
+    radial = NoiseScaleMonitor(cloud_calibration.noise_quantiles, cloud_calibration.threshold(), window=20_000,
+                               interval_s=0.0)
+    radial.update(cloud_calibration.score(z), now=0.0)
+    assert true < 0.01 and radial.scale > 1.0 and radial.fpr_estimate > 0.01  # the wrong way
+    assert cloud.fpr_estimate < 0.01 and cloud.fpr_estimate == pytest.approx(true, rel=0.3, abs=1.5e-3)
+
+
+def test_the_cloud_monitor_ignores_bright_signals_and_works_in_whitened_space():
+    noise = _cloud(100_000, 4)
+    cal = PulseCalibration.from_noise(noise, model_sha256="0" * 64, n_samples=256, metric="mahalanobis")
+    signals = _cloud(10_000, 5, (6.0, 9.0))  # far out: above the cut, whatever the metric
+    mixed = np.random.default_rng(6).permutation(np.concatenate([_cloud(20_000, 7), signals]))
+    m, _ = _cloud_fed(cal, mixed, cal.whitening_array())
+    assert m.fpr_estimate == pytest.approx(0.01, rel=0.3) and m.scale == pytest.approx(1.0, abs=0.03)
+
+
+def test_the_calibration_keeps_and_checks_its_noise_sample(tmp_path):
+    z = _cloud(30_000, 8)
+    cal = PulseCalibration.from_noise(z, model_sha256="0" * 64, n_samples=256)
+    sample = cal.noise_sample_array()
+    assert sample.shape == (NOISE_SAMPLE_SIZE, 2)
+    assert np.isin(sample[:, 0], z[:, 0]).all()  # rows of the calibration's own noise, not a summary
+    assert np.array_equal(PulseCalibration.load(cal.save(tmp_path / "c.calib.json")).noise_sample_array(), sample)
+    small = PulseCalibration.from_noise(z[:2000], model_sha256="0" * 64, n_samples=256, fprs=(0.01,))
+    assert np.array_equal(small.noise_sample_array(), z[:2000])
+    bad = dict(cal.noise_sample, base64=cal.noise_sample["base64"][:-8])
+    with pytest.raises(CalibrationError, match="noise_sample holds .* bytes"):
+        PulseCalibration(**{**cal.__dict__, "noise_sample": bad})
+    with pytest.raises(CalibrationError, match="noise_sample must be"):
+        PulseCalibration(**{**cal.__dict__, "noise_sample": {**cal.noise_sample, "shape": [NOISE_SAMPLE_SIZE, 3]}})
+
