@@ -46,7 +46,7 @@ from trigger.backends.tensorrt import cuda as trt_cuda
 from trigger.backends.tensorrt import engine_cache as cache
 from trigger.backends.tensorrt import library as trt_library
 from trigger.backends.tensorrt import runtime as trt_runtime
-from trigger.calibration import load_for_model
+from trigger.calibration import load_for_model, sha256_file
 from trigger.cli import build
 from trigger.config import DEFAULT_PULSE_MODEL
 from trigger.pipelines.pulse import PulsePipeline
@@ -237,7 +237,8 @@ def test_missing_pt2_is_refused_with_the_export_command(tmp_path):
 def test_pt2_exported_for_another_onnx_is_refused(tmp_path, tiny_pulse_model):
     onnx_path, _ = tiny_pulse_model
     shutil.copy(pt2_path_for(DEFAULT_PULSE_MODEL), pt2_path_for(onnx_path))
-    with pytest.raises(BackendUnavailable, match=r"was exported for ONNX sha256 bc89b960872f.*\(pulse_default\.onnx\)"):
+    sha = sha256_file(DEFAULT_PULSE_MODEL)[:12]
+    with pytest.raises(BackendUnavailable, match=rf"was exported for ONNX sha256 {sha}.*\(pulse_default\.onnx\)"):
         create_backend("torch", onnx_path, device="cpu")
 
 

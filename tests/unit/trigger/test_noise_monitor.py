@@ -177,3 +177,10 @@ def test_the_calibration_keeps_and_checks_its_noise_sample(tmp_path):
     with pytest.raises(CalibrationError, match="noise_sample must be"):
         PulseCalibration(**{**cal.__dict__, "noise_sample": {**cal.noise_sample, "shape": [NOISE_SAMPLE_SIZE, 3]}})
 
+
+
+def test_the_shipped_calibration_has_a_noise_sample_and_the_pipeline_monitors_the_cloud():
+    cal = PulseCalibration.load(DEFAULT_PULSE_MODEL.with_name("pulse_default.calib.json"))
+    assert cal.noise_sample_array().shape == (NOISE_SAMPLE_SIZE, cal.latent_dim)
+    # the sample's own 1% quantile is the working point's d*, to its counting error
+    assert np.mean(cal.score(cal.noise_sample_array()) > cal.threshold("fpr_0.01")) == pytest.approx(0.01, rel=0.3)
