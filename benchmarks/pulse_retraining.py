@@ -9,8 +9,10 @@ Every candidate is trained with the shipped protocol (:data:`training.pulse_simu
 7,500 simulated waveforms, fold 0 of 5, 3 starts of 2 epochs, the best trained on to ``--epochs`` epochs, the
 epoch picked by validation A50) at one torch thread, changing one thing (``CANDIDATES``):
 
-* ``control`` -- nothing; ``control_s2`` the same with another initialisation seed. With the shipped model
-  (seed 0) they measure the run-to-run scatter a candidate's effect has to stand out from;
+* ``control`` -- nothing; ``control_s2`` the same with another initialisation seed. With the previously shipped
+  model (the control protocol's seed 0, sha256 bc89b960..., kept as ``benchmarks/yardstick/pulse_default_8f08e6d.onnx``
+  and calibrated here as ``training.export.calibrate`` does) they measure the run-to-run scatter a candidate's
+  effect has to stand out from. The model shipped now is ``free_bits20`` (seed 1) itself;
 * ``robust`` -- a Huber reconstruction term on the standardised residual (``recon_delta``) with free bits
   (the KL below ``free_bits`` nats per dimension is not charged) against the KL's erosion of small amplitudes;
 * ``near_threshold`` -- fresh simulated waveforms every epoch, half of them with amplitudes log-uniform around
@@ -20,7 +22,12 @@ epoch picked by validation A50) at one torch thread, changing one thing (``CANDI
   weight; ``control_f1`` the control on another fold (a further control-protocol model); ``many_starts`` the
   control's epoch budget spent on 12 starts of 3 epochs, the one kept chosen by validation A50;
 * ensembles -- no training of their own: the standardised scores of the control-protocol models (control,
-  control_s2, control_f1 and the shipped model), averaged; they cost as many trainings as they have members.
+  control_s2, control_f1 and the previously shipped model), averaged; they cost as many trainings as they have
+  members.
+
+Best of K seeds (``SEED_GROUPS``): a recipe that trains K seeds of a candidate and keeps the one with the lowest
+validation A50 (the protocol's own validation streams, never test events). Each complete group of seeds is
+reported with the seed it picks, that model's test A50 / matched filter, and the group's mean and worst.
 
 Models are cached in ``runs/pulse_retraining/<candidate>/`` (``model.pt``, ``train.json``); a folder that
 exists is reused. Scoring uses the events and machinery of ``physics_baselines.py`` (its seeds, its
@@ -59,6 +66,7 @@ from tqdm import tqdm  # noqa: E402
 from simulators.waveform import WaveformConfig, WaveformSimulator  # noqa: E402
 from trigger.backends import create_backend  # noqa: E402
 from trigger.calibration import (  # noqa: E402
+    calibration_path_for,
     distances,
     load_for_model,
     sha256_file,
@@ -69,6 +77,12 @@ from trigger.pipelines.pulse import PulsePipeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs" / "pulse_retraining"
+# The control protocol's seed 0: the pulse model shipped until free_bits20 seed 1 replaced it.
+PREVIOUS_SHIPPED = REPO / "benchmarks" / "yardstick" / "pulse_default_8f08e6d.onnx"
+PREVIOUS_SHIPPED_SHA256 = "bc89b960872f2632d35350b693a148d544a0306490db6ee5bb0c13611a430edd"
+PREV = "previous_shipped"  # its key among the scored models
+PREV_LABEL = "previous shipped (control seed 0, bc89b960)"
+MAX_SEED = 9  # further seeds scored: <candidate>_s2 ... _s9
 log = setup_logging()
 
 
@@ -83,7 +97,7 @@ class Candidate:
 
 
 CANDIDATES = {
-    "control": Candidate("control: the shipped protocol, seed 1"),
+    "control": Candidate("control: the default protocol (the previous shipped model's), seed 1"),
     "robust": Candidate("Huber loss (delta 0.25 std units) + free bits (8 nats/dim)",
                         {"recon": "huber", "recon_delta": 0.25, "free_bits": 8.0}),
     "near_threshold": Candidate("fresh events every epoch, signal amplitudes log-uniform 0.005-0.08",
@@ -105,14 +119,39 @@ CANDIDATES = {
 }
 # Further seeds of a candidate are trained by name (--train <candidate>_s2, _s3, ...).
 ENSEMBLES = {"ensemble_controls2": ("control", "control_s2"),
-             "ensemble_controls3": ("control", "control_s2", "shipped"),
-             "ensemble_controls4": ("control", "control_s2", "control_f1", "shipped"),
+             "ensemble_controls3": ("control", "control_s2", PREV),
+             "ensemble_controls4": ("control", "control_s2", "control_f1", PREV),
              "ensemble_near_threshold2": ("near_threshold", "near_threshold_s2"),
              "ensemble_robust2": ("robust", "robust_s2"),
              "ensemble_free_bits20_3": ("free_bits20", "free_bits20_s2", "free_bits20_s3")}
 # A candidate's ensemble is compared with the control ensemble of as many members.
 CONTROL_OF = {"ensemble_near_threshold2": "ensemble_controls2", "ensemble_robust2": "ensemble_controls2",
               "ensemble_free_bits20_3": "ensemble_controls3"}
+# Groups of seeds of one recipe for "train K seeds, keep the lowest validation A50" (seed 1 is the bare name).
+SEED_GROUPS = {"free_bits20": ((1, 2, 3), (4, 5, 6), (7, 8, 9))}
+
+
+def seed_name(base: str, seed: int) -> str:
+    """The run name of seed ``seed`` of candidate ``base`` (seed 1 is the candidate's own name)."""
+    return base if seed == CANDIDATES[base].seed else f"{base}_s{seed}"
+
+
+def best_of(members: list[str], val_a50: dict[str, float], ratio: dict[str, dict]) -> dict:
+    """The member with the lowest validation A50, with its test ratio, and the group's mean and worst ratio.
+
+    Args:
+        members: run names of the group.
+        val_a50: run name -> validation A50 (train.json's ``val_a50``).
+        ratio: run name -> ``{"ratio": r, "interval_68": [lo, hi]}`` (test A50 / matched filter).
+    """
+    pick = min(members, key=lambda m: val_a50[m])
+    rs = [ratio[m]["ratio"] for m in members]
+    worst = max(members, key=lambda m: ratio[m]["ratio"])
+    best = min(members, key=lambda m: ratio[m]["ratio"])
+    return {"members": list(members), "val_a50": {m: val_a50[m] for m in members},
+            "ratio": {m: ratio[m] for m in members}, "pick": pick, "pick_ratio": ratio[pick],
+            "pick_is_test_best": pick == best, "mean_ratio": float(np.mean(rs)), "worst": worst,
+            "worst_ratio": ratio[worst]["ratio"], "met": bool(ratio[pick]["interval_68"][1] <= 1.0)}
 
 
 def candidate(name: str) -> Candidate:
@@ -160,12 +199,37 @@ def train(name: str, epochs: int, out: Path = RUNS) -> Path:
 
 # -------------------------------------------------------------------------------------- scoring
 
+def previous_shipped(out: Path = RUNS):
+    """The previously shipped model (control seed 0) and its calibration, made once as the shipped one was made.
+
+    A copy of ``PREVIOUS_SHIPPED`` in ``<out>/previous_shipped/`` is calibrated with
+    :func:`training.export.calibrate` (100,000 noise events, seed 103) unless its calibration exists there.
+
+    Args:
+        out: the runs folder.
+    """
+    import shutil
+
+    from training.export import calibrate
+
+    if sha256_file(PREVIOUS_SHIPPED) != PREVIOUS_SHIPPED_SHA256:
+        raise RuntimeError(f"{PREVIOUS_SHIPPED} is not the previous shipped model ({PREVIOUS_SHIPPED_SHA256[:8]})")
+    onnx = out / PREV / PREVIOUS_SHIPPED.name
+    if not onnx.is_file():
+        onnx.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PREVIOUS_SHIPPED, onnx)
+    if not calibration_path_for(onnx).is_file():
+        log.info("calibrating %s (100,000 noise events, seed 103)", onnx)
+        calibrate(onnx, provenance={"model": str(PREVIOUS_SHIPPED.relative_to(REPO))})
+    return onnx, load_for_model(onnx, None)
+
+
 def statistics(z_train: np.ndarray, is_sig: np.ndarray, centre: np.ndarray | None) -> dict:
     """The latent statistics of one model fitted to its training-like latents: name -> function z -> score.
 
     ``distance`` and ``mahalanobis`` are the trigger's own metrics (:func:`trigger.calibration.distances`,
-    centre the median of the noise latents as :func:`trigger.calibration.fit` takes it, or the shipped
-    model's calibration centre); ``fisher`` the one-sided projection; ``kde`` (k > 2) minus the log density.
+    centre the median of the noise latents as :func:`trigger.calibration.fit` takes it, or the previously
+    shipped model's calibration centre); ``fisher`` the one-sided projection; ``kde`` (k > 2) minus the log density.
     """
     zn, zs = z_train[~is_sig], z_train[is_sig]
     c = np.median(zn, axis=0) if centre is None else np.asarray(centre, np.float64)
@@ -244,13 +308,13 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
     config = WaveformConfig()
     models = {n: ps.load_checkpoint(RUNS / n / "model.pt") for n in names}
     wp = working_point_name(a.fpr)
-    cal = load_for_model(DEFAULT_MODEL, None)
-    backend = create_backend("onnxruntime", DEFAULT_MODEL, threads=1)
+    prev_onnx, cal = previous_shipped()
+    backend = create_backend("onnxruntime", prev_onnx, threads=1)
     pipeline = PulsePipeline(backend, cal, working_point=wp)
-    scorer = Scorer(pipeline, config, 801, 60, 256)  # its filter and the shipped model's latents
+    scorer = Scorer(pipeline, config, 801, 60, 256)  # its filter and the previous shipped model's latents
 
     def fn(data: np.ndarray) -> dict[str, np.ndarray]:
-        out = {"matched_filter": data.astype(np.float64) @ scorer.filter, "z:shipped": scorer.latents(data)["z"]}
+        out = {"matched_filter": data.astype(np.float64) @ scorer.filter, f"z:{PREV}": scorer.latents(data)["z"]}
         for n, m in models.items():
             out[f"z:{n}"] = ps.encode_torch(m, data, batch_size=256).astype(np.float64)
         return out
@@ -270,9 +334,9 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
     stat_names = ["matched_filter"]
     sets = [calib, noise, *signal]
     noise_ref = {}  # per statistic: (median, std) on training-like noise, for the ensembles
-    for m in ["shipped", *models]:
+    for m in [PREV, *models]:
         z = train_ev[f"z:{m}"]
-        fns = statistics(z, is_sig, np.asarray(cal.centre) if m == "shipped" else None)
+        fns = statistics(z, is_sig, np.asarray(cal.centre) if m == PREV else None)
         for s_name, f in fns.items():
             key = f"{m}/{s_name}"
             stat_names.append(key)
@@ -281,7 +345,7 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
             ref = f(z[~is_sig])
             noise_ref[key] = (float(np.median(ref)), float(np.std(ref)))
     for e_name, members in ENSEMBLES.items():
-        if not all(m == "shipped" or m in models for m in members):
+        if not all(m == PREV or m in models for m in members):
             continue
         for s_name in ("fisher", "distance"):
             key = f"{e_name}/{s_name}"
@@ -313,8 +377,10 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
                                   "threshold_sigma": float((table[n]["threshold"] - mu) / sd)}
 
     def describe(m: str) -> str:
-        if m == "shipped":
-            return "shipped model (pulse_default.onnx, seed 0, 2 threads)"
+        if m == PREV:
+            return f"{PREV_LABEL}, 2 threads"
+        if m == "free_bits20":
+            return f"{candidate(m).description} (seed 1; shipped now as pulse_default.onnx)"
         if m in ENSEMBLES:
             return "ensemble of " + " + ".join(ENSEMBLES[m]) + " (standardised scores averaged)"
         return candidate(m).description
@@ -324,7 +390,7 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
         m, s_name = n.split("/")
         t = table[n]
         r = t["ratio_to_matched_filter"]
-        label = f"{m}: {s_name}"
+        label = f"{PREV_LABEL if m == PREV else m}: {s_name}"
         entries.append({"label": label, "statistic": s_name, **r})
         iv, f = t["interval_68"], t["fpr"]
         measured = (f"A50 {t['a50']:.4f} [{iv[0]:.4f}, {iv[1]:.4f}]; / matched filter {r['ratio']:.3f} "
@@ -340,6 +406,34 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
                      "met": bool(r["interval_68"][1] <= 1.0)})
         table[n]["description"] = describe(m)
 
+    # Best of K seeds by validation A50, group by group (complete groups only), on the trigger's own distance and
+    # on the Fisher projection.
+    train_info = {n: json.loads((RUNS / n / "train.json").read_text()) for n in models}
+    best = {}
+    for base, groups in SEED_GROUPS.items():
+        for seeds in groups:
+            members = [seed_name(base, k) for k in seeds]
+            if not all(m in models for m in members):
+                continue
+            for s_name in ("distance", "fisher"):
+                g = best_of(members, {m: train_info[m]["val_a50"] for m in members},
+                            {m: table[f"{m}/{s_name}"]["ratio_to_matched_filter"] for m in members})
+                key = f"{base}_seeds{''.join(map(str, seeds))}/{s_name}"
+                best[key] = g
+                pr = g["pick_ratio"]
+                rows.append({
+                    "benchmark": f"A50 at {100 * a.fpr:g}% FPR, retrained VCAE (issue 17): best of {len(seeds)} seeds "
+                                 f"by validation A50, {candidate(base).description}, seeds "
+                                 f"{', '.join(map(str, seeds))}; {s_name}",
+                    "measured": (f"picks seed {candidate(g['pick']).seed} (validation A50 "
+                                 f"{g['val_a50'][g['pick']]:.4f}): / matched filter {pr['ratio']:.3f} "
+                                 f"[{pr['interval_68'][0]:.3f}, {pr['interval_68'][1]:.3f}]; group mean "
+                                 f"{g['mean_ratio']:.3f}, worst {g['worst_ratio']:.3f} (seed "
+                                 f"{candidate(g['worst']).seed})"),
+                    "target": "<= 1.0 x matched filter (68% interval's upper end)", "met": g["met"]})
+                log.info("best of %s: picks %s, /MF %.3f [%.3f, %.3f], mean %.3f, worst %.3f (%s)", key, g["pick"],
+                         pr["ratio"], *pr["interval_68"], g["mean_ratio"], g["worst_ratio"], g["worst"])
+
     name = "pulse_retraining_quick" if a.quick else "pulse_retraining"
     png = RESULTS / f"{name}.png"
     mf = table["matched_filter"]
@@ -351,15 +445,19 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
         "settings": {"fpr": a.fpr, "amplitudes": amps.tolist(), "per_amplitude": a.per_amplitude,
                      "noise_calibration": a.noise_calibration, "noise_test": a.noise_test,
                      "training_like": a.training_like, "event_seeds": EVENT_SEEDS, "bootstrap": a.bootstrap,
-                     "quick": a.quick, "epochs": a.epochs, "shipped_sha256": sha256_file(DEFAULT_MODEL),
-                     "centre_rule": "shipped: the calibration file's centre; retrained: median of the training-like "
-                                    "noise latents",
+                     "quick": a.quick, "epochs": a.epochs,
+                     "previous_shipped": {"model": str(PREVIOUS_SHIPPED.relative_to(REPO)),
+                                          "sha256": sha256_file(prev_onnx), "calibration": cal.provenance},
+                     "shipped_now_sha256": sha256_file(DEFAULT_MODEL),
+                     "centre_rule": "previous shipped: its calibration's centre (training.export.calibrate, 100,000 "
+                                    "noise events, seed 103); retrained: median of the training-like noise latents",
                      "threshold_rule": "score > (1 - fpr) quantile (method='higher') of the noise-only calibration set",
                      "ensemble_rule": "sum over members of (score - median) / std on training-like noise, / sqrt(n)"},
         "candidates": {n: {**dataclasses.asdict(candidate(n)),
                            "train": {k: v for k, v in json.loads((RUNS / n / "train.json").read_text()).items()
                                      if k != "history"}} for n in models},
         "statistics": table,
+        "best_of_seeds": best,
         "rows": [] if a.quick else rows,
         "seconds": {"simulate_and_encode": t_sim, "total": time.perf_counter() - t_start},
         "plot": str(png.relative_to(REPO)),
@@ -411,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.score_only:
         for n in CANDIDATES:
             train(n, a.epochs)
-    names = [n for n in [*CANDIDATES, *(f"{c}_s{k}" for k in (2, 3) for c in CANDIDATES)]
+    names = [n for n in [*CANDIDATES, *(f"{c}_s{k}" for k in range(2, MAX_SEED + 1) for c in CANDIDATES)]
              if (RUNS / n / "model.pt").is_file()]
     if not names:
         p.error(f"no trained model in {RUNS}")

@@ -1,0 +1,65 @@
+"""benchmarks/pulse_retraining.py: seed variants of a candidate, the best-of-K-seeds pick, the previous shipped
+model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tests.unit.simulators.conftest import load_benchmark
+from trigger.calibration import sha256_file
+
+
+@pytest.fixture
+def pr(monkeypatch):
+    """benchmarks/pulse_retraining.py as a module."""
+    return load_benchmark(monkeypatch, "pulse_retraining")
+
+
+@pytest.mark.parametrize("seed", range(2, 10))
+def test_seed_variant_changes_only_the_seed(pr, seed):
+    base = pr.CANDIDATES["free_bits20"]
+    c = pr.candidate(f"free_bits20_s{seed}")
+    assert c.seed == seed
+    assert dataclasses.replace(c, seed=base.seed, description=base.description) == base
+    assert pr.seed_name("free_bits20", seed) == f"free_bits20_s{seed}"
+    assert pr.candidate(pr.seed_name("free_bits20", seed)) == c
+
+
+def test_seed_one_is_the_candidate_itself(pr):
+    assert pr.seed_name("free_bits20", 1) == "free_bits20"
+    assert pr.candidate("free_bits20").seed == 1
+    with pytest.raises(KeyError):
+        pr.candidate("free_bits20_s1")  # seed 1 has one name only
+
+
+def test_seed_groups_are_disjoint_and_of_three(pr):
+    for groups in pr.SEED_GROUPS.values():
+        seeds = [k for g in groups for k in g]
+        assert len(seeds) == len(set(seeds))
+        assert all(len(g) == 3 for g in groups)
+
+
+def test_best_of_picks_the_lowest_validation_a50_not_the_best_test(pr):
+    members = ["a", "b", "c"]
+    val = {"a": 0.027, "b": 0.021, "c": 0.025}
+    ratio = {"a": {"ratio": 0.90, "interval_68": [0.85, 0.95]},
+             "b": {"ratio": 0.98, "interval_68": [0.95, 1.02]},
+             "c": {"ratio": 1.20, "interval_68": [1.10, 1.25]}}
+    g = pr.best_of(members, val, ratio)
+    assert g["pick"] == "b"
+    assert g["pick_ratio"] == ratio["b"]
+    assert not g["pick_is_test_best"]
+    assert g["mean_ratio"] == pytest.approx((0.90 + 0.98 + 1.20) / 3)
+    assert (g["worst"], g["worst_ratio"]) == ("c", 1.20)
+    assert g["met"] is False  # the pick's interval reaches above 1.0
+    val["b"], val["c"] = 0.030, 0.031
+    assert pr.best_of(members, val, ratio)["met"] is True  # now picks "a": [0.85, 0.95]
+
+
+def test_previous_shipped_is_the_yardstick_not_the_shipped_model(pr):
+    assert sha256_file(pr.PREVIOUS_SHIPPED) == pr.PREVIOUS_SHIPPED_SHA256
+    assert sha256_file(pr.DEFAULT_MODEL) != pr.PREVIOUS_SHIPPED_SHA256
+    assert pr.PREV in pr.ENSEMBLES["ensemble_controls3"]
+    assert "shipped" not in {m for members in pr.ENSEMBLES.values() for m in members}
