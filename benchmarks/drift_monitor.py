@@ -1,0 +1,216 @@
+"""What the pulse pipeline's drift monitors read when the noise changes, against the false-positive rate
+the noise really has.
+
+    python benchmarks/drift_monitor.py [--events 20000] [--quick]
+
+For each model (the shipped one with its calibration file; the previous shipped model, the
+throughput yardstick ``yardstick/pulse_default_8f08e6d.onnx``, calibrated here on 100,000 noise
+waveforms of seed 341, as ``trigger calibrate`` does), a stream of ``--events`` waveforms per
+condition goes through the pipeline's own code (ONNX Runtime) and feeds both monitors the way the
+daemon does (batches of 1,000, the default window of 10,000 noise-dominated events):
+
+* ``cloud``: :class:`trigger.pipelines.pulse.NoiseCloudMonitor` (the calibration's noise sample,
+  shifted and stretched to the live bulk), what the daemon runs with calibrations that hold a sample;
+* ``scale``: :class:`trigger.pipelines.pulse.NoiseScaleMonitor` (distances only, a radial scale),
+  what it runs with older calibrations.
+
+Conditions: the calibrated noise with signal fractions 0.04, 0.1, 0.4 and 0.5 (the noise did not
+change: the estimate should stay at the working point); pile-up 30, 45, 75 and 90 pulses per trace
+(calibrated: 60); gain 0.9 and 1.1; white noise of rms 0.005 added (a quarter of a pile-up pulse's
+height; the calibration has none). The measured false-positive rate is the accepted fraction of the
+condition's noise-only events (95% Wilson interval); the estimate is read after the last batch (the
+last 10,000 bulk events) and once half way (the first 10,000), so the two are independent.
+
+Results: ``results/drift_monitor.json`` (rows for the table) and ``drift_monitor.png``.
+Seeds: conditions 331 + k, calibration of the yardstick 341.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import RESULTS, setup_logging, write_result
+from tqdm import tqdm
+
+from simulators.waveform import WaveformConfig, WaveformSimulator
+from trigger.backends import create_backend
+from trigger.calibration import PulseCalibration, load_for_model, sha256_file
+from trigger.pipelines.pulse import NoiseCloudMonitor, NoiseScaleMonitor, PulsePipeline
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "trigger" / "models" / "pulse_default.onnx"
+PREVIOUS = REPO / "benchmarks" / "yardstick" / "pulse_default_8f08e6d.onnx"
+BASE = WaveformConfig()
+# name -> (waveform config, signal fraction, gain)
+CONDITIONS = {
+    "signals 4%": (BASE, 0.04, 1.0),
+    "signals 10%": (BASE, 0.1, 1.0),
+    "signals 40%": (BASE, 0.4, 1.0),
+    "signals 50%": (BASE, 0.5, 1.0),
+    "pile-up 30": (dataclasses.replace(BASE, noise_mean_pulses=30), 0.2, 1.0),
+    "pile-up 45": (dataclasses.replace(BASE, noise_mean_pulses=45), 0.2, 1.0),
+    "pile-up 75": (dataclasses.replace(BASE, noise_mean_pulses=75), 0.2, 1.0),
+    "pile-up 90": (dataclasses.replace(BASE, noise_mean_pulses=90), 0.2, 1.0),
+    "gain 0.9": (BASE, 0.2, 0.9),
+    "gain 1.1": (BASE, 0.2, 1.1),
+    "white noise 0.005": (dataclasses.replace(BASE, white_noise=0.005), 0.2, 1.0),
+}
+QUIET = ("signals 4%", "signals 10%", "signals 40%", "signals 50%")
+BATCH = 1000
+log = setup_logging()
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    p = k / n
+    denom = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return float(centre - half), float(centre + half)
+
+
+def pipeline_for(model: Path, calibration: PulseCalibration) -> PulsePipeline:
+    return PulsePipeline(create_backend("onnxruntime", model), calibration)
+
+
+def calibrate_here(model: Path, n: int) -> PulseCalibration:
+    """The calibration ``trigger calibrate`` would write, on ``n`` noise-only waveforms of seed 341."""
+    backend = create_backend("onnxruntime", model)
+    sim = WaveformSimulator(BASE, 341, 0.0)
+    z = np.concatenate([backend.infer(sim.generate(BATCH)[0])["z_mean"] for _ in tqdm(range(n // BATCH),
+                        desc=f"calibrating {model.name}", unit="k wf")])
+    cal = PulseCalibration.from_noise(z, model_sha256=sha256_file(model), n_samples=BASE.n_samples,
+                                      provenance={"noise_seed": 341, "noise_events": n, "by": "benchmarks/drift_monitor.py"})
+    # decisions name their calibration file by sha256: the pipeline takes one loaded from a file
+    return PulseCalibration.load(cal.save(Path(tempfile.mkdtemp()) / "yardstick.calib.json"))
+
+
+def run_condition(pipe: PulsePipeline, cal: PulseCalibration, name: str, seed: int, events: int) -> dict:
+    config, fraction, gain = CONDITIONS[name]
+    sim = WaveformSimulator(config, seed, fraction)
+    monitors = {"cloud": NoiseCloudMonitor(cal.noise_sample_array(), np.asarray(cal.centre), cal.whitening_array(),
+                                           pipe.threshold, interval_s=0.0),
+                "scale": NoiseScaleMonitor(cal.noise_quantiles, pipe.threshold, interval_s=0.0)}
+    half: dict[str, tuple[float, float]] = {}
+    accepted = noise = 0
+    for k in range(events // BATCH):
+        data, truth = sim.generate(BATCH)
+        result = pipe.decide((data * np.float32(gain)).astype(np.float32))
+        is_noise = truth["amplitude"] == 0
+        noise += int(is_noise.sum())
+        accepted += int(result["accept"][is_noise].sum())
+        for label, m in monitors.items():
+            m.update(result["score"], result["z"], now=float(k))
+        if (k + 1) * BATCH == events // 2:  # the window is 10,000 bulk events: the halves are disjoint
+            half = {label: (m.fpr_estimate, m.scale) for label, m in monitors.items()}
+    lo, hi = wilson(accepted, noise)
+    out = {"condition": name, "seed": seed, "signal_fraction": fraction, "gain": gain,
+           "noise_events": noise, "measured_fpr": accepted / noise, "measured_low": lo, "measured_high": hi}
+    for label, m in monitors.items():
+        out[label] = {"fpr_estimate": m.fpr_estimate, "scale": m.scale, "fpr_estimate_first_half": half[label][0],
+                      "scale_first_half": half[label][1]}
+        if label == "cloud":
+            out[label]["shift"] = m.shift
+    return out
+
+
+def plot(path: Path, results: dict, wp: float) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 5.5), squeeze=False)
+    for ax, (model, r) in zip(axes[0], results.items(), strict=True):
+        rows = r["conditions"]
+        meas = np.array([c["measured_fpr"] for c in rows])
+        for label, marker in (("cloud", "o"), ("scale", "s")):
+            est = np.array([[c[label]["fpr_estimate"], c[label]["fpr_estimate_first_half"]] for c in rows])
+            ax.scatter(np.repeat(np.maximum(meas, 1e-5), 2), np.maximum(est.ravel(), 1e-5), marker=marker,
+                       label=f"{label} monitor", alpha=0.8)
+        for c in rows:
+            ax.annotate(c["condition"], (max(c["measured_fpr"], 1e-5), max(c["cloud"]["fpr_estimate"], 1e-5)),
+                        fontsize=7, alpha=0.7)
+        lim = (1e-5, 0.5)
+        ax.plot(lim, lim, "k-", lw=0.8)
+        ax.fill_between(lim, [v / 2 for v in lim], [v * 2 for v in lim], color="grey", alpha=0.15,
+                        label="within 2x of the truth")
+        ax.axhspan(wp / 2, 2 * wp, color="green", alpha=0.08, label="alert band (working point / 2 to x 2)")
+        ax.set(xscale="log", yscale="log", xlim=lim, ylim=lim, xlabel="measured false-positive rate of the noise",
+               ylabel="monitor's estimate (no truth)", title=f"{model} ({r['sha256'][:8]})")
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def rows_for(results: dict, wp: float) -> list[dict]:
+    out = []
+    for model, r in results.items():
+        for label in ("cloud", "scale"):
+            ratios, quiet = [], []
+            for c in r["conditions"]:
+                for est in (c[label]["fpr_estimate"], c[label]["fpr_estimate_first_half"]):
+                    if c["condition"] in QUIET:
+                        quiet.append(est)
+                    elif c["measured_fpr"] >= wp / 4:  # below that both are "far under the working point"
+                        ratios.append(est / c["measured_fpr"])
+            wrong_way = [c["condition"] for c in r["conditions"] if c["condition"] not in QUIET
+                         and (c["measured_fpr"] - wp) * (c[label]["fpr_estimate"] - wp) < 0
+                         and abs(np.log2(c["measured_fpr"] / wp)) > 1]
+            quiet_all = [c for c in r["conditions"] if c["condition"] in QUIET]
+            out.append({
+                "benchmark": f"Drift monitor ({label}), {model} model {r['sha256'][:8]}: FPR estimate / measured FPR "
+                             f"over pile-up 30-90, gain 0.9-1.1, white noise (2 windows of 10,000 each)",
+                "measured": (f"{min(ratios):.2f}-{max(ratios):.2f}; wrong way: {', '.join(wrong_way) or 'none'}; "
+                             "signal fraction 4/10/40/50%, noise unchanged: "
+                             + "/".join(f"{100 * c[label]['fpr_estimate']:.2f}" for c in quiet_all) + "% "
+                             f"(measured {100 * min(c['measured_fpr'] for c in quiet_all):.2f}-"
+                             f"{100 * max(c['measured_fpr'] for c in quiet_all):.2f}%)"),
+                "target": "within 2x where the rate moved; quiet (wp/2 to 2 wp) when only signals change",
+                "met": bool(ratios) and 0.5 <= min(ratios) and max(ratios) <= 2 and not wrong_way
+                and all(wp / 2 <= q <= 2 * wp for q in quiet),
+            })
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=20_000, help="waveforms per condition (two windows of 10,000)")
+    p.add_argument("--calibration-events", type=int, default=100_000, help="noise waveforms to calibrate the yardstick")
+    p.add_argument("--quick", action="store_true", help="the shipped model only, 4 conditions")
+    p.add_argument("--name", default="drift_monitor")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    models = {"shipped": (SHIPPED, load_for_model(SHIPPED))}
+    if not args.quick:
+        models["previous"] = (PREVIOUS, calibrate_here(PREVIOUS, args.calibration_events))
+    names = ["signals 50%", "pile-up 30", "pile-up 90", "gain 1.1"] if args.quick else list(CONDITIONS)
+    results = {}
+    wp = 0.01
+    for model, (path, cal) in models.items():
+        pipe = pipeline_for(path, cal)
+        wp = float(pipe.working_point.removeprefix("fpr_"))
+        rows = []
+        for k, name in enumerate(tqdm(names, desc=model, unit="condition")):
+            rows.append(run_condition(pipe, cal, name, 331 + k, args.events))
+            c = rows[-1]
+            log.info("%s %-18s measured %.4f [%.4f, %.4f]  cloud %.4f / %.4f (scale %.3f, shift %.3f)  "
+                     "scale-monitor %.4f (scale %.3f)", model, name, c["measured_fpr"], c["measured_low"],
+                     c["measured_high"], c["cloud"]["fpr_estimate"], c["cloud"]["fpr_estimate_first_half"],
+                     c["cloud"]["scale"], c["cloud"]["shift"], c["scale"]["fpr_estimate"], c["scale"]["scale"])
+        results[model] = {"model": str(path.relative_to(REPO)), "sha256": sha256_file(path),
+                          "threshold": pipe.threshold, "working_point": pipe.working_point, "conditions": rows}
+    plot(RESULTS / f"{args.name}.png", results, wp)
+    out = write_result(args.name, {"settings": {"events": args.events, "batch": BATCH, "window": 10_000,
+                                                "quick": args.quick},
+                                   "models": results, "rows": rows_for(results, wp),
+                                   "seconds": round(time.perf_counter() - t0, 1)})
+    log.info("wrote %s (%.0f s)", out, time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
