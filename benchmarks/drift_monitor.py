@@ -141,7 +141,7 @@ def plot(path: Path, results: dict, wp: float) -> None:
         ax.axhspan(wp / 2, 2 * wp, color="green", alpha=0.08, label="alert band (working point / 2 to x 2)")
         ax.set(xscale="log", yscale="log", xlim=lim, ylim=lim, xlabel="measured false-positive rate of the noise",
                ylabel="monitor's estimate (no truth)", title=f"{model} ({r['sha256'][:8]})")
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
