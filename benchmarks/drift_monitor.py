@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from simulators.waveform import WaveformConfig, WaveformSimulator
 from trigger.backends import create_backend
-from trigger.calibration import PulseCalibration, load_for_model, sha256_file
+from trigger.calibration import PulseCalibration, input_levels, load_for_model, sha256_file
 from trigger.pipelines.pulse import NoiseCloudMonitor, NoiseScaleMonitor, PulsePipeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,10 +81,14 @@ def calibrate_here(model: Path, n: int) -> PulseCalibration:
     """The calibration ``trigger calibrate`` would write, on ``n`` noise-only waveforms of seed 341."""
     backend = create_backend("onnxruntime", model)
     sim = WaveformSimulator(BASE, 341, 0.0)
-    z = np.concatenate([backend.infer(sim.generate(BATCH)[0])["z_mean"] for _ in tqdm(range(n // BATCH),
-                        desc=f"calibrating {model.name}", unit="k wf")])
-    cal = PulseCalibration.from_noise(z, model_sha256=sha256_file(model), n_samples=BASE.n_samples,
-                                      provenance={"noise_seed": 341, "noise_events": n, "by": "benchmarks/drift_monitor.py"})
+    zs, levels = [], []
+    for _ in tqdm(range(n // BATCH), desc=f"calibrating {model.name}", unit="k wf"):
+        data = sim.generate(BATCH)[0]
+        zs.append(backend.infer(data)["z_mean"])
+        levels.append(input_levels(data))
+    cal = PulseCalibration.from_noise(np.concatenate(zs), model_sha256=sha256_file(model), n_samples=BASE.n_samples,
+                                      levels=np.concatenate(levels),
+                                      provenance={"noise_seed": 341, "noise_events": n, "by": "drift_monitor.py"})
     # decisions name their calibration file by sha256: the pipeline takes one loaded from a file
     return PulseCalibration.load(cal.save(Path(tempfile.mkdtemp()) / "yardstick.calib.json"))
 
@@ -97,19 +101,23 @@ def run_condition(pipe: PulsePipeline, cal: PulseCalibration, name: str, seed: i
                 "scale": NoiseScaleMonitor(cal.noise_quantiles, pipe.threshold, interval_s=0.0)}
     half: dict[str, tuple[float, float]] = {}
     accepted = noise = 0
+    levels = []  # the pipeline's own sampled input levels of noise-like events (what its gauge reads)
     for k in range(events // BATCH):
         data, truth = sim.generate(BATCH)
         result = pipe.decide((data * np.float32(gain)).astype(np.float32))
         is_noise = truth["amplitude"] == 0
         noise += int(is_noise.sum())
         accepted += int(result["accept"][is_noise].sum())
-        for label, m in monitors.items():
+        for m in monitors.values():
             m.update(result["score"], result["z"], now=float(k))
+        levels.append(result["_level"][np.isfinite(result["_level"])])
         if (k + 1) * BATCH == events // 2:  # the window is 10,000 bulk events: the halves are disjoint
             half = {label: (m.fpr_estimate, m.scale) for label, m in monitors.items()}
     lo, hi = wilson(accepted, noise)
+    window = np.concatenate(levels)[-pipe.LEVEL_WINDOW:]
     out = {"condition": name, "seed": seed, "signal_fraction": fraction, "gain": gain,
-           "noise_events": noise, "measured_fpr": accepted / noise, "measured_low": lo, "measured_high": hi}
+           "noise_events": noise, "measured_fpr": accepted / noise, "measured_low": lo, "measured_high": hi,
+           "input_level_ratio": float(np.median(window) / cal.noise_level)}
     for label, m in monitors.items():
         out[label] = {"fpr_estimate": m.fpr_estimate, "scale": m.scale, "fpr_estimate_first_half": half[label][0],
                       "scale_first_half": half[label][1]}
@@ -198,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_condition(pipe, cal, name, 331 + k, args.events))
             c = rows[-1]
             log.info("%s %-18s measured %.4f [%.4f, %.4f]  cloud %.4f / %.4f (scale %.3f, shift %.3f)  "
-                     "scale-monitor %.4f (scale %.3f)", model, name, c["measured_fpr"], c["measured_low"],
-                     c["measured_high"], c["cloud"]["fpr_estimate"], c["cloud"]["fpr_estimate_first_half"],
-                     c["cloud"]["scale"], c["cloud"]["shift"], c["scale"]["fpr_estimate"], c["scale"]["scale"])
+                     "scale-monitor %.4f (scale %.3f)  input level %.3f", model, name, c["measured_fpr"],
+                     c["measured_low"], c["measured_high"], c["cloud"]["fpr_estimate"],
+                     c["cloud"]["fpr_estimate_first_half"], c["cloud"]["scale"], c["cloud"]["shift"],
+                     c["scale"]["fpr_estimate"], c["scale"]["scale"], c["input_level_ratio"])
         results[model] = {"model": str(path.relative_to(REPO)), "sha256": sha256_file(path),
                           "threshold": pipe.threshold, "working_point": pipe.working_point, "conditions": rows}
     plot(RESULTS / f"{args.name}.png", results, wp)

@@ -179,10 +179,12 @@ def calibrate(path: str | Path, *, n_noise: int = 100_000, seed: int = CALIBRATI
     from training.pulse_simulated import encode_stream
 
     n_samples = n_samples or WaveformConfig().n_samples
-    z, _ = encode_stream(ort_encoder(path), n_noise, seed, 0.0, desc="calibration noise (ONNX Runtime)")
+    levels: list[np.ndarray] = []
+    z, _ = encode_stream(ort_encoder(path), n_noise, seed, 0.0, desc="calibration noise (ONNX Runtime)", levels=levels)
     prov = {"noise_seed": seed, "noise_events": n_noise, "signal_fraction": 0.0, "encoder": "onnxruntime",
             **dict(provenance or {})}
-    cal = PulseCalibration.from_noise(z, model_sha256=sha256_file(path), n_samples=n_samples, provenance=prov)
+    cal = PulseCalibration.from_noise(z, model_sha256=sha256_file(path), n_samples=n_samples, provenance=prov,
+                                      levels=np.concatenate(levels))
     out = cal.save(calibration_path_for(path))
     logger.info("calibration %s: centre %s, thresholds %s", out, np.round(cal.centre, 4).tolist(),
                 {k: round(v, 4) for k, v in cal.working_points.items()})

@@ -58,7 +58,14 @@ from training.core.metrics import a50, efficiency_curve
 from training.core.plots import plot_efficiency, plot_history
 from training.core.recorded import SPLITS, DataError, Recording, SplitFractions
 from training.vcae import MIN_TRACE_SAMPLES, VCAE, VCAEConfig, count_parameters, padded_length, vae_loss
-from trigger.calibration import DEFAULT_FPRS, PulseCalibration, calibration_path_for, distances, sha256_file
+from trigger.calibration import (
+    DEFAULT_FPRS,
+    PulseCalibration,
+    calibration_path_for,
+    distances,
+    input_levels,
+    sha256_file,
+)
 
 logger = logging.getLogger("training")
 
@@ -436,9 +443,10 @@ def run(paths: list[Path], export: Path, profile: DataProfile, run_dir: Path, *,
 
         # Calibration: every noise-only calibration row, encoded by the exported file (and the
         # reference matched filter's statistic, for its threshold at the same rate).
-        z_parts, cal_rows, mf_cal = [], [], []
+        z_parts, cal_rows, mf_cal, cal_levels = [], [], [], []
         for rows, x in rec.stream(labels, "calibration"):
             z_parts.append(encode(x))
+            cal_levels.append(input_levels(x))
             mf_cal.append(matched_filter(x, template, stats["pedestal"]))
             cal_rows.append(rows)
         used["calibration"] = np.concatenate(cal_rows) if cal_rows else np.zeros(0, np.int64)
@@ -482,7 +490,7 @@ def run(paths: list[Path], export: Path, profile: DataProfile, run_dir: Path, *,
             "init_seed": result["init_seed"], "best_epoch": result["best"]["epoch"],
         }
         cal = PulseCalibration.from_noise(z_cal, model_sha256=sha256_file(onnx_tmp), n_samples=length, fprs=fprs,
-                                          provenance=provenance)
+                                          provenance=provenance, levels=np.concatenate(cal_levels))
         cal.save(calibration_path_for(onnx_tmp))
 
         report = trigger_curve(encode, x_test, z_signal, amp, profile, centre=np.asarray(cal.centre, np.float32),

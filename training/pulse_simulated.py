@@ -40,7 +40,7 @@ from training.core import metrics as core_metrics
 from training.core.metrics import a50
 from training.core.plots import plot_efficiency
 from training.vcae import RECON_LOSSES, VCAE, VCAEConfig, count_parameters, vae_loss
-from trigger.calibration import PulseCalibration, distances
+from trigger.calibration import PulseCalibration, distances, input_levels
 
 logger = logging.getLogger("training")
 
@@ -363,9 +363,10 @@ def encode_torch(model: VCAE, x: np.ndarray, batch_size: int = 1024) -> np.ndarr
 
 
 def encode_stream(encode: Callable[[np.ndarray], np.ndarray], n: int, seed: int, signal_fraction: float,
-                  amplitudes: np.ndarray | None = None, desc: str = "encoding", chunk: int = 4096
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Simulate and encode ``n`` waveforms chunk by chunk (never holding them all): (z [n, k], amplitude [n])."""
+                  amplitudes: np.ndarray | None = None, desc: str = "encoding", chunk: int = 4096,
+                  levels: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Simulate and encode ``n`` waveforms chunk by chunk (never holding them all): (z [n, k], amplitude [n]).
+    ``levels``, if given, receives each chunk's :func:`trigger.calibration.input_levels`."""
     sim = WaveformSimulator(WaveformConfig(), seed, signal_fraction)
     zs, amps = [], []
     with tqdm(total=n, unit="wf", desc=desc, leave=False) as bar:
@@ -374,6 +375,8 @@ def encode_stream(encode: Callable[[np.ndarray], np.ndarray], n: int, seed: int,
             d, t = sim.generate(m, None if amplitudes is None else amplitudes[i:i + m])
             zs.append(np.asarray(encode(d), dtype=np.float32))
             amps.append(t["amplitude"])
+            if levels is not None:
+                levels.append(input_levels(d))
             bar.update(m)
     return np.concatenate(zs), np.concatenate(amps)
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ._log import logger
 from .backends import Backend
-from .calibration import DEFAULT_METRIC, PulseCalibration, sha256_file
+from .calibration import DEFAULT_METRIC, PulseCalibration, input_levels, sha256_file
 from .protocol import INPUT_KINDS, ProtocolError, as_float32, decode
 from .runfile import RunFileError, RunSet, open_runs
 
@@ -142,14 +142,16 @@ def calibrate(backend: Backend, noise: np.ndarray | Iterable[np.ndarray], fprs: 
         if noise.ndim != 2 or noise.shape[1:] != backend.input_shape:
             raise ValueError(f"noise events have shape {noise.shape[1:]}, the model takes {backend.input_shape}")
         z = encode_latents(backend, noise)
+        levels = input_levels(noise)
     else:
-        zs, pending, held = [], [], 0
+        zs, pending, held, level_parts = [], [], 0, []
         for chunk in itertools.chain(noise, [None]):  # None: encode what is left
             if chunk is not None:
                 if chunk.shape[1:] != backend.input_shape:
                     raise ValueError(f"noise events have shape {chunk.shape[1:]}, the model takes "
                                      f"{backend.input_shape}")
                 pending.append(chunk)
+                level_parts.append(input_levels(chunk))
                 held += len(chunk)
             if pending and (chunk is None or held >= 8192):  # a few MB at a time, never the whole run
                 zs.append(encode_latents(backend, np.concatenate(pending)))
@@ -157,10 +159,11 @@ def calibrate(backend: Backend, noise: np.ndarray | Iterable[np.ndarray], fprs: 
         if not zs:
             raise ValueError("no noise-only events to calibrate on")
         z = np.concatenate(zs)
+        levels = np.concatenate(level_parts)
     provenance = {**provenance, "events": len(z)}
     cal = PulseCalibration.from_noise(z, model_sha256=sha256_file(backend.model_path), n_samples=backend.input_shape[0],
                                       fprs=fprs, default_working_point=default_working_point,
-                                      provenance=provenance, metric=metric)
+                                      provenance=provenance, metric=metric, levels=levels)
     cal.save(output)
     logger.info("wrote %s: centre %s, thresholds %s from %d noise events", output,
                 [round(c, 4) for c in cal.centre], {k: round(v, 4) for k, v in cal.working_points.items()}, len(z))

@@ -5,8 +5,9 @@ Phases of one stream: noise as calibrated, with signal fractions 0.4 and 0.04 (q
 90 and 30 pulses per trace instead of 60 (a noise-rate change of +-50%: the rate of accepted noise
 leaves the working point, and the estimate must say so, the right way), and a gain of 1.1 and 0.9
 (the estimate must follow what the rate of accepted noise really does: the shipped model's rate
-hardly moves with gain). Then `trigger calibrate --stream` on the pile-up-90 noise, SIGHUP, and the
-monitor and the measured false-positive rate are back at the working point.
+hardly moves with gain; the input-level gauge shows the gain itself). Then `trigger calibrate
+--stream` on the pile-up-90 noise, SIGHUP, and the monitor, the input level and the measured
+false-positive rate are back at the working point.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.slow
 PER_MESSAGE = 100
 SCALE = "trigger_noise_scale_ratio"
 FPR = "trigger_false_positive_rate_estimate"
+LEVEL = "trigger_input_level_ratio"
 
 
 class Stream:
@@ -46,7 +48,8 @@ class Stream:
 
     def phase(self, events: int, seed: int, signal_fraction: float, gain: float = 1.0,
               config: WaveformConfig | None = None) -> tuple[float, float, float]:
-        """Send ``events``; returns (scale, FPR estimate, measured FPR of the phase's noise events)."""
+        """Send ``events``; returns (scale, FPR estimate, measured FPR of the phase's noise events); the
+        input level gauge at the end of the phase is left in ``self.level``."""
         sim = WaveformSimulator(config or WaveformConfig(), seed, signal_fraction)
         start = self.chain.collector.messages()
         for k in range(events // PER_MESSAGE + 1):
@@ -64,6 +67,7 @@ class Stream:
         accept, amp = np.concatenate(out.accept[start:]), np.concatenate(out.amplitude[start:])
         self.noise_events = int((amp == 0).sum())
         d = self.chain.daemon
+        self.level = d.value(LEVEL)
         return d.value(SCALE), d.value(FPR), float(accept[amp == 0].mean())
 
 
@@ -83,15 +87,20 @@ def test_the_monitor_sees_noise_changes_ignores_signal_changes_and_recalibration
     quiet = [s.phase(20_000, 1, 0.4), s.phase(20_000, 2, 0.04)]
     for scale, estimate, _ in quiet:
         assert 0.93 < scale < 1.08 and wp / 2 < estimate < 2 * wp, quiet
+    assert 0.97 < s.level < 1.03, s.level  # the input level of noise-like events: as calibrated
 
     more = s.phase(15_000, 3, 0.2, config=dataclasses.replace(base, noise_mean_pulses=90))
+    assert s.level > 1.1, s.level
     less = s.phase(15_000, 4, 0.2, config=dataclasses.replace(base, noise_mean_pulses=30))
+    assert s.level < 0.9, s.level
     assert more[2] > 2 * wp and 2 * wp < more[1] < 2 * more[2], more  # the real rate rose, and the estimate says so
     assert less[2] < wp / 2 and less[1] < wp / 2, less
     for gain, seed in ((1.1, 5), (0.9, 6)):
         scale, estimate, measured = s.phase(15_000, seed, 0.2, gain=gain)
         lo, hi = binomial_interval(round(measured * s.noise_events), s.noise_events, z=3.29)
         assert lo / 1.6 < estimate < hi * 1.6, (gain, scale, estimate, measured)
+        # whatever the rate does, the gain change itself shows in the input level
+        assert abs(s.level - gain) < 0.03, (gain, s.level)
 
     # The operator's answer to the alert: recalibrate on live noise, then reload.
     push = open_socket(chain.ctx, "tcp://127.0.0.1:*", "push")
@@ -110,6 +119,7 @@ def test_the_monitor_sees_noise_changes_ignores_signal_changes_and_recalibration
 
     scale, estimate, measured = s.phase(30_000, 7, 0.3, config=dataclasses.replace(base, noise_mean_pulses=90))
     assert 0.93 < scale < 1.08 and wp / 2 < estimate < 2 * wp, (scale, estimate)
+    assert 0.97 < s.level < 1.03, s.level  # the new calibration's level is the pile-up-90 noise's
     lo, hi = binomial_interval(round(measured * s.noise_events), s.noise_events, z=3.29)
     assert lo <= wp <= hi, f"measured false-positive rate {measured:.4f} after recalibration"
     assert chain.daemon.stop() == 0

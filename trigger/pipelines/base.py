@@ -111,8 +111,9 @@ class Pipeline(ABC):
         """Keys every decision message of this pipeline carries (pipeline, model, ...)."""
 
     def split(self, result: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
-        """The decision arrays of events ``start:stop`` of a batch."""
-        return {k: v[start:stop] for k, v in result.items()}
+        """The decision arrays of events ``start:stop`` of a batch, as published. Per-event arrays whose
+        name starts with ``_`` are the pipeline's own, for :meth:`monitor`, and never published."""
+        return {k: v[start:stop] for k, v in result.items() if not k.startswith("_")}
 
     def merge(self, parts: list[dict[str, np.ndarray]], sizes: list[int]) -> dict[str, np.ndarray]:
         """One result from the results of consecutive slices of ``sizes`` events (inverse of split)."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..backends import Backend
-from ..calibration import PulseCalibration, distances
+from ..calibration import PulseCalibration, distances, input_levels
 from .base import Pipeline, PipelineMetric, check_io, model_description, model_header, open_model, register_pipeline
 
 if TYPE_CHECKING:
@@ -227,6 +227,10 @@ class PulsePipeline(Pipeline):
         PipelineMetric("noise_scale", "gauge", "trigger_noise_scale_ratio",
                        "Spread of the noise-dominated latents over the calibration's (the fitted stretch of the "
                        "noise cloud; 1: noise as calibrated; NaN until enough events)", initial=float("nan")),
+        PipelineMetric("input_level", "gauge", "trigger_input_level_ratio",
+                       "Median standard deviation of noise-like input waveforms over the calibration noise's (1: "
+                       "as calibrated; follows gain and noise rate; NaN until enough events or without a level)",
+                       initial=float("nan")),
         PipelineMetric("fpr_estimate", "gauge", "trigger_false_positive_rate_estimate",
                        "False-positive rate of the working point implied by the live noise cloud, without truth "
                        "(NaN until enough events)", initial=float("nan")),
@@ -247,6 +251,8 @@ class PulsePipeline(Pipeline):
             NoiseCloudMonitor(sample, self._centre, self._whitening, self.threshold) if sample is not None
             else None if calibration.noise_quantiles is None
             else NoiseScaleMonitor(calibration.noise_quantiles, self.threshold))
+        self._levels = np.zeros(self.LEVEL_WINDOW, np.float64)  # noise-like events' levels (a ring)
+        self._n_levels = 0
         self._output = calibration.output_name
         check_io(backend, (calibration.n_samples,), self._output)
         self._header = {
@@ -269,11 +275,38 @@ class PulsePipeline(Pipeline):
     def reads_messages(self) -> bool:
         return self.backend.reads_messages
 
+    # Every LEVEL_STEP-th event of a batch gives its input level (its standard deviation) to the
+    # input-level gauge: at 3,000 events/s the window fills in about 10 s, and it costs a few percent of
+    # the kernel's time (benchmarks/README.md, "Drift monitor").
+    LEVEL_STEP = 16
+    LEVEL_WINDOW = 2_000
+    LEVEL_MIN = 200
+
     def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self._score(self.backend.infer(batch)[self._output])
+        result = self._score(self.backend.infer(batch)[self._output])
+        if self.calibration.noise_level is not None:
+            result["_level"] = self._sampled_levels([(batch, 1.0)], result["accept"])
+        return result
 
     def decide_parts(self, parts: list[np.ndarray], pedestal: float, gain: float) -> dict[str, np.ndarray]:
-        return self._score(self.backend.infer_parts(parts, pedestal, gain)[self._output])
+        result = self._score(self.backend.infer_parts(parts, pedestal, gain)[self._output])
+        if self.calibration.noise_level is not None:
+            result["_level"] = self._sampled_levels(
+                [(p, gain if np.issubdtype(p.dtype, np.integer) else 1.0) for p in parts], result["accept"])
+        return result
+
+    def _sampled_levels(self, parts: list[tuple[np.ndarray, float]], accept: np.ndarray) -> np.ndarray:
+        """Per event: the input level of every LEVEL_STEP-th rejected event, NaN for the others
+        (never published: the ``_`` prefix). ``parts``: (waveforms, factor to the model's units)."""
+        out = np.full(len(accept), np.nan, np.float32)
+        first = 0
+        for data, scale in parts:
+            rows = np.arange((-first) % self.LEVEL_STEP, len(data), self.LEVEL_STEP)
+            if len(rows):
+                out[first + rows] = input_levels(data[rows], scale)
+            first += len(data)
+        out[accept] = np.nan
+        return out
 
     def _score(self, z: np.ndarray) -> dict[str, np.ndarray]:
         z = z.astype(np.float32, copy=False)
@@ -288,8 +321,9 @@ class PulsePipeline(Pipeline):
     DRIFT_EVENTS = 10_000
 
     def monitor(self, result: dict[str, np.ndarray], metrics: Any) -> None:
-        """Distance distribution (d / d*), the drift of the noise cloud's mean from the centre, and the
-        noise scale with the false-positive rate it implies (:class:`NoiseCloudMonitor`)."""
+        """Distance distribution (d / d*), the drift of the noise cloud's mean from the centre, the input
+        level of noise-like events against the calibration's, and the noise scale with the
+        false-positive rate it implies (:class:`NoiseCloudMonitor`)."""
         ratio = result["score"] / np.float32(self.threshold)
         metrics.distance_ratio.observe_many(ratio)
         noise = result["z"][~result["accept"]]
@@ -303,6 +337,12 @@ class PulsePipeline(Pipeline):
             offset = (self._drift_mean - self._centre)[None, :].astype(np.float32)
             metrics.noise_centre_drift.set(float(distances(offset, np.zeros_like(self._centre), self._whitening)[0])
                                            / self.threshold)
+        level = result.get("_level")
+        if level is not None:
+            self._n_levels = _ring_add(self._levels, self._n_levels, level[np.isfinite(level)])
+            if self._n_levels >= self.LEVEL_MIN:
+                live = float(np.median(self._levels[:min(self._n_levels, self.LEVEL_WINDOW)]))
+                metrics.input_level.set(live / self.calibration.noise_level)
         if self.noise_monitor is not None and self.noise_monitor.update(result["score"], result["z"]):
             metrics.noise_scale.set(self.noise_monitor.scale)
             metrics.fpr_estimate.set(self.noise_monitor.fpr_estimate)

@@ -223,7 +223,8 @@ def test_operations_alerts_have_promtool_unit_tests():
     alerts = alert_rules()
     assert tested <= set(alerts), tested - set(alerts)
     for name in ["TriggerNoInput", "TriggerLoadShedding", "TriggerQueueNearFull", "TriggerInputHandshakeFailing",
-                 "TriggerInputFlapping", "TriggerReloadFailed", "TriggerFalsePositiveRateEstimateOff"]:
+                 "TriggerInputFlapping", "TriggerReloadFailed", "TriggerFalsePositiveRateEstimateOff",
+                 "TriggerInputLevelOff"]:
         assert name in tested, f"{name} has no promtool test that makes it fire"
 
 
