@@ -25,7 +25,9 @@ false-positive rate the stream now has. It keeps a random sample of the noise-on
 too (``noise_sample``, up to :data:`NOISE_SAMPLE_SIZE` of them, little-endian float32 in base64):
 with it the monitor fits a shift and a stretch of the whole noise cloud
 (``trigger.pipelines.pulse.NoiseCloudMonitor``), which holds for models whose noise moves as well as
-widens; files without it get the distances-only monitor (``NoiseScaleMonitor``).
+widens; files without it get the distances-only monitor (``NoiseScaleMonitor``). ``noise_level``, the
+noise waveforms' median standard deviation, is what the input-level gauge compares the live
+noise-like waveforms with.
 """
 
 from __future__ import annotations
