@@ -4,6 +4,7 @@ model."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -63,3 +64,16 @@ def test_previous_shipped_is_the_yardstick_not_the_shipped_model(pr):
     assert sha256_file(pr.DEFAULT_MODEL) != pr.PREVIOUS_SHIPPED_SHA256
     assert pr.PREV in pr.ENSEMBLES["ensemble_controls3"]
     assert "shipped" not in {m for members in pr.ENSEMBLES.values() for m in members}
+
+
+def test_physics_ratio_reads_the_named_result_and_skips_a_physics_json_of_another_model(pr, tmp_path):
+    assert pr.physics_ratio("no_such_run", tmp_path) is None
+    other = {"model": {"sha256": "0" * 64},
+             "ratios": {"vcae/matched_filter": {"ratio": 0.9, "interval_68": [0.8, 1.0]}},
+             "fpr_actual": {"vcae": {"fpr": 0.0101}}}
+    (tmp_path / "physics.json").write_text(json.dumps(other))
+    assert pr.physics_ratio("free_bits20_s9", tmp_path) is None  # physics.json scored another file
+    mine = {**other, "ratios": {"vcae/matched_filter": {"ratio": 1.08, "interval_68": [1.07, 1.09]}}}
+    (tmp_path / "physics_free_bits20_s9.json").write_text(json.dumps(mine))
+    r = pr.physics_ratio("free_bits20_s9", tmp_path)
+    assert (r["ratio"], r["interval_68"], r["fpr"]) == (1.08, [1.07, 1.09], 0.0101)
