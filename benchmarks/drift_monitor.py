@@ -188,7 +188,7 @@ def rows_for(results: dict, wp: float) -> list[dict]:
         gains = [(lv[g], v) for g, v in (("gain 0.9", 0.9), ("gain 1.1", 1.1)) if g in lv]
         out.append({
             "benchmark": f"Input-level gauge, shipped model {r['sha256'][:8]}: noise-like waveforms' median std "
-                         "over the calibration's (last 2,000 sampled events)",
+                         "over the calibration's (last 500 sampled events)",
             "measured": ", ".join(f"{k} {v:.3f}" for k, v in lv.items()),
             "target": "a 10% gain change shows (> 5% off, alert TriggerInputLevelOff); signal fractions stay within 5%",
             "met": bool(gains) and all(abs(x - v) < 0.03 for x, v in gains) and all(abs(q - 1) < 0.05 for q in quiet),

@@ -276,11 +276,11 @@ class PulsePipeline(Pipeline):
         return self.backend.reads_messages
 
     # Every LEVEL_STEP-th event of a batch gives its input level (its standard deviation) to the
-    # input-level gauge: at 3,000 events/s the window fills in about 10 s, and it costs a few percent of
+    # input-level gauge: at 3,000 events/s the window (500) spans about 3 s, and it costs a few percent of
     # the kernel's time (benchmarks/README.md, "Drift monitor").
     LEVEL_STEP = 16
-    LEVEL_WINDOW = 2_000
-    LEVEL_MIN = 200
+    LEVEL_WINDOW = 500
+    LEVEL_MIN = 100
 
     def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         result = self._score(self.backend.infer(batch)[self._output])
