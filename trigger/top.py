@@ -220,6 +220,10 @@ def render(prev: Scrape, cur: Scrape, url: str = "") -> str:
     add(f"BATCH       mean {mean_batch} events ({n_batch / dt:.1f} batches/s)   "
         f"queue {queue if queue is None else int(queue)} events"
         + (f"   noise-centre drift {drift:.3f} d*" if drift is not None else ""))
+    estimate, level = cur.get("trigger_false_positive_rate_estimate"), cur.get("trigger_input_level_ratio")
+    if estimate is not None or level is not None:  # the pulse pipeline's drift monitor (NaN: not enough events yet)
+        add(f"NOISE       FPR estimate {'-' if estimate is None or math.isnan(estimate) else f'{100 * estimate:.2f}%'}"
+            f"   input level {'-' if level is None or math.isnan(level) else f'{level:.3f}'} x calibration")
     add("")
 
     # -- rejects ------------------------------------------------------------------------------

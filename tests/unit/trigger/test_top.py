@@ -128,3 +128,14 @@ def test_histogram_quantile_edges():
     assert histogram_quantile(0.99, [(1.0, 1.0), (2.0, 2.0), (math.inf, 100.0)]) == 2.0
     # unsorted input is fine
     assert histogram_quantile(0.5, [(math.inf, 4.0), (0.004, 4.0)]) == pytest.approx(0.002)
+
+
+def test_the_noise_line_shows_the_drift_monitor_and_dashes_before_it_reads(metrics):
+    m = metrics
+    prev = scrape(m, t=100.0)
+    lines = {line.split()[0]: line for line in render(prev, scrape(m, t=101.0), "u").splitlines() if line.strip()}
+    assert lines["NOISE"].split() == ["NOISE", "FPR", "estimate", "-", "input", "level", "-", "x", "calibration"]
+    m.fpr_estimate.set(0.0123)
+    m.input_level.set(1.1)
+    lines = {line.split()[0]: line for line in render(prev, scrape(m, t=102.0), "u").splitlines() if line.strip()}
+    assert "FPR estimate 1.23%" in lines["NOISE"] and "input level 1.100 x calibration" in lines["NOISE"]
