@@ -27,7 +27,10 @@ epoch picked by validation A50) at one torch thread, changing one thing (``CANDI
 
 Best of K seeds (``SEED_GROUPS``): a recipe that trains K seeds of a candidate and keeps the one with the lowest
 validation A50 (the protocol's own validation streams, never test events). Each complete group of seeds is
-reported with the seed it picks, that model's test A50 / matched filter, and the group's mean and worst.
+reported with the seed it picks, that model's test A50 / matched filter, and the group's mean and worst; also
+with ``physics.py``'s full protocol where every member was scored by it (``results/physics_<run>.json``, from
+``physics.py --model runs/pulse_retraining/<run>/pulse_<run>.onnx --name physics_<run>`` after
+``python -m training.export``).
 
 Models are cached in ``runs/pulse_retraining/<candidate>/`` (``model.pt``, ``train.json``); a folder that
 exists is reused. Scoring uses the events and machinery of ``physics_baselines.py`` (its seeds, its
