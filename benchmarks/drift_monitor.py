@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import RESULTS, setup_logging, write_result
+from physics import wilson
 from tqdm import tqdm
 
 from simulators.waveform import WaveformConfig, WaveformSimulator
@@ -63,14 +64,6 @@ CONDITIONS = {
 QUIET = ("signals 4%", "signals 10%", "signals 40%", "signals 50%")
 BATCH = 1000
 log = setup_logging()
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    p = k / n
-    denom = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return float(centre - half), float(centre + half)
 
 
 def pipeline_for(model: Path, calibration: PulseCalibration) -> PulsePipeline:
@@ -113,7 +106,7 @@ def run_condition(pipe: PulsePipeline, cal: PulseCalibration, name: str, seed: i
         levels.append(result["_level"][np.isfinite(result["_level"])])
         if (k + 1) * BATCH == events // 2:  # the window is 10,000 bulk events: the halves are disjoint
             half = {label: (m.fpr_estimate, m.scale) for label, m in monitors.items()}
-    lo, hi = wilson(accepted, noise)
+    lo, hi = (float(v) for v in wilson(accepted, noise))
     window = np.concatenate(levels)[-pipe.LEVEL_WINDOW:]
     out = {"condition": name, "seed": seed, "signal_fraction": fraction, "gain": gain,
            "noise_events": noise, "measured_fpr": accepted / noise, "measured_low": lo, "measured_high": hi,
