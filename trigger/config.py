@@ -248,7 +248,10 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         except OSError as exc:
             raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)  # str(exc) spans several lines: one line, with where
+            where_ = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML: {why}{where_}") from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
