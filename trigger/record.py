@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import zmq_security as curve
 from ._log import logger
@@ -256,6 +257,8 @@ class _Writer(threading.Thread):
 def _message_item(msg, layout: Layout | None) -> tuple[str, Any]:
     """``("reject", reason)`` or ``("ok", (layout, arrays, truth, decision, seg, nbytes))`` for a decoded message."""
     h = msg.header
+    if not all(-(1 << 63) <= h[k] < 1 << 63 for k in ("seq", "t_ns")):
+        return "reject", "key_type"  # valid msgpack ints, but the file's seq and t_ns columns are int64
     kind = h["kind"]
     seg = None
     arrays = dict(msg.arrays)
@@ -335,6 +338,8 @@ class Recorder:
         all_attrs.update(attrs or {})
         self.writer = _Writer(self.output, max_bytes, all_attrs, force, units, sample_period_ns, self.q, self.stats)
         self.sock = ctx.socket(zmq.SUB if pattern == "sub" else zmq.PULL)
+        self._monitor: zmq.Socket | None = None
+        self._handshakes, self._endpoints = 0, len(endpoints)
         try:
             self.sock.setsockopt(zmq.LINGER, 0)
             # The receiving thread empties the socket into the byte-bounded queue at once; ZeroMQ's own
@@ -347,9 +352,14 @@ class Recorder:
             if pattern == "sub":
                 for t in topics or [""]:
                     self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+                # A PUB drops what it sends before our subscription reaches it: "ready" waits for the
+                # handshake with every endpoint (a PUSH holds its messages until we connect).
+                self._monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
             for e in endpoints:
                 self.sock.connect(e)
         except BaseException:
+            if self._monitor is not None:
+                self._monitor.close(linger=0)
             self.sock.close(linger=0)
             raise
         self._last_seq: dict[str, int] = {}
@@ -367,15 +377,34 @@ class Recorder:
     def _writer_dead(self) -> bool:
         return self.writer.error is not None or not self.writer.is_alive()
 
-    def run(self, progress: Callable[[RecordStats, int], None] | None = None) -> RecordStats:
+    def _connected(self) -> bool:
+        """Whether every endpoint has finished its handshake (always, for PULL)."""
+        if self._monitor is None:
+            return True
+        while self._monitor.poll(0):
+            if recv_monitor_message(self._monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshakes += 1
+        if self._handshakes < self._endpoints:
+            return False
+        self.sock.getsockopt(zmq.EVENTS)  # attach the new pipes now: that sends our subscriptions
+        return True
+
+    def run(self, progress: Callable[[RecordStats, int], None] | None = None,
+            on_ready: Callable[[], None] | None = None) -> RecordStats:
         """Record until the event count, the duration, :meth:`request_stop` or a fatal write error;
-        ``progress(stats, bytes_written)`` is called about once a second. Raises :class:`RecordError`
-        when the writer failed (the finished files and the stats stay in :attr:`stats`)."""
+        ``progress(stats, bytes_written)`` is called about once a second, ``on_ready()`` once when
+        every endpoint is connected (SUB: its subscriptions sent). Raises :class:`RecordError` when the writer
+        failed (the finished files and the stats stay in :attr:`stats`)."""
         self.writer.start()
         t0, cpu0 = time.monotonic(), _cpu()
         next_progress = t0 + 1.0
+        ready = False
         try:
             while not self._stop.is_set() and not self._writer_dead():
+                if not ready and self._connected():
+                    ready = True
+                    if on_ready is not None:
+                        on_ready()
                 now = time.monotonic()
                 if self.duration and now - t0 >= self.duration:
                     break
@@ -393,6 +422,9 @@ class Recorder:
         finally:
             self.q.put(_STOP, 0, lambda: not self.writer.is_alive())
             self.writer.join()
+            if self._monitor is not None:
+                self.sock.disable_monitor()
+                self._monitor.close(linger=0)
             self.sock.close(linger=0)
             self.stats.seconds = time.monotonic() - (self.t_first or t0)  # from the first message
             self.stats.cpu_seconds = _cpu() - (self._cpu_first if self.t_first else cpu0)

@@ -93,6 +93,11 @@ def _key_from_h5(name: str) -> str:
     return name.replace("%2F", "/").replace("%25", "%")
 
 
+def _nameable(key: str) -> bool:
+    """Whether ``truth/<key>`` can name an HDF5 dataset ("" and "." cannot, nor a name with a NUL)."""
+    return key not in ("", ".") and "\0" not in key
+
+
 def chunk_rows(row_shape: Sequence[int], dtype: np.dtype, chunk_bytes: int = CHUNK_BYTES) -> int:
     """Rows per chunk: about ``chunk_bytes`` of whole rows, 1 to 65,536 rows."""
     row = max(1, math.prod(row_shape) * np.dtype(dtype).itemsize)
@@ -245,7 +250,7 @@ class Layout:
         tr = {}
         for key, values in (truth or {}).items():
             dt = _truth_dtype(values) if isinstance(values, list) else None
-            if dt is not None:
+            if dt is not None and _nameable(key):
                 tr[key] = dt
         m = len(next(iter(arrays.values())))
         attrs: dict[str, dict[str, Any]] = {}
@@ -369,7 +374,8 @@ class RunWriter:
         main = self._arrays[primary_array(list(layout.arrays))].ds
         main.attrs["units"] = units or ("adu" if layout.dtype.kind in "iub" and layout.kind != "decision"
                                         else "unknown")
-        main.attrs["sample_period_ns"] = float(sample_period_ns) if sample_period_ns else float("nan")
+        if sample_period_ns:  # "where known": absent otherwise
+            main.attrs["sample_period_ns"] = float(sample_period_ns)
         a = f.attrs
         a["format"] = FORMAT
         a["format_version"] = FORMAT_VERSION
@@ -428,7 +434,9 @@ class RunWriter:
         c["index"].append(np.arange(n, dtype=np.int32))
         c["t_ns"].append_fill(n, t_ns)
         for key, values in (truth or {}).items():
-            if key not in self._truth and isinstance(values, list) and len(values) == n:
+            if not _nameable(key):  # never written: counted, so the file says what it lacks
+                self.truth_dropped[key] = self.truth_dropped.get(key, 0) + n
+            elif key not in self._truth and isinstance(values, list) and len(values) == n:
                 dt = _truth_dtype(values)
                 if dt is not None:
                     self._add_truth(key, dt, first)

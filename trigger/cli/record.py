@@ -78,7 +78,6 @@ def run(a: argparse.Namespace) -> int:
         ctx.term()
         return 2
     handle_signals(rec.request_stop, log="finishing the run")
-    logger.info("ready: recording %s from %s to %s", a.input_pattern.upper(), ", ".join(a.input), a.output)
     bar = tqdm(unit="ev", unit_scale=True, desc="record", disable=not sys.stderr.isatty())
     shown = {"events": 0}
 
@@ -89,7 +88,8 @@ def run(a: argparse.Namespace) -> int:
                             f"{sum(stats.rejected.values())} rejected", refresh=True)
 
     try:
-        stats = rec.run(progress if not bar.disable else None)
+        stats = rec.run(progress if not bar.disable else None, on_ready=lambda: logger.info(
+            "ready: recording %s from %s to %s", a.input_pattern.upper(), ", ".join(a.input), a.output))
     except RecordError as exc:
         bar.close()
         logger.error("%s", exc)
