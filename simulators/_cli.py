@@ -26,6 +26,35 @@ def config_from_args(args: argparse.Namespace, config_cls: type) -> Any:
                          for f in dataclasses.fields(config_cls)})
 
 
+def config_with_options(config: Any, options: dict[str, Any], what: str) -> Any:
+    """``config`` (a dataclass instance) with some fields replaced by scalar options, as
+    ``trigger replay --simulate NAME --sim KEY=VALUE`` passes them; unknown names and values of the
+    wrong kind raise ValueError with the names that exist.
+
+    Args:
+        config: the configuration to start from.
+        options: field name -> int, float, bool or str (an int is taken where a float is due).
+        what: the simulation's name, for the error message.
+    """
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {', '.join(unknown)}; the options are {', '.join(fields)}")
+    values = {}
+    for key, value in options.items():
+        kind = type(fields[key].default)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if kind is float and number:
+            values[key] = float(value)
+        elif kind is int and number and float(value).is_integer():
+            values[key] = int(value)
+        elif kind in (bool, str) and isinstance(value, kind):
+            values[key] = value
+        else:
+            raise ValueError(f"{what} option {key} must be {kind.__name__}, got {value!r}")
+    return dataclasses.replace(config, **values)
+
+
 def generate_in_chunks(sim: Any, n: int, chunk: int, unit: str) -> list[Any]:
     """``sim.generate_full`` batches of ``chunk`` (the last one smaller) making ``n`` in all, with a
     progress bar (the stream depends on the chunk sizes)."""

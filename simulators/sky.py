@@ -101,12 +101,13 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
 from scipy import ndimage, special
 
-from simulators._cli import add_config_arguments, config_from_args, generate_in_chunks
+from simulators._cli import add_config_arguments, config_from_args, config_with_options, generate_in_chunks
 
 logger = logging.getLogger("simulators.sky")
 
@@ -680,8 +681,14 @@ class SkySimulator:
 
     kind = "image"
 
-    def __init__(self, config: SkyConfig | None = None, seed: int = 0):
-        self.config = config or SkyConfig()
+    def __init__(self, config: SkyConfig | None = None, seed: int = 0, **options: Any):
+        """Args:
+            config: the sky model (default: :class:`SkyConfig`'s defaults).
+            seed: seed of the stream.
+            **options: scalar :class:`SkyConfig` fields replacing those of ``config`` (what
+                ``trigger replay --simulate sky --sim size=32`` passes).
+        """
+        self.config = config_with_options(config or SkyConfig(), options, "sky simulation")
         self.seed = seed
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.templates = diffuse_templates(self.config)

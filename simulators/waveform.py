@@ -34,11 +34,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
 
-from simulators._cli import add_config_arguments, config_from_args
+from simulators._cli import add_config_arguments, config_from_args, config_with_options
 
 logger = logging.getLogger("simulators.waveform")
 
@@ -225,10 +226,18 @@ class WaveformSimulator:
 
     kind = "waveform"
 
-    def __init__(self, config: WaveformConfig | None = None, seed: int = 0, signal_fraction: float = 0.5):
+    def __init__(self, config: WaveformConfig | None = None, seed: int = 0, signal_fraction: float = 0.5,
+                 **options: Any):
+        """Args:
+            config: the waveform model (default: the reference study's).
+            seed: seed of the stream.
+            signal_fraction: share of events with a signal pulse.
+            **options: :class:`WaveformConfig` fields replacing those of ``config`` (what
+                ``trigger replay --simulate waveform --sim n_samples=2500`` passes).
+        """
         if not 0.0 <= signal_fraction <= 1.0:
             raise ValueError(f"signal_fraction must be in [0, 1], got {signal_fraction}")
-        self.config = config or WaveformConfig()
+        self.config = config_with_options(config or WaveformConfig(), options, "waveform simulation")
         self.signal_fraction = signal_fraction
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._signal = signal_template(self.config)
