@@ -207,6 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     torch.set_num_threads(2)
     model = load_checkpoint(args.checkpoint)
+    from simulators.waveform import WaveformConfig
+
+    simulated = WaveformConfig().n_samples
+    if model.config.input_samples != simulated:
+        # It checks and calibrates on the simulator's waveforms, which such a model cannot take.
+        p.error(f"{args.checkpoint} takes {model.config.input_samples}-sample traces (a model of a recording), "
+                f"this command checks and calibrates on the simulator's {simulated}-sample noise; train_pulse "
+                "--data ... --export OUT.onnx exports and calibrates such a model, and trigger calibrate --model "
+                "OUT.onnx --data noise.h5 recalibrates it")
     if args.pt2_only:
         if not args.output.is_file():
             p.error(f"--pt2-only: {args.output} does not exist")

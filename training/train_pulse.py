@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from training.core.extra import require_train_extra
 from training.pulse_simulated import PROFILES, run
 
 logger = logging.getLogger("training")
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                    "work slows every step down many times)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
+    require_train_extra("train_pulse")
     # Root at WARNING: the ONNX exporter's own INFO chatter (onnxscript, onnx_ir) stays quiet.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(args.log_level.upper())
