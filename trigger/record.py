@@ -339,7 +339,8 @@ class Recorder:
         self.writer = _Writer(self.output, max_bytes, all_attrs, force, units, sample_period_ns, self.q, self.stats)
         self.sock = ctx.socket(zmq.SUB if pattern == "sub" else zmq.PULL)
         self._monitor: zmq.Socket | None = None
-        self._handshakes, self._endpoints = 0, len(endpoints)
+        # inproc connections have no handshake to wait for (the daemon's readiness skips them too)
+        self._handshakes, self._endpoints = 0, sum(not e.startswith("inproc://") for e in endpoints)
         try:
             self.sock.setsockopt(zmq.LINGER, 0)
             # The receiving thread empties the socket into the byte-bounded queue at once; ZeroMQ's own
