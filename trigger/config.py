@@ -34,7 +34,12 @@ class InputConfig(_Model):
     """ZeroMQ receive high-water mark, in messages (each may hold many events: this and
     queue_events bound the daemon's memory)."""
     max_message_bytes: int = Field(256 << 20, ge=1024)
-    """Larger messages are refused by ZeroMQ itself (ZMQ_MAXMSGSIZE) and never reach the decoder."""
+    """Larger messages (all frames together) are rejected as ``oversize``: counted, dead-lettered, and the
+    messages after them on the same connection decided as usual."""
+    max_frame_bytes: int | None = Field(None, ge=1024)
+    """ZeroMQ's own cap on one frame (ZMQ_MAXMSGSIZE), the guard of the daemon's memory against a runaway
+    peer: a larger frame makes ZeroMQ drop that connection (it reconnects) without the message ever
+    reaching the daemon, so it cannot be counted. Default: 4 x max_message_bytes."""
     track_sequence: bool | None = None
     """Count gaps and restarts per source; default on for SUB, off for PULL (where each worker
     sees only its share of every source)."""
@@ -67,6 +72,18 @@ class InputConfig(_Model):
         if (self.curve_server_key is None) != (self.curve_secret_key_file is None):
             raise ValueError("curve_server_key and curve_secret_key_file go together: set both or neither")
         return self
+
+    @model_validator(mode="after")
+    def _frame_cap_above_message_limit(self) -> InputConfig:
+        if self.max_frame_bytes is not None and self.max_frame_bytes < self.max_message_bytes:
+            raise ValueError(f"max_frame_bytes ({self.max_frame_bytes}) is below max_message_bytes "
+                             f"({self.max_message_bytes}): oversize messages could not be counted")
+        return self
+
+    @property
+    def frame_cap(self) -> int:
+        """ZMQ_MAXMSGSIZE of the input socket: max_frame_bytes, or 4 x max_message_bytes."""
+        return self.max_frame_bytes if self.max_frame_bytes is not None else 4 * self.max_message_bytes
 
 
 class OutputConfig(_Model):

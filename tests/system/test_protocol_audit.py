@@ -134,10 +134,6 @@ def test_a_foreign_client_gets_decisions_and_the_end_of_run_as_the_contract_says
         ctx.term()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "deviation: input.max_message_bytes is also ZMQ_MAXMSGSIZE, so ZeroMQ drops the connection on a larger "
-    "frame: the message is not counted as oversize and the valid messages sent after it on that connection "
-    "are lost (trigger/runtime/receiver.py)"))
 def test_an_oversize_message_is_counted_and_the_next_ones_are_decided(tiny_pulse_model, tmp_path):
     model, _ = tiny_pulse_model
     config = tmp_path / "small.yaml"

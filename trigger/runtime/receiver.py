@@ -90,7 +90,7 @@ class Receiver:
             self._dead.bind(cfg.output.dead_letter)
         self._input = inp = self._ctx.socket(zmq.SUB if cfg.input.pattern == "sub" else zmq.PULL)
         inp.setsockopt(zmq.RCVHWM, cfg.input.hwm)
-        inp.setsockopt(zmq.MAXMSGSIZE, cfg.input.max_message_bytes)
+        inp.setsockopt(zmq.MAXMSGSIZE, cfg.input.frame_cap)
         inp.setsockopt(zmq.LINGER, 0)
         if cfg.input.pattern == "sub":
             for topic in cfg.input.topics:

@@ -232,6 +232,7 @@ def test_unknown_key_in_overrides_names_the_command_line():
         ({"input": {"endpoints": "tcp://127.0.0.1:5555"}}, "input.endpoints"),
         ({"input": {"hwm": 0}}, "input.hwm"),
         ({"input": {"max_message_bytes": 10}}, "input.max_message_bytes"),
+        ({"input": {"max_message_bytes": 8192, "max_frame_bytes": 4096}}, "input"),
         ({"output": {"hwm": 0}}, "output.hwm"),
         ({"pipeline": {"name": "classify"}}, "pipeline.name"),
         ({"backend": {"threads": -1}}, "backend.threads"),
@@ -327,3 +328,8 @@ def test_bad_override_is_not_blamed_on_the_file(tmp_path):
     assert "metrics.port" in msg
     assert f"{path}: metrics.port" not in msg
     assert "command line: metrics.port" in msg
+
+
+def test_the_frame_cap_defaults_to_four_message_limits_and_can_be_set():
+    assert config.InputConfig(max_message_bytes=4096).frame_cap == 16384
+    assert config.InputConfig(max_message_bytes=4096, max_frame_bytes=5000).frame_cap == 5000
