@@ -18,7 +18,7 @@ from trigger.calibration import load_for_model, sha256_file
 from trigger.demo import binomial_interval
 from trigger.protocol import decode, encode, encode_input
 from trigger.replay import replay
-from trigger.testing import bad_messages, free_port
+from trigger.testing import ManagedProcess, bad_messages, free_port
 
 from .conftest import start_daemon, wait_until
 
@@ -216,6 +216,27 @@ def test_stop_signal_drains_and_exits_zero(chain_factory, sig):
     assert decided == received <= stats.total_events  # everything taken in was decided
     assert wait_until(lambda: chain.collector.events() >= decided, timeout=10)
     assert chain.collector.events() == decided
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_while_the_model_loads_exits_zero_with_one_line(tmp_path, sig):
+    """Ctrl-C or systemctl stop during the start (the model loading, the numba kernel compiling, a
+    TensorRT engine building) ends it at once: exit 0, one line, no traceback (it was a KeyboardInterrupt
+    traceback with exit 130, or a silent exit 143)."""
+    config = tmp_path / "debug.yaml"
+    config.write_text("log_level: DEBUG\n")
+    proc = ManagedProcess([sys.executable, "-m", "trigger", "serve", "--config", str(config), "--metrics-port", "0",
+                           "--input", f"tcp://127.0.0.1:{free_port()}", "--output", f"tcp://127.0.0.1:{free_port()}"],
+                          "starting: loading the pulse pipeline", startup_timeout=60)
+    try:
+        proc.proc.send_signal(sig)
+        code = proc.proc.wait(timeout=60)
+    finally:
+        proc.close()
+    text = proc.text()
+    assert code == 0, text
+    assert "stopped while starting" in text and "Traceback" not in text, text
+    assert "ready:" not in text, text  # the signal came before the daemon was up (the start takes ~1 s)
 
 
 def test_unusable_configuration_or_model_exits_nonzero_with_one_line(tmp_path, pulse_model):

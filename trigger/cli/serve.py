@@ -158,15 +158,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return s
 
 
+class _StoppedDuringStart(BaseException):
+    """SIGTERM or SIGINT while the daemon is still loading (a BaseException, like KeyboardInterrupt, so that
+    loading code catching Exception does not swallow it)."""
+
+
 def run(a: argparse.Namespace) -> int:
     """``trigger serve``: 0 after a clean drain, 1 when the daemon cannot start, 2 for a bad configuration."""
     from ..runtime.daemon import Daemon, StartupError
 
     given = overrides(a)
     # A SIGHUP that arrives while the model is still loading (systemctl reload right after start)
-    # must not kill the daemon: remember it and reload once the daemon exists.
-    early_hangup = {"seen": False}
-    handle_signals(on_hangup=lambda: early_hangup.update(seen=True))
+    # must not kill the daemon: remember it and reload once the daemon exists. A SIGTERM or SIGINT then
+    # ends the start at once (nothing is received yet, so nothing to drain): an exception out of the
+    # handler, and a flag in case loading code swallowed it.
+    early = {"hangup": False, "stop": False}
+
+    def stop_early() -> None:
+        early["stop"] = True
+        raise _StoppedDuringStart
+
+    handle_signals(stop_early, on_hangup=lambda: early.update(hangup=True))
     try:
         cfg = config_mod.load(a.config, given)
         configure(cfg.log_level)
@@ -177,13 +189,19 @@ def run(a: argparse.Namespace) -> int:
         configure()
         logger.error("cannot start: %s", exc)
         return 2 if isinstance(exc, ConfigError) else 1
+    except _StoppedDuringStart:
+        pass
+    if early["stop"]:
+        configure()
+        logger.info("stopped while starting, before any input was received: exiting")
+        return 0
 
     def on_hangup() -> None:
         logger.info("SIGHUP: reloading model and calibration")
         daemon.request_reload()
 
     handle_signals(daemon.request_stop, log="draining", on_hangup=on_hangup)
-    if early_hangup["seen"]:
+    if early["hangup"]:
         on_hangup()
     try:
         daemon.start()
