@@ -220,6 +220,14 @@ class _Writer(threading.Thread):
                 self.writer.abandon(failed_io=isinstance(exc, OSError))
             self.failed_io = isinstance(exc, OSError)
             self._drain()
+        except Exception as exc:  # a bug: said in one line, the file kept as its last flush left it
+            logger.debug("writer thread failed", exc_info=True)
+            path = self.writer.path if self.writer is not None else self.output
+            self.error = (f"internal error while writing {path}: {type(exc).__name__}: {exc} (the .writing file "
+                          f"holds every message up to the last flush)")
+            if self.writer is not None:
+                self.writer.abandon()
+            self._drain()
 
     def _drain(self) -> None:
         """After a fatal error: empty the queue so the receiving thread never waits on a dead writer."""
