@@ -58,6 +58,9 @@ class RecordStats:
     events: int = 0
     bytes: int = 0
     gaps: int = 0
+    """Jumps forward in a source's ``seq`` (as the daemon's ``trigger_sequence_gaps_total``)."""
+    lost_messages: int = 0
+    """Messages those jumps skipped."""
     rejected: dict[str, int] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
@@ -68,7 +71,8 @@ class RecordStats:
     def as_dict(self) -> dict[str, Any]:
         return {"messages": self.messages, "events": self.events, "bytes": self.bytes,
                 "file_bytes": sum(p.stat().st_size for p in self.files if p.exists()), "gaps": self.gaps,
-                "rejected": self.rejected, "restarts": self.restarts, "files": [str(p) for p in self.files],
+                "lost_messages": self.lost_messages, "rejected": self.rejected, "restarts": self.restarts,
+                "files": [str(p) for p in self.files],
                 "seconds": self.seconds, "cpu_seconds": self.cpu_seconds}
 
     def summary(self) -> str:
@@ -79,7 +83,7 @@ class RecordStats:
         rej = sum(self.rejected.values())
         return (f"recorded {self.events:,} events in {self.messages:,} messages, {self.bytes / 1e6:,.1f} MB in "
                 f"{self.seconds:.1f} s ({rate:,.1f} MB/s, CPU {self.cpu_seconds / max(self.seconds, 1e-9):.2f} "
-                f"cores); {self.gaps} gaps, {rej} rejected"
+                f"cores); {self.gaps} gaps ({self.lost_messages} messages lost), {rej} rejected"
                 + (f" {dict(sorted(self.rejected.items()))}" if rej else "") + f"; wrote {where or 'nothing'}")
 
 
@@ -178,7 +182,7 @@ class _Writer(threading.Thread):
         self.written_bytes = 0
         self._eor: dict[str, Any] | None = None
         self._pending_rejects: list[str] = []  # rejected before the first file existed: counted in it
-        self._pending_gaps = 0
+        self._pending_gaps: list[int] = []  # messages missing per gap seen before the first file existed
 
     def _open(self, layout: Layout) -> RunWriter:
         import uuid
@@ -250,7 +254,7 @@ class _Writer(threading.Thread):
         elif what == "reject":
             self._pending_rejects.append(item[1])
         elif what == "gap":
-            self._pending_gaps += item[1]
+            self._pending_gaps.append(item[1])
         elif what == "eor":
             self._eor = item[1]
             if self.writer is not None:
@@ -258,8 +262,9 @@ class _Writer(threading.Thread):
         if self.writer is not None and (self._pending_rejects or self._pending_gaps):
             for reason in self._pending_rejects:
                 self.writer.count_reject(reason)
-            self.writer.count_gap(self._pending_gaps)
-            self._pending_rejects, self._pending_gaps = [], 0
+            for missing in self._pending_gaps:
+                self.writer.count_gap(missing)
+            self._pending_rejects, self._pending_gaps = [], []
 
 
 def _message_item(msg, layout: Layout | None) -> tuple[str, Any]:
@@ -473,7 +478,8 @@ class Recorder:
         last = self._last_seq.get(source)
         if last is not None:
             if seq > last + 1:
-                self.stats.gaps += seq - last - 1
+                self.stats.gaps += 1
+                self.stats.lost_messages += seq - last - 1
                 self.q.put(("gap", seq - last - 1), 0, self._writer_dead)
             elif seq <= last:
                 self.stats.restarts += 1

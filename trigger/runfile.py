@@ -308,6 +308,7 @@ class RunWriter:
         self.messages = 0
         self.events = 0
         self.gaps = 0
+        self.lost_messages = 0
         self.rejected: dict[str, int] = {}
         self.truth_dropped: dict[str, int] = {}
         self.end_of_run: dict[str, Any] | None = None
@@ -390,7 +391,7 @@ class RunWriter:
         a["host"] = socket.gethostname()
         a["inputs"] = "[]"
         a["arrays"] = json.dumps(list(layout.arrays))
-        for key in ("messages", "events", "gaps"):
+        for key in ("messages", "events", "gaps", "lost_messages"):
             a[key] = 0
         a["rejected"] = "{}"
         a["truth_dropped"] = "{}"
@@ -514,8 +515,10 @@ class RunWriter:
         apps = [*self._arrays.values(), *self._columns.values(), *self._truth.values(), *self._mcols.values()]
         return apps + ([self._seg] if self._seg is not None else [])
 
-    def count_gap(self, n: int) -> None:
-        self.gaps += n
+    def count_gap(self, missing: int) -> None:
+        """One gap: a jump forward in a source's ``seq`` over ``missing`` messages that never came."""
+        self.gaps += 1
+        self.lost_messages += missing
 
     def count_reject(self, reason: str, n: int = 1) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + n
@@ -532,6 +535,7 @@ class RunWriter:
         a["messages"] = self.messages
         a["events"] = self.events
         a["gaps"] = self.gaps
+        a["lost_messages"] = self.lost_messages
         a["rejected"] = json.dumps(self.rejected)
         a["truth_dropped"] = json.dumps(self.truth_dropped)
         if self.end_of_run is not None and self.layout.kind == "decision":
@@ -976,7 +980,7 @@ class RunSet:
         self.offsets = np.cumsum([0] + [r.n_events for r in readers])
         self.n_events = int(self.offsets[-1])
         self.attrs = dict(first.attrs)
-        for key in ("messages", "events", "gaps"):
+        for key in ("messages", "events", "gaps", "lost_messages"):
             self.attrs[key] = sum(int(r.attrs.get(key) or 0) for r in readers)
         rej: dict[str, int] = {}
         for r in readers:

@@ -69,7 +69,7 @@ def test_record_holds_bit_for_bit_what_replay_sent_and_replays_it_back(tmp_path,
                       "--batch", "50", "--sources", "2", "--source", "adc")
     assert sent.returncode == 0, sent.stderr
     log = finish(rec)
-    assert "recorded 6,000 events in 120 messages" in log and "0 gaps, 0 rejected" in log
+    assert "recorded 6,000 events in 120 messages" in log and "0 gaps (0 messages lost), 0 rejected" in log
     assert not (tmp_path / "run.h5.writing").exists()
     expect = data[np.arange(6000) % 3000]  # the two sources take turns drawing 50 events from the file
     with h5py.File(out, "r") as f:  # plain h5py, as other programs read it
@@ -120,14 +120,14 @@ def test_bad_input_and_shape_or_dtype_changes_are_counted_never_written(tmp_path
         header = msgpack.packb({"v": 2, "kind": "waveform", "source": "adc", "seq": 1, "t_ns": 0, "arrays": []})
         send([b"wf.adc", header])  # another protocol version
         send(encode_input("waveform", "adc", 1, 3, good + 1))
-        send(encode_input("waveform", "adc", 4, 4, good + 2))  # seq 2 and 3 never came: a gap of 2
+        send(encode_input("waveform", "adc", 4, 4, good + 2))  # seq 2 and 3 never came: one gap, 2 lost
         log = finish(rec)
     finally:
         push.close(linger=0)
         ctx.term()
-    assert "2 gaps, 6 rejected" in log
+    assert "1 gaps (2 messages lost), 6 rejected" in log
     with open_run(out) as r:
-        assert r.n_events == 30 and r.attrs["gaps"] == 2
+        assert r.n_events == 30 and r.attrs["gaps"] == 1 and r.attrs["lost_messages"] == 2
         assert r.attrs["rejected"] == {"msgpack": 1, "non_finite": 1, "shape_change": 1, "dtype_change": 1,
                                        "kind_change": 1, "version": 1}
         data, truth = r.read()
