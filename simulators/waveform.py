@@ -238,6 +238,12 @@ class WaveformSimulator:
         if not 0.0 <= signal_fraction <= 1.0:
             raise ValueError(f"signal_fraction must be in [0, 1], got {signal_fraction}")
         self.config = config_with_options(config or WaveformConfig(), options, "waveform simulation")
+        if signal_fraction > 0 and self.config.signal_t0 >= self.config.n_samples:
+            # Allowed (the truth still says signal), but a shortened trace with the default start is a
+            # mistake far more often than a wish.
+            logger.warning("signal pulses start at sample %g, at or after the end of the %d-sample trace: none is "
+                           "visible, although truth says signal (set signal_t0, e.g. --sim signal_t0=%d)",
+                           self.config.signal_t0, self.config.n_samples, self.config.n_samples // 5)
         self.signal_fraction = signal_fraction
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._signal = signal_template(self.config)

@@ -74,3 +74,19 @@ def test_sky_sim_option_sets_the_frame_size(tmp_path):
         rec.close()
     with open_run(out) as run:
         assert run.read()[0].shape == (4, 32, 32)
+
+
+def test_signal_start_beyond_a_shortened_trace_is_warned_about():
+    """``--sim n_samples=2500`` with the default signal start (sample 3000) would stream signals nobody can
+    see, labelled signal in the truth: replay says so."""
+    def replay(*sim: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*TRIGGER, "replay", "--simulate", "waveform", *sim, "--events", "32", "--rate", "0",
+                               "--output", f"tcp://127.0.0.1:{free_port()}"], capture_output=True, text=True,
+                              env=ENV, timeout=60)
+
+    r = replay("--sim", "n_samples=2500")
+    assert r.returncode == 0, r.stderr
+    assert ("signal pulses start at sample 3000, at or after the end of the 2500-sample trace: none is visible, "
+            "although truth says signal (set signal_t0, e.g. --sim signal_t0=500)") in r.stderr
+    r = replay("--sim", "n_samples=2500", "--sim", "signal_t0=500")
+    assert r.returncode == 0 and "signal pulses start" not in r.stderr, r.stderr
