@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from training.core.extra import require_train_extra
-from training.pulse_simulated import PROFILES, run
 
 logger = logging.getLogger("training")
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything imports torch: without the extra, one line that says what to install.
+    require_train_extra("train_pulse")
+    from training.pulse_simulated import PROFILES, run
+
     p = argparse.ArgumentParser(prog="python -m training.train_pulse", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=sorted(PROFILES), default="default",
                    help="sizes; with --data only quick and default")
@@ -49,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
                    "work slows every step down many times)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
-    require_train_extra("train_pulse")
     # Root at WARNING: the ONNX exporter's own INFO chatter (onnxscript, onnx_ir) stays quiet.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(args.log_level.upper())

@@ -15,20 +15,22 @@ pytest.importorskip("torch")
 from training.core import checkpoint  # noqa: E402
 from training.vcae import VCAE, VCAEConfig  # noqa: E402
 
-# A child interpreter in which matplotlib does not import (as in an environment installed without the extra).
-WITHOUT_MATPLOTLIB = ("import runpy, sys; sys.modules['matplotlib'] = None; "
-                      "runpy.run_module('training.train_pulse', run_name='__main__')")
+# A child interpreter in which the named modules do not import (as in an environment installed without the
+# extra: `pip install -e .` alone has no torch; torch installed alone has no matplotlib).
+WITHOUT = ("import runpy, sys; sys.modules.update(dict.fromkeys(sys.argv.pop(1).split(','))); "
+           "runpy.run_module('training.train_pulse', run_name='__main__')")
 
 
-def test_train_pulse_without_matplotlib_stops_before_training(tmp_path):
+@pytest.mark.parametrize("hidden", ["matplotlib", "torch,matplotlib"])
+def test_train_pulse_without_the_extra_stops_before_training(tmp_path, hidden):
     out = tmp_path / "m.onnx"
-    r = subprocess.run([sys.executable, "-c", WITHOUT_MATPLOTLIB, "--data", str(tmp_path / "noise.h5"),
+    r = subprocess.run([sys.executable, "-c", WITHOUT, hidden, "--data", str(tmp_path / "noise.h5"),
                         "--profile", "quick", "--export", str(out)], capture_output=True, text=True, timeout=120,
                        cwd=tmp_path)
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert lines == ["train_pulse: error: matplotlib not installed; the training needs the train extra: "
-                     "pip install -e '.[train]' (it pins torch to the CPU build)"], r.stderr
+    assert lines == [f"train_pulse: error: {hidden.replace(',', ', ')} not installed; the training needs the train "
+                     "extra: pip install -e '.[train]' (it pins torch to the CPU build)"], r.stderr
     assert not out.exists() and not (tmp_path / "runs").exists()
 
 
