@@ -103,7 +103,7 @@ def run_condition(pipe: PulsePipeline, cal: PulseCalibration, name: str, seed: i
         accepted += int(result["accept"][is_noise].sum())
         for m in monitors.values():
             m.update(result["score"], result["z"], now=float(k))
-        levels.append(result["_level"][np.isfinite(result["_level"])])
+        levels.append(result["_level"][result["_level"] >= 0])  # NaN (not sampled) and accepted (< 0) out
         if (k + 1) * BATCH == events // 2:  # the window is 10,000 bulk events: the halves are disjoint
             half = {label: (m.fpr_estimate, m.scale) for label, m in monitors.items()}
     lo, hi = (float(v) for v in wilson(accepted, noise))

@@ -229,7 +229,8 @@ class PulsePipeline(Pipeline):
                        "noise cloud; 1: noise as calibrated; NaN until enough events)", initial=float("nan")),
         PipelineMetric("input_level", "gauge", "trigger_input_level_ratio",
                        "Median standard deviation of noise-like input waveforms over the calibration noise's (1: "
-                       "as calibrated; follows gain and noise rate; NaN until enough events or without a level)",
+                       "as calibrated; follows gain and noise rate; of all waveforms when most are accepted, e.g. "
+                       "wrong units; NaN until enough events or without a level)",
                        initial=float("nan")),
         PipelineMetric("fpr_estimate", "gauge", "trigger_false_positive_rate_estimate",
                        "False-positive rate of the working point implied by the live noise cloud, without truth "
@@ -253,6 +254,8 @@ class PulsePipeline(Pipeline):
             else NoiseScaleMonitor(calibration.noise_quantiles, self.threshold))
         self._levels = np.zeros(self.LEVEL_WINDOW, np.float64)  # noise-like events' levels (a ring)
         self._n_levels = 0
+        self._sampled = np.zeros(self.LEVEL_WINDOW, np.float64)  # every sampled event's, accepted ones < 0
+        self._n_sampled = 0
         self._output = calibration.output_name
         check_io(backend, (calibration.n_samples,), self._output)
         self._header = {
@@ -296,8 +299,8 @@ class PulsePipeline(Pipeline):
         return result
 
     def _sampled_levels(self, parts: list[tuple[np.ndarray, float]], accept: np.ndarray) -> np.ndarray:
-        """Per event: the input level of every LEVEL_STEP-th rejected event, NaN for the others
-        (never published: the ``_`` prefix). ``parts``: (waveforms, factor to the model's units)."""
+        """Per event: the input level of every LEVEL_STEP-th event, negated for an accepted one, NaN for
+        the others (never published: the ``_`` prefix). ``parts``: (waveforms, factor to the model's units)."""
         out = np.full(len(accept), np.nan, np.float32)
         first = 0
         for data, scale in parts:
@@ -305,8 +308,7 @@ class PulsePipeline(Pipeline):
             if len(rows):
                 out[first + rows] = input_levels(data[rows], scale)
             first += len(data)
-        out[accept] = np.nan
-        return out
+        return np.where(accept, -out, out)
 
     def _score(self, z: np.ndarray) -> dict[str, np.ndarray]:
         z = z.astype(np.float32, copy=False)
@@ -339,8 +341,15 @@ class PulsePipeline(Pipeline):
                                            / self.threshold)
         level = result.get("_level")
         if level is not None:
-            self._n_levels = _ring_add(self._levels, self._n_levels, level[np.isfinite(level)])
-            if self._n_levels >= self.LEVEL_MIN:
+            level = level[np.isfinite(level)]
+            self._n_levels = _ring_add(self._levels, self._n_levels, level[level >= 0])
+            self._n_sampled = _ring_add(self._sampled, self._n_sampled, level)
+            sampled = self._sampled[:min(self._n_sampled, self.LEVEL_WINDOW)]
+            if self._n_sampled >= self.LEVEL_MIN and np.count_nonzero(sampled < 0) * 2 > len(sampled):
+                # Most events accepted (wrong units or gain, a broken channel, a model for another
+                # detector): too few noise-like events to gauge, so every sampled event's level is.
+                metrics.input_level.set(float(np.median(np.abs(sampled))) / self.calibration.noise_level)
+            elif self._n_levels >= self.LEVEL_MIN:
                 live = float(np.median(self._levels[:min(self._n_levels, self.LEVEL_WINDOW)]))
                 metrics.input_level.set(live / self.calibration.noise_level)
         if self.noise_monitor is not None and self.noise_monitor.update(result["score"], result["z"]):

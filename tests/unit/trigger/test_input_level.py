@@ -1,6 +1,7 @@
 """The pulse pipeline's input-level gauge on the shipped model: it follows the gain and the noise rate
 of the waveforms themselves (a change the shipped model's latents hardly show), ignores the signals, is
-fed from every eighth rejected event, and the same through the message-reading path (int16 counts)."""
+fed from every 16th rejected event (every 16th event when most are accepted: wrong units), and the same
+through the message-reading path (int16 counts)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def pipeline() -> PulsePipeline:
 
 
 def _level(pipeline: PulsePipeline, data: np.ndarray, parts: bool = False) -> float:
-    pipeline._n_levels = 0  # a fresh daemon
+    pipeline._n_levels = pipeline._n_sampled = 0  # a fresh daemon
     metrics = Metrics("pulse")
     for batch in np.array_split(data, len(data) // 250):
         if parts:  # int16 counts on a pedestal, as a digitizer sends them, two messages a batch
@@ -73,3 +74,14 @@ def test_the_calibration_keeps_the_level_and_checks_it():
         PulseCalibration(**{**cal.__dict__, "noise_level": -1.0})
     shipped = PulseCalibration.load(calibration_path_for(DEFAULT_PULSE_MODEL))
     assert shipped.noise_level is not None and shipped.noise_level > 0
+
+
+def test_a_stream_in_the_wrong_units_shows_although_every_event_is_accepted(pipeline):
+    """ADC counts sent to a model trained on volts: every event is accepted, so no noise-like event is
+    left to gauge. The gauge then reads every sampled event's level, far off 1, where it used to stay
+    NaN (no alert) while the daemon accepted everything."""
+    data, _ = WaveformSimulator(seed=14, signal_fraction=0.0).generate(4000)
+    counts = (data * np.float32(1000.0)).astype(np.float32)
+    assert pipeline.decide(counts[:500])["accept"].mean() > 0.99
+    assert _level(pipeline, counts) > 100
+    assert 0.97 < _level(pipeline, data) < 1.03  # and back to the noise-like events once they are
