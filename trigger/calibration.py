@@ -126,7 +126,9 @@ def fit(z_noise: np.ndarray, fprs: Iterable[float] = DEFAULT_FPRS,
             raise CalibrationError(f"false-positive rate must be in (0, 1), got {f}")
         if len(d) < math.ceil(10 / f):
             raise CalibrationError(
-                f"{len(d)} noise-only events cannot calibrate fpr {f}: need at least {math.ceil(10 / f)}")
+                f"{len(d)} noise-only events cannot calibrate fpr {f}: need at least {math.ceil(10 / f)} "
+                f"(or calibrate only the rates they can: --fpr "
+                f"{' '.join(f'{g:g}' for g in sorted(set(fprs)) if len(d) >= math.ceil(10 / g)) or '0.1'})")
         thresholds[working_point_name(f)] = float(np.quantile(d, 1.0 - f, method="higher"))
     return centre, thresholds, whitening
 

@@ -703,7 +703,8 @@ def _open_h5(path: Path) -> tuple[h5py.File, bool]:
         raise RunFileError(f"{path} is a directory, not a recording")
     try:
         if not h5py.is_hdf5(path):
-            raise RunFileError(f"{path} is not an HDF5 file")
+            raise RunFileError(f"{path} is not an HDF5 file (trigger record, or python -m simulators.waveform "
+                               f"-o FILE.h5, writes one)")
     except OSError as exc:
         raise RunFileError(f"{path}: cannot read: {exc}") from exc
     try:

@@ -47,7 +47,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     rec.add_argument("--events", type=int, default=0, help="stop after N events (whole messages; 0: no limit)")
     rec.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0: no limit)")
     rec.add_argument("--max-bytes", type=byte_size, metavar="B",
-                     help="start a new file before one would exceed B bytes (e.g. 2G); never splits a message")
+                     help="start a new file before its events would exceed B bytes (e.g. 2G; the file is larger by "
+                          "whole chunks and per-event columns); never splits a message")
     rec.add_argument("--force", action="store_true",
                      help="replace existing files of this name, once the new run has closed cleanly")
     rec.add_argument("--units", help="units attribute of data (default adu for integer samples)")
