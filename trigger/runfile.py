@@ -366,6 +366,10 @@ class RunWriter:
         if layout.segment_sources:
             self._seg = _Appender(f.create_dataset("messages/sources", shape=(0, 5), maxshape=(None, 5),
                                                    chunks=(MESSAGE_CHUNK_ROWS, 5), dtype="<f4"))
+            # The event index in <f4 (PROTOCOL's layout) is exact only below 2**24 events in a file:
+            # sources_event holds it as int64 beside it, row for row.
+            self._seg_event = _Appender(f.create_dataset("messages/sources_event", shape=(0,), maxshape=(None,),
+                                                         chunks=(MESSAGE_CHUNK_ROWS,), dtype="<i8"))
             for n, dt in (("sources_first", "<i8"), ("sources_count", "<i4")):
                 self._mcols[n] = _Appender(f.create_dataset(f"messages/{n}", shape=(0,), maxshape=(None,),
                                                             chunks=(MESSAGE_CHUNK_ROWS,), dtype=dt))
@@ -479,6 +483,7 @@ class RunWriter:
         if self._seg is not None:
             rows = np.zeros((0, 5), "<f4") if segment_sources is None else np.array(segment_sources, "<f4")
             rows = rows.reshape(-1, 5)
+            self._seg_event.append(rows[:, 0].astype("<i8") + first)
             rows[:, 0] += first
             m["sources_first"].append(np.array([self._seg.rows], "<i8"))
             m["sources_count"].append(np.array([len(rows)], "<i4"))
@@ -513,7 +518,7 @@ class RunWriter:
 
     def _all_appenders(self) -> list[_Appender]:
         apps = [*self._arrays.values(), *self._columns.values(), *self._truth.values(), *self._mcols.values()]
-        return apps + ([self._seg] if self._seg is not None else [])
+        return apps + ([self._seg, self._seg_event] if self._seg is not None else [])
 
     def count_gap(self, missing: int) -> None:
         """One gap: a jump forward in a source's ``seq`` over ``missing`` messages that never came."""

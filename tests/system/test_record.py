@@ -230,6 +230,8 @@ def test_segment_decisions_keep_their_source_rows_with_global_event_index(tmp_pa
                 expect = got[("cam", q)]["sources"].copy()
                 expect[:, 0] += m["first"][q]  # the event index made global
                 assert np.array_equal(mine, expect)
+            exact = f["messages/sources_event"][:]  # the same index as int64, exact past 2**24 events
+            assert exact.dtype == np.int64 and np.array_equal(exact, rows[:, 0].astype(np.int64))
             assert set(m["working_point"]) == {b"p_0.5"}
 
 
