@@ -348,3 +348,5 @@ def test_systemd_unit():
     assert "SIGHUP" in svc["RestartForceExitStatus"].split()  # a reload during start-up restarts, not stops
     assert svc["Type"] == "notify"  # the daemon sends READY=1 (tests/system/test_daemon.py checks it)
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+    # a start that keeps failing (exit 1: a calibration for another model) is given up, not retried forever
+    assert int(unit["Unit"]["StartLimitBurst"]) >= 3 and int(unit["Unit"]["StartLimitIntervalSec"]) > 0
