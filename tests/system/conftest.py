@@ -15,6 +15,7 @@ from trigger.replay import open_socket, wait_for_subscriber
 from trigger.testing import (  # noqa: F401 (wait_until is imported from here by the system tests)
     PROBE_SOURCE,
     DecisionCollector,
+    ManagedProcess,
     ServeProcess,
     free_port,
     handshake,
@@ -80,3 +81,13 @@ def chain_factory(pulse_model: Path) -> Iterator:
         c.daemon.close()
         c.pub.close(linger=0)
     ctx.term()
+
+
+def finish(rec: ManagedProcess, timeout: float = 30) -> str:
+    """Wait for a ``trigger record`` process to exit 0 by itself (its --events) and return its log."""
+    try:
+        code = rec.proc.wait(timeout=timeout)
+    finally:
+        rec.close()
+    assert code == 0, rec.text()
+    return rec.text()

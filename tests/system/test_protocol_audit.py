@@ -21,6 +21,8 @@ import zmq
 
 from trigger.testing import ManagedProcess, free_port, start_serve
 
+from .conftest import finish
+
 TRIGGER = [sys.executable, "-m", "trigger"]
 READY = " ready: "
 
@@ -171,15 +173,6 @@ def test_an_oversize_message_is_counted_and_the_next_ones_are_decided(tiny_pulse
 def record(push_port: int, out: Path, *extra: str) -> ManagedProcess:
     return ManagedProcess([*TRIGGER, "record", "--input", f"tcp://127.0.0.1:{push_port}", "--input-pattern", "pull",
                            "--output", str(out), *extra], READY, startup_timeout=30)
-
-
-def finish(rec: ManagedProcess, timeout: float = 30) -> str:
-    try:
-        code = rec.proc.wait(timeout=timeout)
-    finally:
-        rec.close()
-    assert code == 0, rec.text()
-    return rec.text()
 
 
 def test_record_rejects_seq_or_t_ns_its_int64_columns_cannot_hold_and_records_on(tmp_path):

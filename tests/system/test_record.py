@@ -21,6 +21,8 @@ from trigger.protocol import decode, encode_input
 from trigger.runfile import open_run, open_runs, write_run
 from trigger.testing import ManagedProcess, free_port, handshake, wait_until
 
+from .conftest import finish
+
 TRIGGER = [sys.executable, "-m", "trigger"]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
@@ -32,16 +34,6 @@ def start_recorder(*args: str, timeout: float = 30) -> ManagedProcess:
 
 def run_replay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([*TRIGGER, "replay", *args], capture_output=True, text=True, env=ENV, timeout=timeout)
-
-
-def finish(rec: ManagedProcess, timeout: float = 30) -> str:
-    """Wait for the recorder to exit 0 by itself (its --events) and return its log."""
-    try:
-        code = rec.proc.wait(timeout=timeout)
-    finally:
-        rec.close()
-    assert code == 0, rec.text()
-    return rec.text()
 
 
 @pytest.fixture(scope="module")
