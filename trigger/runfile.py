@@ -73,6 +73,8 @@ MAX_CHUNK_ROWS = 1 << 16
 MESSAGE_CHUNK_ROWS = 4096
 WRITING_SUFFIX = ".writing"
 JSON_ATTRS = ("inputs", "rejected", "end_of_run", "model", "arrays", "truth_dropped")
+COUNT_ATTRS = ("messages", "events", "gaps", "lost_messages")
+"""Root attributes that count what a file holds (RunWriter's attributes of the same names); a set of files sums them."""
 MAX_SOURCES = 1 << 16
 _ABANDONED: list = []  # files left after a failed write (see RunWriter.abandon)
 
@@ -395,7 +397,7 @@ class RunWriter:
         a["host"] = socket.gethostname()
         a["inputs"] = "[]"
         a["arrays"] = json.dumps(list(layout.arrays))
-        for key in ("messages", "events", "gaps", "lost_messages"):
+        for key in COUNT_ATTRS:
             a[key] = 0
         a["rejected"] = "{}"
         a["truth_dropped"] = "{}"
@@ -537,10 +539,8 @@ class RunWriter:
 
     def _write_counts(self) -> None:
         a = self.f.attrs
-        a["messages"] = self.messages
-        a["events"] = self.events
-        a["gaps"] = self.gaps
-        a["lost_messages"] = self.lost_messages
+        for key in COUNT_ATTRS:
+            a[key] = getattr(self, key)
         a["rejected"] = json.dumps(self.rejected)
         a["truth_dropped"] = json.dumps(self.truth_dropped)
         if self.end_of_run is not None and self.layout.kind == "decision":
@@ -986,7 +986,7 @@ class RunSet:
         self.offsets = np.cumsum([0] + [r.n_events for r in readers])
         self.n_events = int(self.offsets[-1])
         self.attrs = dict(first.attrs)
-        for key in ("messages", "events", "gaps", "lost_messages"):
+        for key in COUNT_ATTRS:
             self.attrs[key] = sum(int(r.attrs.get(key) or 0) for r in readers)
         rej: dict[str, int] = {}
         for r in readers:
