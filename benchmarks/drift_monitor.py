@@ -12,7 +12,9 @@ daemon does (batches of 1,000, the default window of 10,000 noise-dominated even
 * ``cloud``: :class:`trigger.pipelines.pulse.NoiseCloudMonitor` (the calibration's noise sample,
   shifted and stretched to the live bulk), what the daemon runs with calibrations that hold a sample;
 * ``scale``: :class:`trigger.pipelines.pulse.NoiseScaleMonitor` (distances only, a radial scale),
-  what it runs with older calibrations.
+  what it runs with older calibrations;
+* ``random triggers``: the cloud monitor fed the condition's noise events alone, which is what it reads
+  when the readout sends random triggers and the daemon names them (``pipeline.noise_sources``).
 
 Conditions: the calibrated noise with signal fractions 0.04, 0.1, 0.4 and 0.5 (the noise did not
 change: the estimate should stay at the working point); pile-up 30, 45, 75 and 90 pulses per trace
@@ -61,6 +63,7 @@ CONDITIONS = {
     "gain 1.1": (BASE, 0.2, 1.1),
     "white noise 0.005": (dataclasses.replace(BASE, white_noise=0.005), 0.2, 1.0),
 }
+TRIGGERS = "random triggers"  # the cloud monitor fed noise events only (pipeline.noise_sources)
 QUIET = ("signals 4%", "signals 10%", "signals 40%", "signals 50%")
 BATCH = 1000
 log = setup_logging()
@@ -91,7 +94,9 @@ def run_condition(pipe: PulsePipeline, cal: PulseCalibration, name: str, seed: i
     sim = WaveformSimulator(config, seed, fraction)
     monitors = {"cloud": NoiseCloudMonitor(cal.noise_sample_array(), np.asarray(cal.centre), cal.whitening_array(),
                                            pipe.threshold, interval_s=0.0),
-                "scale": NoiseScaleMonitor(cal.noise_quantiles, pipe.threshold, interval_s=0.0)}
+                "scale": NoiseScaleMonitor(cal.noise_quantiles, pipe.threshold, interval_s=0.0),
+                TRIGGERS: NoiseCloudMonitor(cal.noise_sample_array(), np.asarray(cal.centre), cal.whitening_array(),
+                                            pipe.threshold, interval_s=0.0)}
     half: dict[str, tuple[float, float]] = {}
     accepted = noise = 0
     levels = []  # the pipeline's own sampled input levels of noise-like events (what its gauge reads)
@@ -101,8 +106,9 @@ def run_condition(pipe: PulsePipeline, cal: PulseCalibration, name: str, seed: i
         is_noise = truth["amplitude"] == 0
         noise += int(is_noise.sum())
         accepted += int(result["accept"][is_noise].sum())
-        for m in monitors.values():
-            m.update(result["score"], result["z"], now=float(k))
+        for label, m in monitors.items():
+            known = is_noise if label == TRIGGERS else slice(None)
+            m.update(result["score"][known], result["z"][known], now=float(k))
         levels.append(result["_level"][result["_level"] >= 0])  # NaN (not sampled) and accepted (< 0) out
         if (k + 1) * BATCH == events // 2:  # the window is 10,000 bulk events: the halves are disjoint
             half = {label: (m.fpr_estimate, m.scale) for label, m in monitors.items()}
@@ -114,7 +120,7 @@ def run_condition(pipe: PulsePipeline, cal: PulseCalibration, name: str, seed: i
     for label, m in monitors.items():
         out[label] = {"fpr_estimate": m.fpr_estimate, "scale": m.scale, "fpr_estimate_first_half": half[label][0],
                       "scale_first_half": half[label][1]}
-        if label == "cloud":
+        if label != "scale":
             out[label]["shift"] = m.shift
     return out
 
@@ -128,7 +134,7 @@ def plot(path: Path, results: dict, wp: float) -> None:
     for ax, (model, r) in zip(axes[0], results.items(), strict=True):
         rows = r["conditions"]
         meas = np.array([c["measured_fpr"] for c in rows])
-        for label, marker in (("cloud", "o"), ("scale", "s")):
+        for label, marker in (("cloud", "o"), ("scale", "s"), (TRIGGERS, "^")):
             est = np.array([[c[label]["fpr_estimate"], c[label]["fpr_estimate_first_half"]] for c in rows])
             ax.scatter(np.repeat(np.maximum(meas, 1e-5), 2), np.maximum(est.ravel(), 1e-5), marker=marker,
                        label=f"{label} monitor", alpha=0.8)
@@ -150,7 +156,7 @@ def plot(path: Path, results: dict, wp: float) -> None:
 def rows_for(results: dict, wp: float) -> list[dict]:
     out = []
     for model, r in results.items():
-        for label in ("cloud", "scale"):
+        for label in ("cloud", "scale", TRIGGERS):
             ratios, quiet = [], []
             for c in r["conditions"]:
                 for est in (c[label]["fpr_estimate"], c[label]["fpr_estimate_first_half"]):
@@ -211,10 +217,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_condition(pipe, cal, name, 331 + k, args.events))
             c = rows[-1]
             log.info("%s %-18s measured %.4f [%.4f, %.4f]  cloud %.4f / %.4f (scale %.3f, shift %.3f)  "
-                     "scale-monitor %.4f (scale %.3f)  input level %.3f", model, name, c["measured_fpr"],
-                     c["measured_low"], c["measured_high"], c["cloud"]["fpr_estimate"],
+                     "scale-monitor %.4f (scale %.3f)  random triggers %.4f / %.4f  input level %.3f", model, name,
+                     c["measured_fpr"], c["measured_low"], c["measured_high"], c["cloud"]["fpr_estimate"],
                      c["cloud"]["fpr_estimate_first_half"], c["cloud"]["scale"], c["cloud"]["shift"],
-                     c["scale"]["fpr_estimate"], c["scale"]["scale"], c["input_level_ratio"])
+                     c["scale"]["fpr_estimate"], c["scale"]["scale"], c[TRIGGERS]["fpr_estimate"],
+                     c[TRIGGERS]["fpr_estimate_first_half"], c["input_level_ratio"])
         results[model] = {"model": str(path.relative_to(REPO)), "sha256": sha256_file(path),
                           "threshold": pipe.threshold, "working_point": pipe.working_point, "conditions": rows}
     plot(RESULTS / f"{args.name}.png", results, wp)

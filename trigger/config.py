@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .pipelines import available_pipelines, is_pipeline
+from .protocol import SOURCE_RE
 
 PACKAGE_MODELS = Path(__file__).parent / "models"
 DEFAULT_PULSE_MODEL = PACKAGE_MODELS / "pulse_default.onnx"
@@ -135,6 +136,14 @@ class PipelineConfig(_Model):
     the model would make worse is served closer to the input. Costs a second forward pass per frame; a
     frame that cannot be counts (a negative pixel) is served as it came."""
 
+    noise_sources: list[str] = Field(default_factory=list)
+    """pulse pipeline: sources whose events carry no signal by construction (random or forced
+    triggers, pedestal or pre-trigger windows). When set, the noise monitors (false-positive-rate
+    estimate, noise scale, centre drift, input level) read these sources' events only, so faint
+    signals in the physics stream cannot bias them, and their decisions are counted in
+    trigger_noise_source_events_total (accepted over all: the measured false-positive rate). Empty:
+    the monitors read every source's noise-like events (benchmarks/README.md, "Drift monitor")."""
+
     @field_validator("name")
     @classmethod
     def _registered(cls, value: str) -> str:
@@ -143,9 +152,14 @@ class PipelineConfig(_Model):
         return value
 
     @model_validator(mode="after")
-    def _guard_denoise_only(self) -> PipelineConfig:
+    def _options_of_one_pipeline(self) -> PipelineConfig:
         if self.risk_guard and self.name != "denoise":
             raise ValueError(f"risk_guard is an option of the denoise pipeline, not of {self.name!r}")
+        if self.noise_sources and self.name != "pulse":
+            raise ValueError(f"noise_sources is an option of the pulse pipeline, not of {self.name!r}")
+        bad = [name for name in self.noise_sources if not SOURCE_RE.fullmatch(name)]
+        if bad:
+            raise ValueError(f"noise_sources: {bad[0]!r} is not a source name (1-64 chars of [A-Za-z0-9_.:-])")
         return self
 
     @field_validator("model", mode="before")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ._log import logger
 from .backends import Backend
 from .calibration import DEFAULT_METRIC, PulseCalibration, input_levels, sha256_file
-from .protocol import INPUT_KINDS, ProtocolError, as_float32, decode
+from .protocol import INPUT_KINDS, ProtocolError, as_float32, decode, topic_for
 from .runfile import RunFileError, RunSet, open_runs
 
 MIN_SAMPLES = 256
@@ -93,13 +93,18 @@ def noise_from_file(path: str | Path) -> np.ndarray:
 
 
 def noise_from_stream(endpoints: Iterable[str], events: int, pattern: str = "sub", timeout: float = 60.0,
-                      pedestal: float = 0.0, gain: float = 1.0) -> np.ndarray:
-    """Collect ``events`` noise-only waveforms from a live stream (invalid messages are skipped and counted)."""
+                      pedestal: float = 0.0, gain: float = 1.0, sources: Iterable[str] | None = None) -> np.ndarray:
+    """Collect ``events`` noise-only waveforms from a live stream (invalid messages are skipped and counted).
+
+    ``sources``: take these sources' messages only (noise-only ones: random triggers), others are skipped;
+    None: every source, less the events that simulation truth marks as signals."""
+    wanted = None if sources is None else set(sources)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB if pattern == "sub" else zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
     if pattern == "sub":
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        for topic in ("",) if wanted is None else (topic_for("waveform", name) for name in wanted):
+            sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
     for e in endpoints:
         sock.connect(e)
     chunks, n, bad = [], 0, 0
@@ -116,6 +121,8 @@ def noise_from_stream(endpoints: Iterable[str], events: int, pattern: str = "sub
                     bad += 1
                     logger.debug("skipped a bad message: %s", exc)
                     continue
+                if wanted is not None and msg.source not in wanted:
+                    continue  # another source (or one whose name only starts alike)
                 data = as_float32(msg.arrays["data"], pedestal, gain)
                 truth = (msg.meta or {}).get("truth", {})
                 flags = truth.get("is_signal") if isinstance(truth, dict) else None

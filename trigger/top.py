@@ -224,6 +224,11 @@ def render(prev: Scrape, cur: Scrape, url: str = "") -> str:
     if estimate is not None or level is not None:  # the pulse pipeline's drift monitor (NaN: not enough events yet)
         add(f"NOISE       FPR estimate {'-' if estimate is None or math.isnan(estimate) else f'{100 * estimate:.2f}%'}"
             f"   input level {'-' if level is None or math.isnan(level) else f'{level:.3f}'} x calibration")
+    rnd = {dict(k).get("outcome"): v for k, v in cur.series("trigger_noise_source_events_total").items()}
+    if sum(rnd.values()) > 0:  # random triggers (pipeline.noise_sources): the rate measured on them since start
+        rnd_rate = sum(_rates_by(prev, cur, "trigger_noise_source_events_total", "outcome", dt).values())
+        add(f"  random triggers   FPR measured {fmt_fraction(rnd.get('accept', 0.0), sum(rnd.values()))} of "
+            f"{sum(rnd.values()):.0f} since start   ({fmt_rate(rnd_rate)}/s)")
     add("")
 
     # -- rejects ------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--data", type=Path, help="a recording (FILE.h5; truth/is_signal honoured) or .npz with "
                                              "noise-only events (truth_is_signal honoured)")
     g.add_argument("--stream", action="append", metavar="ENDPOINT", help="collect from a live stream")
+    c.add_argument("--source", action="append", metavar="NAME",
+                   help="with --stream: collect only this source's events (repeatable), e.g. the random-trigger "
+                        "source of pipeline.noise_sources; default: every source")
     c.add_argument("--input-pattern", choices=["sub", "pull"], default="sub")
     c.add_argument("--events", type=int, default=100_000, help="noise events to use (stream or simulation)")
     c.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a stream")
@@ -76,12 +79,14 @@ def run(a: argparse.Namespace) -> int:
         elif a.data:
             noise = noise_from_file(a.data)
         elif a.stream:
-            noise = noise_from_stream(a.stream, a.events, a.input_pattern, a.timeout)
+            noise = noise_from_stream(a.stream, a.events, a.input_pattern, a.timeout, sources=a.source)
         else:
             from ..replay import make_simulation
 
             sim = make_simulation("waveform", seed=a.seed, signal_fraction=0.0)
             noise, _ = sim.next(a.events)
+        if a.source and not a.stream:
+            raise ValueError("--source selects sources of a live stream: give --stream ENDPOINT too")
         output = Path(a.output) if a.output else calibration_path_for(model)
         calibrate(backend, noise, a.fpr, default_working_point=working_point_name(a.default_fpr), output=output,
                   metric=a.metric,

@@ -72,6 +72,10 @@ OPTIONS = (
     Option("--model", "pipeline.model", {"help": f"ONNX model (default: shipped {DEFAULT_PULSE_MODEL.name})"}),
     Option("--calibration", "pipeline.calibration", {"help": "calibration file (default: beside the model)"}),
     Option("--working-point", "pipeline.working_point", {"help": "e.g. fpr_0.01"}),
+    Option("--noise-source", "pipeline.noise_sources", {
+        "action": "append", "metavar": "NAME",
+        "help": "pulse: a source that carries no signal (random triggers; repeatable): the noise monitors read "
+                "its events alone, and trigger_noise_source_events_total measures the false-positive rate"}),
     Option("--backend", "backend.name", {
         "help": "inference backend: auto (default: the fastest that computes the model here; pulse: numba, "
                 "else onnxruntime), onnxruntime, numba, torch, tensorrt"}),

@@ -131,7 +131,8 @@ class NoiseCloudMonitor:
 
     A change in the signal rate leaves the noise alone, but faint signals inside the bulk pull it
     slightly along their arm: with half the events signals the estimate reads high (see
-    benchmarks/README.md). Its state is the window alone: a new pipeline (a reload) starts empty.
+    benchmarks/README.md). Fed only events known to be noise (``pipeline.noise_sources``: random
+    triggers), it has no such bias. Its state is the window alone: a new pipeline (a reload) starts empty.
 
     Args:
         sample: the calibration's noise-only latent means [m, k].
@@ -325,9 +326,18 @@ class PulsePipeline(Pipeline):
     def monitor(self, result: dict[str, np.ndarray], metrics: Any) -> None:
         """Distance distribution (d / d*), the drift of the noise cloud's mean from the centre, the input
         level of noise-like events against the calibration's, and the noise scale with the
-        false-positive rate it implies (:class:`NoiseCloudMonitor`)."""
+        false-positive rate it implies (:class:`NoiseCloudMonitor`).
+
+        With ``pipeline.noise_sources`` the worker marks those sources' events (``_noise``), and
+        everything but the distance distribution reads them alone: events with no signal by
+        construction, so a change in the signal rate cannot move the noise gauges."""
         ratio = result["score"] / np.float32(self.threshold)
         metrics.distance_ratio.observe_many(ratio)
+        known = result.get("_noise")
+        if known is not None:
+            if not known.any():
+                return
+            result = {k: v[known] for k, v in result.items() if k != "_noise"}
         noise = result["z"][~result["accept"]]
         if len(noise):
             # A plain mean of everything seen until DRIFT_EVENTS, then an exponential one: the first

@@ -166,6 +166,10 @@ class Metrics:
         self.truth_events = Counter("trigger_truth_events_total",
                                     "Decided events of streams that carry simulation truth",
                                     ["truth", "outcome"], registry=reg)
+        self.noise_source_events = Counter("trigger_noise_source_events_total",
+                                           "Decided events of the configured noise-only sources "
+                                           "(pipeline.noise_sources: random triggers), by outcome; accepted "
+                                           "over all is the measured false-positive rate", ["outcome"], registry=reg)
         self.last_decision = Gauge("trigger_last_decision_timestamp_seconds",
                                    "Unix time of the last decision, per source", ["source"], registry=reg)
         self.model = Info("trigger_model", "Model, calibration and backend that decide", registry=reg)
@@ -185,6 +189,7 @@ class Metrics:
             self.decisions.labels(pipeline, outcome)
             self.truth_events.labels("signal", outcome)
             self.truth_events.labels("noise", outcome)
+            self.noise_source_events.labels(outcome)
         self.decision_messages.labels(pipeline)
         for stage in STAGES:
             self.stage_latency.labels(stage)

@@ -72,13 +72,15 @@ class Publisher:
         """Send a message of header only (the end-of-run message)."""
         self._output.send_multipart(encode(topic, header))
 
-    def publish(self, pipeline: Pipeline, batch: list[Item], result: dict[str, np.ndarray]) -> None:
+    def publish(self, pipeline: Pipeline, batch: list[Item], result: dict[str, np.ndarray],
+                noise_sources: frozenset[str] = frozenset()) -> None:
         """One decision message per message of ``batch``, and their counts.
 
         Args:
             pipeline: the pipeline that decided the batch.
             batch: the batch's messages, in order.
             result: the pipeline's decision arrays of the whole batch.
+            noise_sources: sources known to carry no signal (``pipeline.noise_sources``).
         """
         m = self.metrics
         static = pipeline.header()
@@ -94,7 +96,11 @@ class Publisher:
             done = time.monotonic()
             m.latency.observe(done - it.t_recv_mono)
             m.last_decision.labels(it.label).set(time.time())
-            self.accounting.decided(it.label, it.n, pipeline.outcomes(part))
+            outcomes = pipeline.outcomes(part)
+            self.accounting.decided(it.label, it.n, outcomes)
+            if it.source in noise_sources:
+                for outcome, count in outcomes.items():
+                    m.noise_source_events.labels(outcome).inc(count)
             if it.truth_signal is not None:
                 for (truth, outcome), count in pipeline.truth_outcomes(part, it.truth_signal).items():
                     m.truth_events.labels(truth, outcome).inc(count)
@@ -161,11 +167,12 @@ class Workers:
                     pipeline = self.reloader.pipeline  # one pipeline per batch, so a swap never splits a batch
                     pipe = self.reloader.config.pipeline
                     adc = (pipe.pedestal, pipe.gain)  # and its ADC calibration
+                    noise = frozenset(pipe.noise_sources)
                     ticket = turns.take()
                     self.reloader.first_ticket(ticket)
                 if self._failed.is_set():
                     return  # another worker failed: stop now rather than infer a batch nobody publishes
-                self._infer_and_publish(pipeline, buffer, batch, adc, turns, ticket)
+                self._infer_and_publish(pipeline, buffer, batch, adc, noise, turns, ticket)
         except TurnsAborted:
             return  # another worker failed first; its error is the one raised
         except BaseException as exc:
@@ -175,7 +182,7 @@ class Workers:
             turns.abort()
 
     def _infer_and_publish(self, pipeline: Pipeline, buffer: BatchBuffer, batch: list[Item], adc: tuple[float, float],
-                           turns: Turns, ticket: int) -> None:
+                           noise: frozenset[str], turns: Turns, ticket: int) -> None:
         cfg, m = self.batching, self.metrics
         t_start = time.monotonic()
         for it in batch:
@@ -198,8 +205,10 @@ class Workers:
                     turns.wait(ticket)  # with several workers, "publish" includes waiting for earlier batches
                     waited = True
                     self.reloader.close_retired(ticket)
+                if noise:  # the monitors read the noise-only sources' events alone
+                    result["_noise"] = np.concatenate([np.full(it.n, it.source in noise) for it in chunk])
                 pipeline.monitor(result, m)
-                self.publisher.publish(pipeline, chunk, result)
+                self.publisher.publish(pipeline, chunk, result, noise)
                 m.stage_latency.labels("publish").observe(time.monotonic() - t_inf)
         finally:
             if waited:

@@ -75,8 +75,11 @@ def test_every_serve_option_overrides_its_key_and_the_result_is_a_valid_config(t
     b = cfg.batching
     assert (b.workers, b.max_batch, b.max_delay_ms, b.queue_events, b.overload) == (3, 7, 1.5, 9, "shed_oldest")
     assert cfg.log_level == "DEBUG"
-    assert sum(len(v) if isinstance(v, dict) else 1 for v in over.values()) == len(serve.OPTIONS) - 1  # all but connect
+    # all but --output-connect and --noise-source (a pulse option; this is segment), both below
+    assert sum(len(v) if isinstance(v, dict) else 1 for v in over.values()) == len(serve.OPTIONS) - 2
     assert config.load(None, serve.overrides(_serve("--output-connect"))).output.connect is True
+    pulse = config.load(None, serve.overrides(_serve("--noise-source", "rnd", "--noise-source", "rnd2")))
+    assert pulse.pipeline.noise_sources == ["rnd", "rnd2"]
 
 
 def test_serve_options_take_choices_and_types_from_the_config_fields():

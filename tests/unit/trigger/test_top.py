@@ -139,3 +139,8 @@ def test_the_noise_line_shows_the_drift_monitor_and_dashes_before_it_reads(metri
     m.input_level.set(1.1)
     lines = {line.split()[0]: line for line in render(prev, scrape(m, t=102.0), "u").splitlines() if line.strip()}
     assert "FPR estimate 1.23%" in lines["NOISE"] and "input level 1.100 x calibration" in lines["NOISE"]
+    assert "random" not in lines  # no random triggers (pipeline.noise_sources): no line for them
+    m.noise_source_events.labels("accept").inc(30)
+    m.noise_source_events.labels("reject").inc(2970)
+    lines = {line.split()[0]: line for line in render(prev, scrape(m, t=102.0), "u").splitlines() if line.strip()}
+    assert "FPR measured 1.00 % of 3000 since start" in lines["random"], lines["random"]
