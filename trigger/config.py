@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .pipelines import available_pipelines, is_pipeline
-from .protocol import SOURCE_RE
+from .protocol import SOURCE_RE, topic_for
 
 PACKAGE_MODELS = Path(__file__).parent / "models"
 DEFAULT_PULSE_MODEL = PACKAGE_MODELS / "pulse_default.onnx"
@@ -223,6 +223,16 @@ class Config(_Model):
     backend: BackendConfig = BackendConfig()
     batching: BatchingConfig = BatchingConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _noise_sources_subscribed(self) -> Config:
+        if self.input.pattern == "sub":
+            for name in self.pipeline.noise_sources:
+                topic = topic_for("waveform", name)
+                if not any(topic.startswith(prefix) for prefix in self.input.topics):
+                    raise ValueError(f"pipeline.noise_sources: {name!r} would never arrive: no input topic is a "
+                                     f"prefix of {topic!r} (input.topics: {self.input.topics})")
+        return self
 
     def model_path(self) -> Path:
         model = self.pipeline.model

@@ -114,7 +114,8 @@ def noise_from_stream(endpoints: Iterable[str], events: int, pattern: str = "sub
             while n < events:
                 left = deadline - time.monotonic()
                 if left <= 0 or not sock.poll(int(left * 1000)):
-                    raise TimeoutError(f"stream gave {n} of {events} noise events in {timeout:.0f} s")
+                    only = "" if wanted is None else f" of source {', '.join(sorted(wanted))}"
+                    raise TimeoutError(f"stream gave {n} of {events} noise events{only} in {timeout:.0f} s")
                 try:
                     msg = decode(sock.recv_multipart(copy=False), kinds={"waveform": INPUT_KINDS["waveform"]})
                 except ProtocolError as exc:

@@ -28,40 +28,41 @@ from .conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
-PER_MESSAGE = 100
 WP = 0.01
 
 
-def _messages(seed: int):
+def _messages(seed: int, physics_events: int = 100, trigger_events: int = 100):
     """Alternating messages: adc00 (a pulse in every event) and rnd (noise only), forever."""
     physics, triggers = WaveformSimulator(seed=seed, signal_fraction=1.0), WaveformSimulator(seed=seed + 1,
                                                                                            signal_fraction=0.0)
     seq = 0
     while True:
-        for source, sim in (("adc00", physics), ("rnd", triggers)):
-            yield encode_input("waveform", source, seq, time.time_ns(), sim.generate(PER_MESSAGE)[0])
+        for source, sim, n in (("adc00", physics, physics_events), ("rnd", triggers, trigger_events)):
+            yield encode_input("waveform", source, seq, time.time_ns(), sim.generate(n)[0])
         seq += 1
 
 
 def test_random_triggers_measure_and_monitor_the_false_positive_rate(chain_factory):
     chain = chain_factory("--noise-source", "rnd", "--max-batch", "256", pattern="push")
-    messages = _messages(41)
-    for _ in range(60):  # 6,000 events of each source
+    # 40 + 24 events a pair: the daemon's chunks and batches mix both sources at every offset
+    messages = _messages(41, physics_events=40, trigger_events=24)
+    for _ in range(250):  # 10,000 events of adc00, 6,000 of rnd
         chain.pub.send_multipart(next(messages))
         chain.pub.send_multipart(next(messages))
-    assert wait_until(lambda: chain.collector.events() >= 12_000, timeout=120)
-    time.sleep(1.2)  # one more message pair after the monitor's interval: a fresh estimate
-    chain.pub.send_multipart(next(messages))
-    chain.pub.send_multipart(next(messages))
-    assert wait_until(lambda: chain.collector.events() >= 12_200, timeout=60)
+    assert wait_until(lambda: chain.collector.events() >= 16_000, timeout=120)
+    time.sleep(1.2)  # one more message after the monitor's interval: a fresh estimate; larger than a batch
+    big = WaveformSimulator(seed=45, signal_fraction=0.0).generate(300)[0]
+    chain.pub.send_multipart(encode_input("waveform", "rnd", 250, time.time_ns(), big))
+    assert wait_until(lambda: chain.collector.events() >= 16_300, timeout=60)
     d = chain.daemon
     counted = d.by_label("trigger_noise_source_events_total", "outcome")
-    assert counted["accept"] + counted["reject"] == 6_100, counted  # rnd's events, none of adc00's
-    assert 0.005 < counted["accept"] / 6_100 < 0.02, counted  # the measured false-positive rate
+    assert counted["accept"] + counted["reject"] == 6_300, counted  # rnd's events, none of adc00's
+    assert 0.005 < counted["accept"] / 6_300 < 0.02, counted  # the measured false-positive rate
     assert WP / 2 < d.value("trigger_false_positive_rate_estimate") < 1.5 * WP
-    assert 0.97 < d.value("trigger_input_level_ratio") < 1.03
-    # adc00's events are decided as usual: nearly all of its pulses are accepted... and counted
-    assert d.value("trigger_decisions_total", pipeline="pulse", outcome="accept") > 3_000
+    assert 0.97 < d.value("trigger_input_level_ratio") < 1.03  # read on every random trigger
+    assert d.value("trigger_noise_sources") == 1
+    # adc00's events are decided as usual: most of its pulses are accepted
+    assert d.value("trigger_decisions_total", pipeline="pulse", outcome="accept") > 5_000
     assert chain.daemon.stop() == 0
 
 

@@ -35,7 +35,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--stream", action="append", metavar="ENDPOINT", help="collect from a live stream")
     c.add_argument("--source", action="append", metavar="NAME",
                    help="with --stream: collect only this source's events (repeatable), e.g. the random-trigger "
-                        "source of pipeline.noise_sources; default: every source")
+                        "source of pipeline.noise_sources; default: every source. With --input-pattern pull the "
+                        "readout shares its messages between calibrate and the daemons: prefer sub")
     c.add_argument("--input-pattern", choices=["sub", "pull"], default="sub")
     c.add_argument("--events", type=int, default=100_000, help="noise events to use (stream or simulation)")
     c.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a stream")
@@ -67,6 +68,9 @@ def run(a: argparse.Namespace) -> int:
     from ..runfile import RunFileError
 
     configure(a.log_level)
+    if a.source and not a.stream:  # before the model loads or any noise is made or read
+        logger.error("cannot calibrate: --source selects sources of a live stream: give --stream ENDPOINT too")
+        return 1
     model = Path(a.model)
     recording = None
     try:
@@ -85,8 +89,6 @@ def run(a: argparse.Namespace) -> int:
 
             sim = make_simulation("waveform", seed=a.seed, signal_fraction=0.0)
             noise, _ = sim.next(a.events)
-        if a.source and not a.stream:
-            raise ValueError("--source selects sources of a live stream: give --stream ENDPOINT too")
         output = Path(a.output) if a.output else calibration_path_for(model)
         calibrate(backend, noise, a.fpr, default_working_point=working_point_name(a.default_fpr), output=output,
                   metric=a.metric,

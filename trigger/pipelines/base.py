@@ -87,15 +87,22 @@ class Pipeline(ABC):
         """Shape of one event the model takes (samples, or height x width)."""
 
     @abstractmethod
-    def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-event decision arrays for ``batch`` float32 ``[n, *event_shape]`` (row i = event i)."""
+    def decide(self, batch: np.ndarray, noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per-event decision arrays for ``batch`` float32 ``[n, *event_shape]`` (row i = event i).
+
+        Args:
+            batch: the events.
+            noise: bool ``[n]``, the events of noise-only sources (``pipeline.noise_sources``), or None;
+                a pipeline that monitors its noise reads those (the pulse pipeline).
+        """
 
     @property
     def reads_messages(self) -> bool:
         """Whether :meth:`decide_parts` decides the messages' own arrays (no batch is assembled)."""
         return False
 
-    def decide_parts(self, parts: list[np.ndarray], pedestal: float, gain: float) -> dict[str, np.ndarray]:
+    def decide_parts(self, parts: list[np.ndarray], pedestal: float, gain: float,
+                     noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """What :meth:`decide` gives on the batch the messages ``parts`` would assemble into
         (integer ADC data as ``(adc - pedestal) * gain``), for a pipeline that :attr:`reads_messages`.
 
@@ -103,6 +110,7 @@ class Pipeline(ABC):
             parts: the messages' ``[n_i, *event_shape]`` arrays, in batch order.
             pedestal: subtracted from integer ADC data.
             gain: multiplies integer ADC data after the pedestal.
+            noise: as for :meth:`decide`.
         """
         raise NotImplementedError(f"the {self.name} pipeline decides assembled batches only")
 

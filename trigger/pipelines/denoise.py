@@ -70,7 +70,7 @@ class DenoisePipeline(Pipeline):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self.backend.infer(np.ascontiguousarray(batch, dtype=np.float32))[self._output]
 
-    def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def decide(self, batch: np.ndarray, noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
         if self._guard is not None:  # two calls of the batch's size, not one of twice it: a backend's
             # batch profile (TensorRT) need not reach 2 x max_batch
             return {"data": self._guard.apply(batch, denoised=self._infer(batch)).output}

@@ -286,26 +286,34 @@ class PulsePipeline(Pipeline):
     LEVEL_WINDOW = 500
     LEVEL_MIN = 100
 
-    def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def decide(self, batch: np.ndarray, noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
         result = self._score(self.backend.infer(batch)[self._output])
         if self.calibration.noise_level is not None:
-            result["_level"] = self._sampled_levels([(batch, 1.0)], result["accept"])
+            result["_level"] = self._sampled_levels([(batch, 1.0)], result["accept"], noise)
         return result
 
-    def decide_parts(self, parts: list[np.ndarray], pedestal: float, gain: float) -> dict[str, np.ndarray]:
+    def decide_parts(self, parts: list[np.ndarray], pedestal: float, gain: float,
+                     noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
         result = self._score(self.backend.infer_parts(parts, pedestal, gain)[self._output])
         if self.calibration.noise_level is not None:
             result["_level"] = self._sampled_levels(
-                [(p, gain if np.issubdtype(p.dtype, np.integer) else 1.0) for p in parts], result["accept"])
+                [(p, gain if np.issubdtype(p.dtype, np.integer) else 1.0) for p in parts], result["accept"], noise)
         return result
 
-    def _sampled_levels(self, parts: list[tuple[np.ndarray, float]], accept: np.ndarray) -> np.ndarray:
-        """Per event: the input level of every LEVEL_STEP-th event, negated for an accepted one, NaN for
-        the others (never published: the ``_`` prefix). ``parts``: (waveforms, factor to the model's units)."""
+    def _sampled_levels(self, parts: list[tuple[np.ndarray, float]], accept: np.ndarray,
+                        noise: np.ndarray | None = None) -> np.ndarray:
+        """Per event: the input level of every LEVEL_STEP-th event and of every event of a noise-only
+        source (``noise``: they are few, and the gauge then reads them alone), negated for an accepted
+        one, NaN for the others (never published: the ``_`` prefix). ``parts``: (waveforms, factor to
+        the model's units)."""
         out = np.full(len(accept), np.nan, np.float32)
         first = 0
         for data, scale in parts:
-            rows = np.arange((-first) % self.LEVEL_STEP, len(data), self.LEVEL_STEP)
+            take = np.zeros(len(data), bool)
+            take[(-first) % self.LEVEL_STEP::self.LEVEL_STEP] = True
+            if noise is not None:
+                take |= noise[first:first + len(data)]
+            rows = np.flatnonzero(take)
             if len(rows):
                 out[first + rows] = input_levels(data[rows], scale)
             first += len(data)

@@ -104,7 +104,7 @@ class SegmentPipeline(Pipeline):
     def event_shape(self) -> tuple[int, ...]:
         return self.calibration.event_shape
 
-    def decide(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def decide(self, batch: np.ndarray, noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
         prob = self.backend.infer(batch)[self._output]
         mask = prob > self.threshold
         result = {"mask": mask.view(np.uint8)}

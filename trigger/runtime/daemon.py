@@ -42,7 +42,7 @@ from .accounting import Accounting, RunCounts
 from .batcher import EventQueue
 from .metrics import Metrics
 from .receiver import Receiver
-from .reloader import Reloader
+from .reloader import Reloader, noise_sources_text
 from .workers import Publisher, Workers
 
 EOR_SOURCE = "_eor"  # end-of-run message: topic dec._eor (an extension of protocol v1)
@@ -115,17 +115,18 @@ class Daemon:
             except OSError as exc:
                 self._close_sockets()
                 raise StartupError(f"cannot serve metrics on {cfg.metrics.host}:{cfg.metrics.port}: {exc}") from exc
-        self.metrics.show_pipeline(self.pipeline)
+        self.metrics.show_pipeline(self.pipeline, len(cfg.pipeline.noise_sources))
         self.metrics.queue_capacity.set(self.queue.max_events)
         self.receiver.start()
         self.reloader.start()
         d = self.pipeline.describe()
         logger.info(
             "ready: %s pipeline, model %s (sha256 %s, %s %s) on %s, %d inference worker%s, input %s %s, "
-            "decisions on %s, metrics %s", d["pipeline"], d.get("model"), d.get("model_sha256"), d.get("working_point"),
-            d.get("threshold"), d.get("backend"), self.workers, "" if self.workers == 1 else "s",
-            cfg.input.pattern, ",".join(cfg.input.endpoints), cfg.output.endpoint,
-            f"http://{cfg.metrics.host}:{self.metrics_port}/metrics" if self.metrics_port else "off")
+            "decisions on %s, metrics %s%s", d["pipeline"], d.get("model"), d.get("model_sha256"),
+            d.get("working_point"), d.get("threshold"), d.get("backend"), self.workers,
+            "" if self.workers == 1 else "s", cfg.input.pattern, ",".join(cfg.input.endpoints), cfg.output.endpoint,
+            f"http://{cfg.metrics.host}:{self.metrics_port}/metrics" if self.metrics_port else "off",
+            noise_sources_text(cfg))
 
     def request_stop(self) -> None:
         """Stop taking input; safe to call from a signal handler (it only sets a flag)."""

@@ -182,6 +182,8 @@ class Metrics:
                                        registry=reg)
         self.queue_capacity = Gauge("trigger_queue_capacity_events", "Bound of the receive queue, in events",
                                     registry=reg)
+        self.noise_sources = Gauge("trigger_noise_sources", "Noise-only sources named in pipeline.noise_sources "
+                                   "(random triggers; 0: none)", registry=reg)
 
         for reason in Reason:
             self.rejected.labels(reason.value)
@@ -196,12 +198,14 @@ class Metrics:
         for result in ("ok", "error"):
             self.reloads.labels(result)
 
-    def show_pipeline(self, pipeline: Pipeline) -> None:
+    def show_pipeline(self, pipeline: Pipeline, noise_sources: int = 0) -> None:
         """Publish what decides: ``trigger_model``, and the threshold and working point if it has them.
 
         Args:
             pipeline: the pipeline in use (at start and after each reload).
+            noise_sources: how many noise-only sources its configuration names.
         """
+        self.noise_sources.set(noise_sources)
         self.model.info(pipeline.describe())
         if pipeline.threshold is not None:
             self.threshold.set(pipeline.threshold)

@@ -99,11 +99,12 @@ class Reloader:
         old = self.pipeline
         self.pipeline = new
         self.config = config
-        self.metrics.show_pipeline(new)
+        self.metrics.show_pipeline(new, len(config.pipeline.noise_sources))
         self.metrics.reloads.labels("ok").inc()
         d = new.describe()
-        logger.info("reloaded: model %s (sha256 %s), calibration %s, %s %s", d.get("model"),
-                    d.get("model_sha256"), d.get("calibration_sha256"), d.get("working_point"), d.get("threshold"))
+        logger.info("reloaded: model %s (sha256 %s), calibration %s, %s %s%s", d.get("model"),
+                    d.get("model_sha256"), d.get("calibration_sha256"), d.get("working_point"), d.get("threshold"),
+                    noise_sources_text(config))
         with self._lock:
             self._retired.append([old, None])
 
@@ -143,3 +144,9 @@ class Reloader:
                 backend.close()
             except Exception as exc:  # noqa: BLE001 - a failed release must not stop the daemon
                 logger.warning("closing the replaced %s backend failed: %s", backend.name, exc)
+
+
+def noise_sources_text(config: Config) -> str:
+    """``, noise sources a, b`` when the configuration names random-trigger sources, else empty."""
+    names = config.pipeline.noise_sources
+    return f", noise sources {', '.join(names)}" if names else ""

@@ -198,15 +198,17 @@ class Workers:
         try:
             for chunk in chunks:
                 t_inf0 = time.monotonic()
-                result = self._infer(pipeline, buffer, chunk, adc)
+                # events of the noise-only sources: the pipeline's noise monitors read them alone
+                known = np.concatenate([np.full(it.n, it.source in noise) for it in chunk]) if noise else None
+                result = self._infer(pipeline, buffer, chunk, adc, known)
                 t_inf = time.monotonic()
                 m.stage_latency.labels("inference").observe(t_inf - t_inf0)
                 if not waited:
                     turns.wait(ticket)  # with several workers, "publish" includes waiting for earlier batches
                     waited = True
                     self.reloader.close_retired(ticket)
-                if noise:  # the monitors read the noise-only sources' events alone
-                    result["_noise"] = np.concatenate([np.full(it.n, it.source in noise) for it in chunk])
+                if known is not None:
+                    result["_noise"] = known
                 pipeline.monitor(result, m)
                 self.publisher.publish(pipeline, chunk, result, noise)
                 m.stage_latency.labels("publish").observe(time.monotonic() - t_inf)
@@ -214,22 +216,26 @@ class Workers:
             if waited:
                 turns.done(ticket)
 
-    def _infer(self, pipeline: Pipeline, buffer: BatchBuffer, batch: list[Item],
-               adc: tuple[float, float]) -> dict[str, np.ndarray]:
+    def _infer(self, pipeline: Pipeline, buffer: BatchBuffer, batch: list[Item], adc: tuple[float, float],
+               known: np.ndarray | None = None) -> dict[str, np.ndarray]:
         max_batch = self.batching.max_batch
         n = sum(it.n for it in batch)
+
+        def noise(i: int = 0, j: int = n) -> dict[str, np.ndarray]:  # only when set: plug-ins need not take it
+            return {} if known is None else {"noise": known[i:j]}
+
         if n <= max_batch:
             if pipeline.reads_messages:  # the messages' own arrays, no batch copy
-                return pipeline.decide_parts([it.data for it in batch], *adc)
-            return pipeline.decide(buffer.assemble(batch, *adc))
+                return pipeline.decide_parts([it.data for it in batch], *adc, **noise())
+            return pipeline.decide(buffer.assemble(batch, *adc), **noise())
         # One message larger than a batch: infer it in max_batch slices.
         starts = range(0, n, max_batch)
         if pipeline.reads_messages:
             data = batch[0].data
-            parts = [pipeline.decide_parts([data[i:i + max_batch]], *adc) for i in starts]
+            parts = [pipeline.decide_parts([data[i:i + max_batch]], *adc, **noise(i, i + max_batch)) for i in starts]
         else:
             data = as_float32(batch[0].data, *adc)
-            parts = [pipeline.decide(data[i:i + max_batch]) for i in starts]
+            parts = [pipeline.decide(data[i:i + max_batch], **noise(i, i + max_batch)) for i in starts]
         return pipeline.merge(parts, [min(max_batch, n - i) for i in starts])
 
 

@@ -224,7 +224,7 @@ def test_operations_alerts_have_promtool_unit_tests():
     assert tested <= set(alerts), tested - set(alerts)
     for name in ["TriggerNoInput", "TriggerLoadShedding", "TriggerQueueNearFull", "TriggerInputHandshakeFailing",
                  "TriggerInputFlapping", "TriggerReloadFailed", "TriggerFalsePositiveRateEstimateOff",
-                 "TriggerInputLevelOff", "TriggerMeasuredFalsePositiveRateOff"]:
+                 "TriggerInputLevelOff", "TriggerMeasuredFalsePositiveRateOff", "TriggerNoiseSourcesSilent"]:
         assert name in tested, f"{name} has no promtool test that makes it fire"
 
 

@@ -69,15 +69,31 @@ def test_a_batch_without_random_triggers_fills_the_histogram_and_leaves_the_nois
     assert reg.get_sample_value("trigger_noise_centre_drift_ratio") == 0
 
 
+def test_every_random_trigger_gives_its_input_level_wherever_it_sits_in_the_batch(decided):
+    pipeline = decided[0]
+    data = WaveformSimulator(seed=23, signal_fraction=0.0).generate(64)[0]
+    noise = np.zeros(64, bool)
+    noise[[3, 17, 33, 63]] = True  # none on the every-16th grid (0, 16, 32, 48)
+    whole = pipeline.decide(data, noise=noise)["_level"]
+    numba = PulsePipeline(create_backend("numba", DEFAULT_PULSE_MODEL), pipeline.calibration)  # reads messages
+    parts = numba.decide_parts([data[:10], data[10:40], data[40:]], 0.0, 1.0, noise=noise)["_level"]
+    for level in (whole, parts):
+        assert np.flatnonzero(np.isfinite(level)).tolist() == [0, 3, 16, 17, 32, 33, 48, 63]
+    assert np.allclose(np.abs(whole), np.abs(parts), equal_nan=True)
+
+
 @pytest.mark.parametrize(("yaml_text", "message"), [
     ("pipeline: {name: segment, noise_sources: [rnd]}", "option of the pulse pipeline"),
     ("pipeline: {noise_sources: ['']}", "is not a source name"),
     ("pipeline: {noise_sources: ['a b']}", "is not a source name"),
+    ("pipeline: {noise_sources: [rnd]}\ninput: {topics: [wf.adc]}", "'rnd' would never arrive"),
 ])
 def test_noise_sources_are_checked(tmp_path, yaml_text, message):
     path = tmp_path / "trigger.yaml"
     path.write_text(yaml_text)
     with pytest.raises(ConfigError, match=message):
         load(path)
-    path.write_text("pipeline: {noise_sources: [rnd, adc00.rnd]}")
+    path.write_text("pipeline: {noise_sources: [rnd, adc00.rnd]}\ninput: {topics: [wf.adc, wf.rnd]}")
     assert load(path).pipeline.noise_sources == ["rnd", "adc00.rnd"]
+    path.write_text("pipeline: {noise_sources: [rnd]}\ninput: {topics: [wf.adc], pattern: pull}")  # no topics
+    assert load(path).pipeline.noise_sources == ["rnd"]
