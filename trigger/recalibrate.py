@@ -61,12 +61,20 @@ def open_noise_run(path: str | Path | list) -> RunSet:
     return run
 
 
-def noise_chunks_from_run(run: RunSet, events: int = 0) -> Iterator[np.ndarray]:
+def noise_chunks_from_run(run: RunSet, events: int = 0, sources: Iterable[str] | None = None) -> Iterator[np.ndarray]:
     """Float32 noise-only events of ``run``, one storage chunk at a time (``truth/is_signal`` true
-    left out; at most ``events`` when > 0). Integer samples are converted as they are: the model
-    holds any pedestal and scale."""
+    left out; at most ``events`` when > 0; ``sources``: only these sources' messages, e.g. the random
+    triggers). Integer samples are converted as they are: the model holds any pedestal and scale."""
+    if sources is not None:
+        sources = list(sources)
+        missing = [s for s in sources if s not in run.sources]
+        if missing:
+            raise ValueError(f"{run.path} has no source {', '.join(missing)} (its sources: {', '.join(run.sources)})")
+        blocks = ((m.data, m.truth) for m in run.iter_messages(sources))
+    else:
+        blocks = ((data, truth) for _, data, truth in run.iter_chunks())
     kept = total = 0
-    for _, data, truth in run.iter_chunks():
+    for data, truth in blocks:
         total += len(data)
         flags = truth.get("is_signal")
         if flags is not None:
@@ -78,7 +86,8 @@ def noise_chunks_from_run(run: RunSet, events: int = 0) -> Iterator[np.ndarray]:
             yield as_float32(data)
         if events and kept >= events:
             break
-    logger.info("%s: used %d of %d events%s", run.path, kept, total,
+    logger.info("%s: used %d of %d events%s%s", run.path, kept, total,
+                "" if sources is None else f" of source {', '.join(sources)}",
                 " (truth/is_signal false)" if "is_signal" in run.truth_keys else " (no truth: all taken as noise)")
 
 

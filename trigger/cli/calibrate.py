@@ -34,9 +34,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                              "noise-only events (truth_is_signal honoured)")
     g.add_argument("--stream", action="append", metavar="ENDPOINT", help="collect from a live stream")
     c.add_argument("--source", action="append", metavar="NAME",
-                   help="with --stream: collect only this source's events (repeatable), e.g. the random-trigger "
-                        "source of pipeline.noise_sources; default: every source. With --input-pattern pull the "
-                        "readout shares its messages between calibrate and the daemons: prefer sub")
+                   help="with --stream or a recording: take only this source's events (repeatable), e.g. the "
+                        "random-trigger source of pipeline.noise_sources; default: every source. With "
+                        "--input-pattern pull the readout shares its messages between calibrate and the daemons: "
+                        "prefer sub")
     c.add_argument("--input-pattern", choices=["sub", "pull"], default="sub")
     c.add_argument("--events", type=int, default=100_000, help="noise events to use (stream or simulation)")
     c.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a stream")
@@ -68,8 +69,9 @@ def run(a: argparse.Namespace) -> int:
     from ..runfile import RunFileError
 
     configure(a.log_level)
-    if a.source and not a.stream:  # before the model loads or any noise is made or read
-        logger.error("cannot calibrate: --source selects sources of a live stream: give --stream ENDPOINT too")
+    if a.source and not (a.stream or (a.data and a.data.suffix != ".npz")):  # before anything loads
+        logger.error("cannot calibrate: --source selects sources of a live stream (--stream) or a recording "
+                     "(--data FILE.h5)")
         return 1
     model = Path(a.model)
     recording = None
@@ -79,7 +81,7 @@ def run(a: argparse.Namespace) -> int:
         if a.data and a.data.suffix != ".npz":  # a recording, streamed a chunk at a time
             recording = open_noise_run(a.data)
             check_shape(recording.event_shape, backend.input_shape, str(a.data))
-            noise = noise_chunks_from_run(recording)
+            noise = noise_chunks_from_run(recording, sources=a.source)
         elif a.data:
             noise = noise_from_file(a.data)
         elif a.stream:

@@ -15,6 +15,8 @@ from trigger.backends import create_backend
 from trigger.calibration import PulseCalibration, calibration_path_for
 from trigger.config import DEFAULT_PULSE_MODEL, ConfigError, load
 from trigger.pipelines.pulse import PulsePipeline
+from trigger.recalibrate import noise_chunks_from_run, open_noise_run
+from trigger.runfile import Layout, RunWriter
 from trigger.runtime.metrics import Metrics
 
 FPR = "trigger_false_positive_rate_estimate"
@@ -97,3 +99,18 @@ def test_noise_sources_are_checked(tmp_path, yaml_text, message):
     assert load(path).pipeline.noise_sources == ["rnd", "adc00.rnd"]
     path.write_text("pipeline: {noise_sources: [rnd]}\ninput: {topics: [wf.adc], pattern: pull}")  # no topics
     assert load(path).pipeline.noise_sources == ["rnd"]
+
+
+def test_a_recording_gives_its_random_triggers_alone(tmp_path):
+    path = tmp_path / "run.h5"
+    with RunWriter(path, Layout.of("waveform", {"data": np.zeros((1, 16), "<f4")}, {"is_signal": [False]})) as w:
+        for seq in range(4):  # physics events are 5.0, random triggers -1.0 (one of them flagged a signal)
+            w.append("adc00", seq, seq, {"data": np.full((3, 16), 5.0, "<f4")}, {"is_signal": [True] * 3})
+            w.append("rnd", seq, seq, {"data": np.full((2, 16), -1.0, "<f4")}, {"is_signal": [seq == 0, False]})
+    with open_noise_run(path) as run:
+        rnd = np.concatenate(list(noise_chunks_from_run(run, sources=["rnd"])))
+        assert rnd.shape == (7, 16) and np.all(rnd == -1.0)  # 8 random triggers, less the flagged one
+        assert len(np.concatenate(list(noise_chunks_from_run(run, events=5, sources=["rnd"])))) == 5
+        with pytest.raises(ValueError, match="has no source rnd2 .its sources: adc00, rnd"):
+            list(noise_chunks_from_run(run, sources=["rnd2"]))
+
