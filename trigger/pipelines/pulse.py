@@ -309,11 +309,9 @@ class PulsePipeline(Pipeline):
         out = np.full(len(accept), np.nan, np.float32)
         first = 0
         for data, scale in parts:
-            take = np.zeros(len(data), bool)
-            take[(-first) % self.LEVEL_STEP::self.LEVEL_STEP] = True
-            if noise is not None:
-                take |= noise[first:first + len(data)]
-            rows = np.flatnonzero(take)
+            rows = np.arange((-first) % self.LEVEL_STEP, len(data), self.LEVEL_STEP)
+            if noise is not None:  # no per-event work on the hot path unless noise sources are named
+                rows = np.union1d(rows, np.flatnonzero(noise[first:first + len(data)]))
             if len(rows):
                 out[first + rows] = input_levels(data[rows], scale)
             first += len(data)
