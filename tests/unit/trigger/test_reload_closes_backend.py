@@ -105,7 +105,11 @@ def test_each_reload_closes_the_backend_it_replaced_once_and_only_after_its_last
             reloads_before = len(CountingBackend.instances)
             daemon.request_reload()
             deadline = time.monotonic() + 30
-            while len(CountingBackend.instances) == reloads_before or daemon.reloader.pending is not None:
+            # Swapped in: the serving pipeline's backend is the newest one. (A count of instances
+            # alone races: the backend exists before the reload has finished preparing, so
+            # ``pending`` can still be None while the old pipeline keeps serving.)
+            while not (len(CountingBackend.instances) > reloads_before
+                       and daemon.reloader.pipeline.backend is CountingBackend.instances[-1]):
                 assert time.monotonic() < deadline, "the reload never built its backend or was never swapped in"
                 sent = send(2)  # batches keep flowing: the swap happens between two of them
                 assert _decided(sub, sent) == sent
