@@ -84,18 +84,12 @@ class Publisher:
         """
         m = self.metrics
         static = pipeline.header()
+        m.decision_messages.labels(pipeline.name).inc(len(batch))
         off = 0
         for it in batch:
             part = pipeline.split(result, off, off + it.n)
             off += it.n
-            header = {"v": VERSION, "kind": "decision", "source": it.source, "seq": it.seq, "t_ns": it.t_ns,
-                      **static, "t_recv_ns": it.t_recv_ns, "t_sent_ns": time.time_ns()}
-            if it.meta is not None:
-                header["meta"] = it.meta
-            self._output.send_multipart(encode(f"dec.{it.source}", header, part))
-            done = time.monotonic()
-            m.latency.observe(done - it.t_recv_mono)
-            m.last_decision.labels(it.label).set(time.time())
+            # Counted before it leaves: a subscriber that has seen a decision finds it in the counters.
             outcomes = pipeline.outcomes(part)
             self.accounting.decided(it.label, it.n, outcomes)
             if it.source in noise_sources:
@@ -104,7 +98,13 @@ class Publisher:
             if it.truth_signal is not None:
                 for (truth, outcome), count in pipeline.truth_outcomes(part, it.truth_signal).items():
                     m.truth_events.labels(truth, outcome).inc(count)
-        m.decision_messages.labels(pipeline.name).inc(len(batch))
+            header = {"v": VERSION, "kind": "decision", "source": it.source, "seq": it.seq, "t_ns": it.t_ns,
+                      **static, "t_recv_ns": it.t_recv_ns, "t_sent_ns": time.time_ns()}
+            if it.meta is not None:
+                header["meta"] = it.meta
+            self._output.send_multipart(encode(f"dec.{it.source}", header, part))
+            m.latency.observe(time.monotonic() - it.t_recv_mono)
+            m.last_decision.labels(it.label).set(time.time())
 
 
 class Workers:

@@ -78,3 +78,77 @@ def test_message_reading_pipelines_publish_in_chunks_of_whole_messages():
     assert [[it.n for it in c] for c in chunks] == [[1, 30, 40], [64], [100], [2, 3]]
     assert [it for c in chunks for it in c] == batch  # every message once, in order
     assert list(_chunks([], 64)) == []
+
+
+def test_a_decision_is_counted_before_it_leaves():
+    """A subscriber that has seen a decision must find it in the counters (tests and operators read them
+    right after the decisions arrive): at the moment each decision message is sent, the decisions,
+    decision messages and random-trigger counters already include it. A real daemon in this process,
+    real sockets; the decision socket is wrapped only to read the counters as each message leaves."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from trigger.protocol import encode_input
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    in_port = push.bind_to_random_port("tcp://127.0.0.1")
+    probe = ctx.socket(zmq.PUSH)
+    out_port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(linger=0)
+    cfg = Config.model_validate({
+        "input": {"endpoints": [f"tcp://127.0.0.1:{in_port}"], "pattern": "pull"},
+        "output": {"endpoint": f"tcp://127.0.0.1:{out_port}"},
+        "pipeline": {"noise_sources": ["rnd"]},
+        "batching": {"max_batch": 64},
+        "metrics": {"port": 0},
+    })
+    daemon = Daemon(cfg, context=ctx)
+    seen: list[tuple[str, int, float, float, float]] = []  # source, events, decided, messages, rnd counted
+
+    class CountingSocket:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def send_multipart(self, frames, *args, **kwargs):
+            v = daemon.metrics.values()
+            topic = bytes(frames[0]).decode()
+            if topic.startswith("dec.") and topic != "dec._eor":
+                decided = sum(val for (name, _), val in v.items() if name == "trigger_decisions_total")
+                msgs = sum(val for (name, _), val in v.items() if name == "trigger_decision_messages_total")
+                rnd = sum(val for (name, _), val in v.items() if name == "trigger_noise_source_events_total")
+                seen.append((topic[4:], decided, msgs, rnd))
+            return self.sock.send_multipart(frames, *args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.sock, name)
+
+    runner = threading.Thread(target=daemon.run, name="daemon-under-test")
+    try:
+        daemon.start()
+        daemon.publisher._output = CountingSocket(daemon.publisher._output)
+        runner.start()
+        rng = np.random.default_rng(3)
+        sizes = []
+        for seq in range(12):
+            source, n = ("rnd", 5) if seq % 2 else ("adc00", 7)
+            push.send_multipart(encode_input("waveform", source, seq, time.time_ns(),
+                                             rng.normal(size=(n, 9728)).astype(np.float32)))
+            sizes.append((source, n))
+        deadline = time.monotonic() + 30
+        while len(seen) < 12:
+            assert time.monotonic() < deadline, f"only {len(seen)} of 12 decisions were sent"
+            time.sleep(0.05)
+    finally:
+        daemon.request_stop()
+        runner.join(timeout=30)
+        push.close(linger=0)
+        ctx.term()
+    assert [s[0] for s in seen] == [s for s, _ in sizes]
+    events = messages = rnd_events = 0
+    for (source, n), (_, decided, msgs, rnd) in zip(sizes, seen, strict=True):
+        events, messages = events + n, messages + 1
+        rnd_events += n if source == "rnd" else 0
+        assert decided >= events and msgs >= messages and rnd >= rnd_events, (source, n, decided, msgs, rnd)
