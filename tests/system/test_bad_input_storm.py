@@ -56,7 +56,7 @@ def test_storm_of_malformed_messages_changes_no_decision_and_is_counted_exactly(
     assert len(bad) >= 12
     kinds = list(bad)
 
-    clean = chain_factory()
+    clean = chain_factory(pattern="push")  # backpressure: exact counts whatever the load
     reference = _run(clean, valid, rate_msgs=200)
     assert clean.daemon.stop() == 0
 
@@ -66,7 +66,7 @@ def test_storm_of_malformed_messages_changes_no_decision_and_is_counted_exactly(
     for frames in valid:
         mixed.append(frames)
         mixed += [bad[next(cycle)] for _ in range(PER_KIND * len(kinds) // VALID)]
-    stormy = chain_factory()
+    stormy = chain_factory(pattern="push")
     # About 1,600 valid events/s: half of what this daemon sustains on 2 shared cores.
     result = _run(stormy, mixed, rate_msgs=200 * (1 + PER_KIND * len(kinds) // VALID))
 

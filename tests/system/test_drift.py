@@ -106,12 +106,27 @@ def test_the_monitor_sees_noise_changes_ignores_signal_changes_and_recalibration
     push = open_socket(chain.ctx, "tcp://127.0.0.1:*", "push")
     ep = push.getsockopt(zmq.LAST_ENDPOINT).decode()
     noise = WaveformSimulator(dataclasses.replace(base, noise_mean_pulses=90), 97, 0.0)
-    feeder = threading.Thread(target=lambda: [push.send_multipart(encode_input(
-        "waveform", "adc00", q, time.time_ns(), noise.generate(PER_MESSAGE)[0])) for q in range(210)], daemon=True)
+    push.setsockopt(zmq.SNDTIMEO, 200)  # a send with no peer (before calibrate connects, after it left) waits
+    done = threading.Event()
+
+    def feed() -> None:
+        for q in range(210):
+            msg = encode_input("waveform", "adc00", q, time.time_ns(), noise.generate(PER_MESSAGE)[0])
+            while not done.is_set():
+                try:
+                    push.send_multipart(msg)
+                    break
+                except zmq.Again:
+                    continue
+
+    feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     cal = subprocess.run([sys.executable, "-m", "trigger", "calibrate", "--model", str(model), "--stream", ep,
                           "--input-pattern", "pull", "--events", "20000", "-o", str(calib)],
                          capture_output=True, text=True, timeout=300)
+    done.set()
+    feeder.join(timeout=30)  # never close a socket another thread may still be sending on
+    assert not feeder.is_alive()
     push.close(linger=0)
     assert cal.returncode == 0, cal.stderr
     chain.daemon.proc.send_signal(signal.SIGHUP)

@@ -357,13 +357,13 @@ def test_dashboard_and_rules_return_data_top_shows_it_and_no_input_fires(prometh
         assert seg.daemon.proc.poll() is None
 
         # trigger top --once against the same daemon
-        top = subprocess.run([sys.executable, "-m", "trigger", "top", "--once", "--interval", "1", "--url",
+        top = subprocess.run([sys.executable, "-m", "trigger", "top", "--once", "--interval", "3", "--url",
                               f"http://127.0.0.1:{chain.daemon.metrics_port}/metrics"],
                              capture_output=True, text=True, timeout=30)
         assert top.returncode == 0, top.stderr
         frame = top.stdout
         adc = next(line for line in frame.splitlines() if line.strip().startswith("adc00"))
-        assert 300 < float(adc.split()[1].replace(",", "")) < 3000, frame
+        assert 200 < float(adc.split()[1].replace(",", "")) < 5000, frame  # 1,000/s sent; a 3 s window
         assert re.search(r"accept fraction \d+\.\d+ %", frame), frame
         assert re.search(r"efficiency \d+\.\d+ %\s+false-positive rate \d+\.\d+ %", frame), frame
         assert re.search(r"LATENCY\s+p50\s+[\d.]+ (us|ms|s)\s+p99\s+[\d.]+ (us|ms|s)", frame), frame
@@ -378,7 +378,9 @@ def test_dashboard_and_rules_return_data_top_shows_it_and_no_input_fires(prometh
         assert wait_until(lambda: prom.alert_state("TriggerNoInput", pulse_instance) == "firing", timeout=20), \
             prom.api("alerts")
         assert time.monotonic() - t_stop < 20
-        assert prom.alert_state("TriggerNoInput", seg_instance) is None, prom.api("alerts")
+        # the segment daemon still receives: never firing (a pair of equal samples between two of its
+        # frames can make it pending for a scrape)
+        assert prom.alert_state("TriggerNoInput", seg_instance) != "firing", prom.api("alerts")
     finally:
         stop.set()
         stop_frames.set()

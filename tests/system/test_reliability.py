@@ -245,7 +245,7 @@ def test_sigterm_under_load_publishes_every_accepted_event_then_end_of_run(ctx, 
             sender.join(timeout=30)
             push.close(linger=0)
         assert code == 0, d.text()
-        assert took < 5, f"took {took:.1f} s to drain and exit"
+        assert took < 15, f"took {took:.1f} s to drain and exit"  # idle: about 1 s; a hang: 30 s
         eor = wait_for_eor(sink)
         time.sleep(0.2)
         assert len(sink.eor) == 1 and eor["v"] == 1 and eor["kind"] == "end_of_run"
@@ -323,7 +323,11 @@ def test_sighup_reloads_calibration_between_batches_under_load(ctx, procs, pulse
     cfg.write_text(f"pipeline:\n  calibration: {cal_b}\n")
     d.proc.send_signal(signal.SIGHUP)
     assert wait_until(lambda: d.value("trigger_reloads_total", result="ok") == 1, timeout=30), d.text()
-    at_reload = sink.messages()
+    # Every message decided with a was counted before the swap (decisions are counted before they
+    # are sent, the swap happens between batches), so the daemon's own count read now bounds them
+    # exactly; the sink may still be behind.
+    at_reload = (d.value("trigger_decision_messages_total", pipeline="pulse")
+                 - d.value("trigger_messages_received_total", source="_probe"))
     cfg.write_text(f"pipeline:\n  calibration: {tmp_path / 'missing.calib.json'}\n")
     d.proc.send_signal(signal.SIGHUP)
     assert wait_until(lambda: d.value("trigger_reloads_total", result="error") == 1, timeout=30), d.text()
@@ -335,7 +339,7 @@ def test_sighup_reloads_calibration_between_batches_under_load(ctx, procs, pulse
     assert set(sink.out.keys) == {("adc00", q) for q in range(n)} and max(sink.out.keys.values()) == 1  # no gap, once
     order = [sha[h["model"]["calibration"]] for h in sink.out.headers]  # arrival order = publish order
     switch = order.index("b")
-    assert 60 <= switch <= at_reload + 20 and order == ["a"] * switch + ["b"] * (n - switch)
+    assert 60 <= switch <= at_reload and order == ["a"] * switch + ["b"] * (n - switch)
     for h, name in zip(sink.out.headers, order, strict=True):
         assert h["threshold"] == pytest.approx(thresholds[name])
         assert h["working_point"] == {"a": "fpr_0.01", "b": "fpr_0.1"}[name]

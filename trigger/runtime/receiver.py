@@ -192,11 +192,11 @@ class Receiver:
                     self._connected[endpoint] -= 1
                     logger.warning("input %s disconnected; ZeroMQ reconnects", endpoint)
             elif event & HANDSHAKE_FAILED:
-                self.metrics.handshake_failures.inc()
                 if endpoint not in self._refused:  # once per endpoint; the counter has the rest
                     self._refused.add(endpoint)
                     logger.warning("input %s: handshake failed (%s): wrong or missing CURVE keys, or not "
                                    "authorised by the readout", endpoint, _handshake_reason(event, ev["value"]))
+                self.metrics.handshake_failures.inc()  # after the line: who sees the count finds it logged
         self.connected = dict(self._connected)
         self.metrics.ready.set(int(self._readiness()[0]))
 

@@ -67,9 +67,9 @@ class Reloader:
             try:
                 self.prepare()
             except Exception as exc:  # noqa: BLE001 - any failure keeps the running pipeline
-                self.metrics.reloads.labels("error").inc()
                 logger.error("reload failed, keeping model %s: %s", self.pipeline.describe().get("model"),
                              str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                self.metrics.reloads.labels("error").inc()  # after the line: who sees the count finds it logged
 
     def prepare(self) -> None:
         """Build the new pipeline (reloader thread); raises when it cannot replace the running one."""

@@ -89,7 +89,7 @@ class Publisher:
         for it in batch:
             part = pipeline.split(result, off, off + it.n)
             off += it.n
-            # Counted before it leaves: a subscriber that has seen a decision finds it in the counters.
+            # Counted before it leaves: a subscriber that has seen a decision finds it in every series.
             outcomes = pipeline.outcomes(part)
             self.accounting.decided(it.label, it.n, outcomes)
             if it.source in noise_sources:
@@ -102,9 +102,9 @@ class Publisher:
                       **static, "t_recv_ns": it.t_recv_ns, "t_sent_ns": time.time_ns()}
             if it.meta is not None:
                 header["meta"] = it.meta
-            self._output.send_multipart(encode(f"dec.{it.source}", header, part))
-            m.latency.observe(time.monotonic() - it.t_recv_mono)
+            m.latency.observe(time.monotonic() - it.t_recv_mono)  # the send itself takes microseconds
             m.last_decision.labels(it.label).set(time.time())
+            self._output.send_multipart(encode(f"dec.{it.source}", header, part))
 
 
 class Workers:
