@@ -1,13 +1,15 @@
 """The sky denoiser trained to be noise-level aware: every exposure, never worse than its input.
 
-    # the shipped denoise_default.onnx: warm start from the first shipped denoiser (its file), 22 minutes
+    # the second shipped denoiser: warm start from the first shipped denoiser (its file), 22 minutes
     # on one thread, then the final blend fitted and the model exported with its calibration. The first
     # step ran at commit 7a6d0f0, before the pass-through term existed (the shipped model's is zero);
     # with this file it trains that term too, so a rerun gives a close but not identical model.
     python -m training.denoise_exposure --steps 3000 --minutes 22 --lr 5e-4 --log-loss \
         --init-onnx first_denoise_default.onnx --eval-every 100 --validation-frames 60 --run-dir runs/dx-ft
     python -m training.denoise_exposure --steps 0 --init-checkpoint runs/dx-ft/model.pt --fit-shrink \
-        --validation-frames 60 --run-dir runs/dx-final --export trigger/models/denoise_default.onnx
+        --validation-frames 60 --run-dir runs/dx-final --export dx-final.onnx
+    # the third (shipped as trigger/models/denoise_mix.onnx, and inside denoise_default.onnx for every
+    # frame that is not a frame of counts, training/denoise_poisson.py): training/README.md
 
 The first shipped denoiser saw Poisson noise at one level only (10 counts at the brightest pixel), so
 on frames ten times brighter or five times fainter it made them worse than it found them. This

@@ -13,7 +13,10 @@ the exact Poisson identity (PURE, Luisier, Blu & Unser 2010), which would need o
 pixel; ``alpha = 0`` gives ``R``, the input's own risk. The estimate is quadratic in ``alpha``, so the
 risk-minimising blend is ``alpha = clip((R - D) / ||f - y||^2, 0, 1)`` and its estimated risk is at most
 ``R``. The weighted divergence ``D`` is estimated by Monte Carlo (Ramani, Blu & Unser 2008) with one
-more forward pass on the frame perturbed by ``eps * sqrt(g y) * b`` (``b`` random signs).
+more forward pass on the frame perturbed by ``h * b`` (``b`` random signs): ``h = eps * sqrt(g y)``, or, on a
+frame of counts (values on the gain's lattice), a whole number of counts near it (at least one on every
+pixel that has any), so that the probe is itself a frame of counts; a denoiser that reads the count scale
+off the frame's values (the shipped one does) would otherwise see the probe as another kind of frame.
 
 Why this form and not SURE on the Anscombe-stabilised frame: the risk that matters here (and that the
 benchmarks measure) is the MSE in the input's own units; a risk estimated in the stabilised domain
@@ -203,8 +206,19 @@ class RiskGuard:
         sd = np.sqrt(g0[:, None, None] * np.maximum(y, 0).astype(np.float64))  # each pixel's noise standard deviation
         rng = np.random.default_rng(self.seed)
         b = rng.choice(np.array([-1.0, 1.0]), size=y.shape)
-        step = self.epsilon * sd * b
-        probe = (y + step).astype(np.float32)
+        # The probe's step per pixel, in the frame's units: eps standard deviations; on a frame of counts
+        # (its values on the lattice of the gain), a whole number of counts (at least one where the pixel
+        # has any), so that the probe is still a frame of counts: a denoiser that reads the count scale
+        # off the frame's values (the counting-frame model) sees it as one, not as a frame of continuous
+        # values.
+        lattice = np.isfinite(g) if self.gain_method == "lattice" else (
+            np.isfinite(estimate_gain(y, method="lattice")) if self.gain_method == "auto" else np.zeros(n, bool))
+        h = self.epsilon * sd
+        if lattice.any():
+            counts = np.rint(np.maximum(y, 0) / np.where(lattice, g0, 1.0)[:, None, None])
+            whole = np.where(counts > 0, np.maximum(1.0, np.rint(self.epsilon * np.sqrt(counts))), 0.0)
+            h = np.where(lattice[:, None, None], whole * g0[:, None, None], h)
+        probe = (y + h * b).astype(np.float32)
         if denoised is None:
             both = np.asarray(self.denoise(np.concatenate([y, probe])), dtype=np.float64)
             f, fp = both[:n], both[n:]
@@ -215,8 +229,9 @@ class RiskGuard:
             raise GuardInputError(f"the denoiser returned shape {list(f.shape)} for frames {list(y.shape)}")
         yd = y.astype(np.float64)
         risk_in = g0 * yd.sum(axis=(1, 2))
-        # sum_i var_i df_i/dy_i ~ (1/eps) sum_i sd_i b_i (f(y + eps sd b) - f(y))_i
-        div = (sd * b * (fp - f)).sum(axis=(1, 2)) / self.epsilon
+        # sum_i var_i df_i/dy_i ~ sum_i var_i b_i (f(y + h b) - f(y))_i / h_i (pixels with h_i = 0 have var_i = 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            div = np.where(h > 0, sd ** 2 * b * (fp - f) / h, 0.0).sum(axis=(1, 2))
         q = ((f - yd) ** 2).sum(axis=(1, 2))
         with np.errstate(divide="ignore", invalid="ignore"):
             alpha = np.where(q > 0, (risk_in - div) / q, 0.0)

@@ -106,6 +106,31 @@ def test_bad_frames():
         RiskGuard(lambda x: x, epsilon=0)
 
 
+def test_the_probe_of_a_frame_of_counts_is_a_frame_of_counts():
+    """A denoiser that reads the count scale off the frame's values (the shipped one) must see the
+    divergence probe as a frame of counts too: whole counts, none negative, zero pixels untouched."""
+    clean = noise_free_frames(3, np.random.default_rng(31))
+    y, _, peak = poisson_frames(clean, 300.0, np.random.default_rng(32))
+    seen = []
+
+    def record(x: np.ndarray) -> np.ndarray:
+        seen.append(np.array(x))
+        return x
+
+    RiskGuard(record).apply(y)
+    probe = seen[0][len(y):]
+    counts = probe * peak[:, None, None]
+    assert np.allclose(counts, np.rint(counts), atol=1e-3) and (counts > -1e-3).all()
+    moved = np.rint(counts) - np.rint(y * peak[:, None, None])
+    assert (np.abs(moved) >= 1).all(where=y > 0) and (moved == 0).all(where=y == 0)
+    # frames of continuous values keep the continuous probe of 0.1 standard deviations
+    seen.clear()
+    smooth = (y + 1e-4 * np.random.default_rng(33).random(y.shape)).astype(np.float32)
+    RiskGuard(record, gain_method="variance").apply(smooth)
+    step = (seen[0][len(y):] - smooth) * peak[:, None, None]  # in counts
+    assert np.median(np.abs(step - np.rint(step))) > 0.05
+
+
 @pytest.fixture(scope="module")
 def guarded_pipeline():
     cfg = config.load(overrides={"pipeline": {"name": "denoise", "risk_guard": True},
