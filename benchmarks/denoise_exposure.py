@@ -55,7 +55,7 @@ SHIPPED = REPO / "trigger" / "models" / "denoise_default.onnx"
 EXPOSURES = (3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 SEEDS = {"test": 501, "tuning": 502, "noise_test": 511, "noise_tuning": 512, "bootstrap": 521}
 GAUSS_GRID = (0.3, 0.5, 0.7, 0.9, 1.2, 1.5, 2.0, 2.6, 3.4, 4.5)
-BM3D_GRID = (0.6, 0.8, 1.0, 1.25, 1.6)
+BM3D_GRID = (0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.6, 2.0, 2.5)
 N_BOOT = 2000
 log = setup_logging()
 

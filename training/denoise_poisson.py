@@ -101,15 +101,24 @@ def inverse_anscombe(d: torch.Tensor) -> torch.Tensor:
     return torch.clamp(0.25 * d ** 2 + 0.25 * r / d - 1.375 / d ** 2 + 0.625 * r / d ** 3 - 0.125, min=0.0)
 
 
+SORT_CHUNK = 2048
+"""The frame's values are sorted in chunks of this many (TensorRT's TopK takes at most 3,840)."""
+MIN_STEP = 0.25 / MAX_COUNTS
+"""Smaller steps between sorted values are float32 rounding of equal counts, not a count."""
+UNLIKELY_PIXELS = 3
+"""A frame with more pixels than this that Poisson counts cannot explain (holes, spikes) is not taken for counts."""
+
+
 def count_scale(x: torch.Tensor) -> torch.Tensor:
-    """The count scale ``M`` [B] of max-normalised frames ``x`` [B, H, W]: one over the smallest step between
-    distinct values (0 included); exact where two pixels differ by one count."""
+    """The count scale ``M`` [B] of max-normalised frames ``x`` [B, H, W] (H * W a multiple of
+    :data:`SORT_CHUNK`): one over the smallest step between distinct values (0 included) within either
+    chunk of the frame's pixels; exact where two pixels of one chunk differ by one count."""
     b = x.shape[0]
-    v, _ = torch.sort(x.reshape(b, -1), dim=1)
+    v, _ = torch.sort(x.reshape(-1, SORT_CHUNK), dim=1)
     v = torch.cat([torch.zeros_like(v[:, :1]), v], dim=1)
     d = v[:, 1:] - v[:, :-1]
-    d = torch.where(d > 1e-7, d, torch.full_like(d, 1e30))
-    return torch.round(1.0 / torch.amin(d, dim=1))
+    d = torch.where(d > MIN_STEP, d, torch.full_like(d, 1.0))
+    return torch.round(1.0 / torch.amin(d.reshape(b, -1), dim=1))
 
 
 def variance_count_scale(x: torch.Tensor) -> torch.Tensor:
@@ -120,11 +129,28 @@ def variance_count_scale(x: torch.Tensor) -> torch.Tensor:
     return 1.0 / (4.0 * torch.clamp(sigma, min=1e-6) ** 2)
 
 
+def unlikely_pixels(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """[B] the pixels of ``x`` (max-normalised, count scale ``m``) that Poisson counts do not explain: zeros
+    whose 8 neighbours average more than 8 counts (P(0) < 4e-4 each), and pixels at the frame's maximum
+    whose neighbours average less than a quarter of it (spikes), as dead and hot pixels leave them."""
+    k = torch.ones(1, 1, 3, 3, dtype=x.dtype, device=x.device)
+    k[0, 0, 1, 1] = 0.0
+    around = F.conv2d(x.unsqueeze(1), k, padding=1)[:, 0] / F.conv2d(torch.ones_like(x).unsqueeze(1), k,
+                                                                    padding=1)[:, 0]
+    counts = around * m[:, None, None]
+    holes = (x <= 0) & (counts > 8.0)
+    top = torch.amax(x, dim=(1, 2), keepdim=True)
+    spikes = (x >= top) & (around < 0.25 * top) & (m[:, None, None] >= 8.0)
+    return torch.sum((holes | spikes).to(x.dtype), dim=(1, 2))
+
+
 def is_counting_frame(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """[B] bool: ``x`` (max-normalised) looks like Poisson counts at scale ``m``: a count step, and the
-    variance-based count scale within :data:`VARIANCE_BAND` of it."""
+    """[B] bool: ``x`` (max-normalised) looks like Poisson counts at scale ``m``: a count step, the
+    variance-based count scale within :data:`VARIANCE_BAND` of it, and no more than
+    :data:`UNLIKELY_PIXELS` holes or spikes (:func:`unlikely_pixels`)."""
     ratio = variance_count_scale(x) / m
-    return (m >= 1.0) & (m <= MAX_COUNTS) & (ratio > 1.0 / VARIANCE_BAND) & (ratio < VARIANCE_BAND)
+    return ((m >= 1.0) & (m <= MAX_COUNTS) & (ratio > 1.0 / VARIANCE_BAND) & (ratio < VARIANCE_BAND)
+            & (unlikely_pixels(x, m) <= UNLIKELY_PIXELS))
 
 
 def denoise_counts(net: BiasFreeUNet, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -214,6 +240,7 @@ def export_router(net: BiasFreeUNet, mix: Path, path: Path) -> dict:
     """Write one ONNX file: ``mix`` (the four-noise denoiser: ``image`` -> ``denoised``) with its output routed
     through :class:`CountingRouter`; returns ``{"path", "sha256", "bytes", "max_abs_diff_vs_torch"}``."""
     import onnx
+    import onnx.numpy_helper
     from onnx import compose, helper
 
     from training.export_image import OPSET, write_onnx
@@ -225,6 +252,13 @@ def export_router(net: BiasFreeUNet, mix: Path, path: Path) -> dict:
                router_path, ["denoised"], ["image_in", "other"])
     router = onnx.load(str(router_path))
     router_path.unlink()
+    # The sort's K as a constant: the exporter computes it from the shape, and TensorRT's parser wants an
+    # initializer (and K <= 3840, hence SORT_CHUNK).
+    k_name = "sort_chunk_k"
+    router.graph.initializer.append(onnx.numpy_helper.from_array(np.array([SORT_CHUNK], np.int64), k_name))
+    for node in router.graph.node:
+        if node.op_type == "TopK":
+            node.input[1] = k_name
     first = onnx.load(str(mix))
     if [(o.domain, o.version) for o in first.opset_import] != [(o.domain, o.version) for o in router.opset_import]:
         raise RuntimeError(f"{mix} has opsets {first.opset_import}, the router {router.opset_import} (opset {OPSET})")

@@ -214,11 +214,14 @@ class RiskGuard:
         lattice = np.isfinite(g) if self.gain_method == "lattice" else (
             np.isfinite(estimate_gain(y, method="lattice")) if self.gain_method == "auto" else np.zeros(n, bool))
         h = self.epsilon * sd
+        probe = y + h * b
         if lattice.any():
             counts = np.rint(np.maximum(y, 0) / np.where(lattice, g0, 1.0)[:, None, None])
             whole = np.where(counts > 0, np.maximum(1.0, np.rint(self.epsilon * np.sqrt(counts))), 0.0)
             h = np.where(lattice[:, None, None], whole * g0[:, None, None], h)
-        probe = (y + h * b).astype(np.float32)
+            # from the whole counts, so that equal counts give equal floats (not values an ulp apart)
+            probe = np.where(lattice[:, None, None], (counts + whole * b) * g0[:, None, None], probe)
+        probe = probe.astype(np.float32)
         if denoised is None:
             both = np.asarray(self.denoise(np.concatenate([y, probe])), dtype=np.float64)
             f, fp = both[:n], both[n:]

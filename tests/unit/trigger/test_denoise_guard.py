@@ -123,6 +123,11 @@ def test_the_probe_of_a_frame_of_counts_is_a_frame_of_counts():
     assert np.allclose(counts, np.rint(counts), atol=1e-3) and (counts > -1e-3).all()
     moved = np.rint(counts) - np.rint(y * peak[:, None, None])
     assert (np.abs(moved) >= 1).all(where=y > 0) and (moved == 0).all(where=y == 0)
+    # equal counts are equal floats (values an ulp apart would read as a count scale of millions)
+    for c, p in zip(np.rint(counts), probe, strict=True):
+        values = {}
+        for k, v in zip(c.ravel(), p.ravel(), strict=True):
+            assert values.setdefault(k, v) == v
     # frames of continuous values keep the continuous probe of 0.1 standard deviations
     seen.clear()
     smooth = (y + 1e-4 * np.random.default_rng(33).random(y.shape)).astype(np.float32)
