@@ -100,6 +100,17 @@ SHRINK_MAX_RATIO = 0.9
 """Added to ``log(sigma)`` so the noise channel sits near 0 for typical frames."""
 
 
+IMMERKAER_KERNEL = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
+"""Immerkaer's 3 x 3 Laplacian-difference kernel: no response to constants, ramps or quadratic surfaces."""
+
+
+def sqrt_noise_level(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Immerkaer's estimate of the noise sigma of ``sqrt(x)`` [B, 1, 1, 1] for frames ``x`` [B, 1, H, W]
+    (``kernel``: :data:`IMMERKAER_KERNEL` as [1, 1, 3, 3]); ``1 / (2 sqrt(M))`` for counts over ``M``."""
+    r = F.conv2d(torch.sqrt(torch.clamp(x, min=0.0)), kernel)
+    return torch.mean(torch.abs(r), dim=(1, 2, 3), keepdim=True) * (math.sqrt(math.pi / 2) / 6)
+
+
 class NoiseAwareDenoiser(DenoisingAE):
     """:class:`DenoisingAE` with one more input channel: the log of the frame's blindly estimated noise.
 
@@ -112,8 +123,7 @@ class NoiseAwareDenoiser(DenoisingAE):
         first = self.enc[0][0]
         self.enc[0][0] = nn.Conv2d(first.in_channels + 1, first.out_channels, 3, padding=1,
                                    bias=first.bias is not None)
-        k = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
-        self.register_buffer("laplace_kernel", k.view(1, 1, 3, 3))
+        self.register_buffer("laplace_kernel", torch.tensor(IMMERKAER_KERNEL).view(1, 1, 3, 3))
         self.pass_through = nn.Parameter(torch.zeros(2))
         """(slope, offset) of a term added to the gate's logit for the input candidate: ``slope * level +
         offset``, so the noise level can hand a frame back almost untouched where it is clean (zeros: no
@@ -125,8 +135,7 @@ class NoiseAwareDenoiser(DenoisingAE):
 
     def noise_level(self, x: torch.Tensor) -> torch.Tensor:
         """Immerkaer's estimate of the noise sigma of ``sqrt(x)`` [B, 1, 1, 1] for normalised frames [B, 1, H, W]."""
-        r = F.conv2d(torch.sqrt(torch.clamp(x, min=0.0)), self.laplace_kernel)
-        return torch.mean(torch.abs(r), dim=(1, 2, 3), keepdim=True) * (math.sqrt(math.pi / 2) / 6)
+        return sqrt_noise_level(x, self.laplace_kernel)
 
     def normalised(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2], x.shape[-1]

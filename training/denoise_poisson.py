@@ -61,7 +61,6 @@ MAX_COUNTS = 65_536.0
 VARIANCE_BAND = 4.0
 """A counting frame's variance-based count scale lies within this factor of its step-based one."""
 SEEDS = {"init": 0, "frames": 777, "noise": 778}
-IMMERKAER = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
 
 
 def _conv(cin: int, cout: int) -> nn.Conv2d:
@@ -123,9 +122,10 @@ def count_scale(x: torch.Tensor) -> torch.Tensor:
 
 def variance_count_scale(x: torch.Tensor) -> torch.Tensor:
     """The count scale [B] from the noise of ``sqrt(x)`` (Immerkaer's estimate, ``1 / (2 sqrt(M))`` for counts)."""
-    k = torch.tensor(IMMERKAER, dtype=x.dtype, device=x.device).view(1, 1, 3, 3)
-    r = F.conv2d(torch.sqrt(torch.clamp(x, min=0.0)).unsqueeze(1), k)
-    sigma = torch.mean(torch.abs(r), dim=(1, 2, 3)) * (math.sqrt(math.pi / 2) / 6)
+    from training.denoise_exposure import IMMERKAER_KERNEL, sqrt_noise_level
+
+    k = torch.tensor(IMMERKAER_KERNEL, dtype=x.dtype, device=x.device).view(1, 1, 3, 3)
+    sigma = sqrt_noise_level(x.unsqueeze(1), k).flatten()
     return 1.0 / (4.0 * torch.clamp(sigma, min=1e-6) ** 2)
 
 
@@ -295,8 +295,8 @@ def check_export(path: Path, mix: Path, net: BiasFreeUNet) -> dict[str, float]:
     got = ort_runner(path, "denoised")(x)
     with torch.no_grad():
         ref = CountingRouter(net)(torch.from_numpy(x), torch.from_numpy(other)).numpy()
-        use = is_counting_frame(torch.from_numpy(x / x.max(axis=(1, 2), keepdims=True)),
-                                count_scale(torch.from_numpy(x / x.max(axis=(1, 2), keepdims=True)))).numpy()
+        xn = torch.from_numpy(x / x.max(axis=(1, 2), keepdims=True))
+        use = is_counting_frame(xn, count_scale(xn)).numpy()
     scale = np.maximum(1.0, x.max(axis=(1, 2), keepdims=True))
     diff = float(np.max(np.abs(got - ref) / scale))
     if not diff < 1e-3 or not np.isfinite(got).all():

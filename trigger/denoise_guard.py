@@ -200,7 +200,14 @@ class RiskGuard:
         """
         y = _check(frames).astype(np.float32, copy=False)
         n = len(y)
-        g = estimate_gain(y, method=self.gain_method)
+        # the gain, and which frames are on its lattice (``auto``: the variance estimate where they are not)
+        if self.gain_method == "variance":
+            g, lattice = estimate_gain(y, method="variance"), np.zeros(n, bool)
+        else:
+            g = estimate_gain(y, method="lattice")
+            lattice = np.isfinite(g)
+            if self.gain_method == "auto" and not lattice.all():
+                g[~lattice] = estimate_gain(y[~lattice], method="variance")
         ok = np.isfinite(g) & (g > 0)
         g0 = np.where(ok, g, 0.0)
         sd = np.sqrt(g0[:, None, None] * np.maximum(y, 0).astype(np.float64))  # each pixel's noise standard deviation
@@ -211,8 +218,6 @@ class RiskGuard:
         # has any), so that the probe is still a frame of counts: a denoiser that reads the count scale
         # off the frame's values (the counting-frame model) sees it as one, not as a frame of continuous
         # values.
-        lattice = np.isfinite(g) if self.gain_method == "lattice" else (
-            np.isfinite(estimate_gain(y, method="lattice")) if self.gain_method == "auto" else np.zeros(n, bool))
         h = self.epsilon * sd
         probe = y + h * b
         if lattice.any():
