@@ -16,7 +16,10 @@ class OnnxRuntimeBackend(Backend):
     """Options: ``spin`` (bool, default False: let idle worker threads sleep), ``providers``,
     ``max_run_batch`` (int, default 0 = no limit: run a batch in slices of at most this many events;
     ORT's working memory grows with the batch, 1.1 GB for the 64x64 U-net at 512 frames, while a
-    slice of 64 frames runs as fast per frame)."""
+    slice of 64 frames runs as fast per frame), ``mem_pattern`` (bool, default False: ORT's memory
+    pattern plans one block per input shape and keeps it; the daemon's batches come in many sizes, and
+    for the joined denoiser at 64 frames it raised peak memory from 263 to 455 MB at the same speed,
+    measured in benchmarks/README.md)."""
 
     name = "onnxruntime"
     concurrent = True  # InferenceSession.run is thread-safe; each call runs on its caller's thread
@@ -33,6 +36,10 @@ class OnnxRuntimeBackend(Backend):
         # batches; on a 2-core node it cost a third of the throughput under load (measured).
         spin = bool(options.pop("spin", False))
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        mem_pattern = options.pop("mem_pattern", False)
+        if type(mem_pattern) is not bool:
+            raise BackendUnavailable(f"onnxruntime backend: mem_pattern must be true or false, got {mem_pattern!r}")
+        so.enable_mem_pattern = mem_pattern
         providers = options.pop("providers", ["CPUExecutionProvider"])
         self._max_run = options.pop("max_run_batch", 0)
         if type(self._max_run) is not int or self._max_run < 0:

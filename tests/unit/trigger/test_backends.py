@@ -177,6 +177,23 @@ def test_onnxruntime_max_run_batch_is_checked(tiny_pulse_model, bad):
         create_backend("onnxruntime", tiny_pulse_model[0], threads=1, max_run_batch=bad)
 
 
+@pytest.mark.parametrize("mem_pattern", [False, True])
+def test_onnxruntime_memory_pattern_is_an_option_off_by_default(tiny_pulse_model, mem_pattern):
+    default = create_backend("onnxruntime", tiny_pulse_model[0], threads=1)
+    assert default._session.get_session_options().enable_mem_pattern is False
+    chosen = create_backend("onnxruntime", tiny_pulse_model[0], threads=1, mem_pattern=mem_pattern)
+    assert chosen._session.get_session_options().enable_mem_pattern is mem_pattern
+    for n in (64, 1, 7, 64):  # the daemon's batches come in many sizes; results do not depend on the option
+        x = np.random.default_rng(n).normal(size=(n, 16)).astype(np.float32)
+        np.testing.assert_allclose(chosen.infer(x)["z_mean"], default.infer(x)["z_mean"], atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [1, "true", None])
+def test_onnxruntime_memory_pattern_is_checked(tiny_pulse_model, bad):
+    with pytest.raises(BackendUnavailable, match="mem_pattern"):
+        create_backend("onnxruntime", tiny_pulse_model[0], threads=1, mem_pattern=bad)
+
+
 def test_onnxruntime_warmup(ort_backend):
     ort_backend.warmup((1, 8))
 
