@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from trigger.protocol import decode, encode_input
-from trigger.runfile import open_run, open_runs, write_run
+from trigger.runfile import WRITING_SUFFIX, RunFileError, open_run, open_runs, write_run
 from trigger.testing import ManagedProcess, free_port, handshake, wait_until
 
 from .conftest import finish
@@ -30,6 +30,23 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 def start_recorder(*args: str, timeout: float = 30) -> ManagedProcess:
     """``trigger record`` with ``args``, returned once it logged its ready line."""
     return ManagedProcess([*TRIGGER, "record", *args], " ready: ", startup_timeout=timeout)
+
+
+def wait_flushed(out: Path, cond, timeout: float = 30) -> bool:
+    """Wait until the recorder's last flush of ``out`` (its ``.writing`` file, opened the way a reader of a
+    running recording opens it) satisfies ``cond(reader)``: the evidence that the recorder took a message,
+    instead of a fixed sleep that a stalled recorder outlasts (it drops what is left in its socket when it
+    stops)."""
+    writing = out.with_name(out.name + WRITING_SUFFIX)
+
+    def flushed() -> bool:
+        try:
+            with open_run(writing) as r:
+                return bool(cond(r))
+        except (RunFileError, OSError, KeyError, ValueError):
+            return False
+
+    return wait_until(flushed, timeout)
 
 
 def run_replay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -169,7 +186,7 @@ def test_decisions_of_a_real_daemon_are_recorded(tmp_path, chain_factory):
                                               {"truth": {"amplitude": [0.5] * 8}}))
     assert wait_until(lambda: chain.collector.messages() >= 12, 60), "daemon did not decide"
     assert chain.daemon.stop() == 0  # publishes dec._eor
-    time.sleep(1.0)
+    assert wait_flushed(out, lambda r: r.attrs.get("end_of_run")), "the recorder never took the end of run"
     assert rec.stop(signal.SIGINT) == 0, rec.text()
     rec.close()
     with open_run(out) as r:
@@ -207,7 +224,7 @@ def test_segment_decisions_keep_their_source_rows_with_global_event_index(tmp_pa
         chain.pub.send_multipart(encode_input("image", "cam", seq, time.time_ns(),
                                               rng.integers(0, 8, (n, *TINY_FRAME)).astype("<u2")))
     assert wait_until(lambda: chain.collector.messages() >= len(sizes), 30), "daemon did not decide"
-    time.sleep(1.0)
+    assert wait_flushed(out, lambda r: r.n_events >= 11), "the recorder never took the decisions"
     assert rec.stop(signal.SIGTERM) == 0, rec.text()
     rec.close()
     got = chain.collector.out.arrays
