@@ -46,6 +46,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,11 +163,35 @@ def denoise_counts(net: BiasFreeUNet, x: torch.Tensor, m: torch.Tensor) -> torch
     return inverse_anscombe((u - net(u))[:, 0] * s) / m
 
 
+class CountingRoute(nn.Module):
+    """Raw or max-normalised frames ``image_in`` [B, H, W] -> ``(use, x, m, peak)``: whether each is a counting
+    frame [B] (bool), the max-normalised frames, their count scale [B] and their peak [B, 1, 1]."""
+
+    def forward(self, image_in: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        peak = torch.clamp(torch.amax(image_in, dim=(1, 2), keepdim=True), min=1e-12)
+        x = image_in / peak
+        m = count_scale(x)
+        use = is_counting_frame(x, m) & (torch.amin(image_in, dim=(1, 2)) >= 0)
+        return use, x, m, peak
+
+
+class CountingEstimate(nn.Module):
+    """``(x, m, peak)`` of :class:`CountingRoute` -> the counting network's estimate in the input's units."""
+
+    def __init__(self, net: BiasFreeUNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+        return denoise_counts(self.net, x, m) * peak
+
+
 class CountingRouter(nn.Module):
     """``(image, other)`` -> the counting-frame estimate where ``image`` is a counting frame, else ``other``.
 
     ``image_in``: raw or max-normalised frames [B, H, W]; ``other``: another denoiser's output for them, in the
-    same units. The estimate is returned in the input's units.
+    same units. The estimate is returned in the input's units. (The torch reference of the exported graph,
+    which runs only the network a batch needs: :func:`export_router`.)
 
     Args:
         net: the trained :class:`BiasFreeUNet`.
@@ -175,14 +200,11 @@ class CountingRouter(nn.Module):
     def __init__(self, net: BiasFreeUNet):
         super().__init__()
         self.net = net
+        self.route, self.estimate = CountingRoute(), CountingEstimate(net)
 
     def forward(self, image_in: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        peak = torch.clamp(torch.amax(image_in, dim=(1, 2), keepdim=True), min=1e-12)
-        x = image_in / peak
-        m = count_scale(x)
-        use = is_counting_frame(x, m) & (torch.amin(image_in, dim=(1, 2)) >= 0)
-        est = denoise_counts(self.net, x, m) * peak
-        return torch.where(use[:, None, None], est, other)
+        use, x, m, peak = self.route(image_in)
+        return torch.where(use[:, None, None], self.estimate(x, m, peak), other)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -236,44 +258,114 @@ def train(minutes: float, steps: int, batch: int, lr: float, channels: int, seed
 
 # ------------------------------------------------------------------------------------------ export
 
+def _graph_of(module: nn.Module, inputs: dict[str, torch.Tensor], outputs: list[str], path: Path) -> Any:
+    """``module`` exported on its own (:func:`write_onnx`), loaded and the file removed."""
+    import onnx
+
+    from training.export_image import write_onnx
+
+    write_onnx(module.eval(), inputs, path, outputs)
+    model = onnx.load(str(path))
+    path.unlink()
+    return model
+
+
 def export_router(net: BiasFreeUNet, mix: Path, path: Path) -> dict:
-    """Write one ONNX file: ``mix`` (the four-noise denoiser: ``image`` -> ``denoised``) with its output routed
-    through :class:`CountingRouter`; returns ``{"path", "sha256", "bytes", "max_abs_diff_vs_torch"}``."""
+    """Write one ONNX file: ``image`` -> ``denoised``, the counting network's estimate on counting frames and
+    ``mix``'s (the four-noise denoiser) on every other frame (:class:`CountingRouter`); returns
+    ``{"path", "sha256", "bytes"}``.
+
+    The route (count scale, Poisson checks) runs on every batch; ``If`` nodes then run only the network a
+    batch needs: the counting network alone when every frame is a counting frame, the four-noise one alone
+    when none is, both (and a per-frame ``Where``) when the batch mixes them. A camera streams one kind of
+    frame, so it pays for one network, not two."""
     import onnx
     import onnx.numpy_helper
-    from onnx import compose, helper
+    from onnx import TensorProto, helper
 
-    from training.export_image import OPSET, write_onnx
+    from training.export_image import OPSET
     from trigger.calibration import sha256_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    router_path = path.with_name(path.stem + ".router.onnx")
-    write_onnx(CountingRouter(net).eval(), {"image_in": torch.rand(2, 64, 64) * 100, "other": torch.rand(2, 64, 64)},
-               router_path, ["denoised"], ["image_in", "other"])
-    router = onnx.load(str(router_path))
-    router_path.unlink()
+    tmp = path.with_name(path.stem + ".part.onnx")
+    example = torch.rand(2, 64, 64) * 100
+    route = _graph_of(CountingRoute(), {"image_in": example}, ["use", "x", "m", "peak"], tmp)
+    use, x, m, peak = CountingRoute()(example)
+    est = _graph_of(CountingEstimate(net), {"x": x, "m": m, "peak": peak}, ["est"], tmp)
+    first = onnx.load(str(mix))
+    for g in (route, est):
+        if [(o.domain, o.version) for o in first.opset_import] != [(o.domain, o.version) for o in g.opset_import]:
+            raise RuntimeError(f"{mix} has opsets {first.opset_import}, the router {g.opset_import} (opset {OPSET})")
+    (image,) = first.graph.input
+    (mix_out,) = first.graph.output
+
+    def renamed(graph: Any, prefix: str, keep: dict[str, str]) -> tuple[list, list]:
+        """(nodes, initializers) of ``graph`` with every tensor and node name prefixed, except ``keep``'s
+        (renamed to their values): the graph inputs, which come from the outer scope."""
+        names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+        new = {k: prefix + k for k in names} | keep
+        nodes = []
+        for n in graph.node:
+            c = onnx.NodeProto()
+            c.CopyFrom(n)
+            c.name = prefix + (n.name or n.op_type)
+            c.input[:] = [new.get(i, i) if i else i for i in n.input]
+            c.output[:] = [new[o] for o in n.output]
+            nodes.append(c)
+        inits = []
+        for t in graph.initializer:
+            c = onnx.TensorProto()
+            c.CopyFrom(t)
+            c.name = new[t.name]
+            inits.append(c)
+        return nodes, inits
+
+    route_nodes, route_inits = renamed(route.graph, "route/", {"image_in": image.name, **{
+        k: f"route/{k}" for k in ("use", "x", "m", "peak")}})
     # The sort's K as a constant: the exporter computes it from the shape, and TensorRT's parser wants an
     # initializer (and K <= 3840, hence SORT_CHUNK).
-    k_name = "sort_chunk_k"
-    router.graph.initializer.append(onnx.numpy_helper.from_array(np.array([SORT_CHUNK], np.int64), k_name))
-    for node in router.graph.node:
+    route_inits.append(onnx.numpy_helper.from_array(np.array([SORT_CHUNK], np.int64), "route/sort_chunk_k"))
+    for node in route_nodes:
         if node.op_type == "TopK":
-            node.input[1] = k_name
-    first = onnx.load(str(mix))
-    if [(o.domain, o.version) for o in first.opset_import] != [(o.domain, o.version) for o in router.opset_import]:
-        raise RuntimeError(f"{mix} has opsets {first.opset_import}, the router {router.opset_import} (opset {OPSET})")
-    (out,) = first.graph.output
-    first.graph.node.append(helper.make_node("Identity", ["image"], ["image_pass"], name="image_pass"))
-    first.graph.output.append(helper.make_tensor_value_info("image_pass", onnx.TensorProto.FLOAT,
-                                                            [d.dim_param or d.dim_value for d in
-                                                             first.graph.input[0].type.tensor_type.shape.dim]))
-    first = compose.add_prefix(first, "mix/", rename_inputs=False, rename_outputs=True)
-    router = compose.add_prefix(router, "counts/", rename_inputs=True, rename_outputs=False)
-    router.ir_version = first.ir_version
-    joined = compose.merge_models(first, router, io_map=[(f"mix/{out.name}", "counts/other"),
-                                                         ("mix/image_pass", "counts/image_in")],
-                                  outputs=["denoised"])
-    onnx.checker.check_model(joined)
+            node.input[1] = "route/sort_chunk_k"
+    est_nodes, est_inits = renamed(est.graph, "counts/", {"x": "route/x", "m": "route/m", "peak": "route/peak",
+                                                    "est": "counts/est"})
+    mix_nodes, mix_inits = renamed(first.graph, "mix/", {image.name: image.name, mix_out.name: "mix/out"})
+    frame = [d.dim_param or d.dim_value for d in mix_out.type.tensor_type.shape.dim]
+
+    def out(name: str) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, frame)
+
+    def identity(src: str, dst: str) -> Any:
+        return helper.make_node("Identity", [src], [dst], name=dst)
+
+    # Each branch holds its own copy of its network's weights: ONNX Runtime pre-packs the weights of a
+    # convolution only when they are initializers of its own graph (outer-scope ones ran at 0.7x).
+    counts_only = helper.make_graph([*est_nodes, identity("counts/est", "counts_only")], "counts_only", [],
+                                    [out("counts_only")], initializer=est_inits)
+    mix_only = helper.make_graph([*mix_nodes, identity("mix/out", "mix_only")], "mix_only", [], [out("mix_only")],
+                                 initializer=mix_inits)
+    both = helper.make_graph([*mix_nodes, *est_nodes,
+                              helper.make_node("Unsqueeze", ["route/use", "route/frame_axes"], ["both/use"],
+                                               name="both/use"),
+                              helper.make_node("Where", ["both/use", "counts/est", "mix/out"], ["both"], name="both")],
+                             "both", [], [out("both")], initializer=[*mix_inits, *est_inits])
+    some = helper.make_graph([helper.make_node("If", ["route/any"], ["some"], name="some", then_branch=both,
+                                               else_branch=mix_only)], "some", [], [out("some")])
+    main = [*route_nodes,
+            helper.make_node("Cast", ["route/use"], ["route/use_f"], to=TensorProto.FLOAT, name="route/use_f"),
+            helper.make_node("ReduceMin", ["route/use_f"], ["route/all_f"], keepdims=0, name="route/all_f"),
+            helper.make_node("ReduceMax", ["route/use_f"], ["route/any_f"], keepdims=0, name="route/any_f"),
+            helper.make_node("Cast", ["route/all_f"], ["route/all"], to=TensorProto.BOOL, name="route/all"),
+            helper.make_node("Cast", ["route/any_f"], ["route/any"], to=TensorProto.BOOL, name="route/any"),
+            helper.make_node("If", ["route/all"], ["denoised"], name="denoised", then_branch=counts_only,
+                             else_branch=some)]
+    axes = onnx.numpy_helper.from_array(np.array([1, 2], np.int64), "route/frame_axes")
+    graph = helper.make_graph(main, "counting_router", [image], [out("denoised")],
+                              initializer=[*route_inits, axes])
+    joined = helper.make_model(graph, opset_imports=list(first.opset_import), ir_version=first.ir_version,
+                               producer_name="training.denoise_poisson")
+    onnx.checker.check_model(joined, full_check=True)
     onnx.save(joined, str(path))
     return {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
@@ -292,7 +384,15 @@ def check_export(path: Path, mix: Path, net: BiasFreeUNet) -> dict[str, float]:
     gauss = np.stack([add_noise(normalize_max(c), "gaussian", 0.1, rng) for c in counts]).astype(np.float32)
     x = np.concatenate([counts, counts / counts.max(axis=(1, 2), keepdims=True), bright, gauss])
     other = ort_runner(mix, "denoised")(x)
-    got = ort_runner(path, "denoised")(x)
+    run = ort_runner(path, "denoised")
+    got = run(x)  # a mixed batch: both networks and the per-frame choice
+    # A batch of one kind runs one network only (another branch of the graph): the same frames must come out
+    # the same, bit for bit.
+    for part in (slice(0, 36), slice(36, 48)):
+        alone = run(x[part])
+        if not np.array_equal(alone, got[part]):
+            raise RuntimeError(f"{path}: frames {part.start}-{part.stop - 1} alone in a batch differ from the same "
+                               f"frames in a mixed batch by up to {float(np.max(np.abs(alone - got[part])))}")
     with torch.no_grad():
         ref = CountingRouter(net)(torch.from_numpy(x), torch.from_numpy(other)).numpy()
         xn = torch.from_numpy(x / x.max(axis=(1, 2), keepdims=True))

@@ -125,6 +125,40 @@ def test_the_shipped_graph_sorts_in_chunks_tensorrt_can_build():
     assert topk and all(n.input[1] in inits and int(inits[n.input[1]].max()) <= 3840 for n in topk)
 
 
+def test_the_shipped_graph_runs_only_the_network_a_batch_needs():
+    """One ``If`` picks the counting network alone (every frame a counting frame), the four-noise model
+    alone (none) or both (a mixed batch), each branch with its own weights."""
+    import onnx
+
+    g = onnx.load(str(MODELS / "denoise_default.onnx")).graph
+    branches = {a.name: a.g for a in g.node[-1].attribute}
+    assert g.node[-1].op_type == "If" and set(branches) == {"then_branch", "else_branch"}
+    counts_only = branches["then_branch"]
+    some = {a.name: a.g for a in branches["else_branch"].node[0].attribute}
+    both, mix_only = some["then_branch"], some["else_branch"]
+
+    def networks(graph) -> set[str]:
+        return {n.name.split("/")[0] for n in graph.node if n.op_type == "Conv"}
+
+    assert networks(counts_only) == {"counts"} and networks(mix_only) == {"mix"}
+    assert networks(both) == {"counts", "mix"} and networks(g) == {"route"}  # the route's fixed 3x3 kernels
+    for branch in (counts_only, mix_only, both):
+        weights = {i.name for i in branch.initializer}
+        assert all(n.input[1] in weights for n in branch.node if n.op_type == "Conv")
+
+
+def test_a_frame_is_denoised_the_same_alone_or_in_a_mixed_batch():
+    rng = np.random.default_rng(4)
+    x, _, _ = _diffuse(300.0, n=5)
+    gauss = np.stack([add_noise(normalize_max(c), "gaussian", 0.1, rng) for c in x]).astype(np.float32)
+    path = MODELS / "denoise_default.onnx"
+    mixed = _infer(path, np.concatenate([x[:3], gauss[:2], x[3:], gauss[2:]]))
+    assert np.array_equal(mixed[[0, 1, 2, 5, 6]], _infer(path, x))
+    assert np.array_equal(mixed[[3, 4, 7, 8, 9]], _infer(path, gauss))
+    assert np.array_equal(_infer(path, gauss), _infer(MODELS / "denoise_mix.onnx", gauss))
+    assert np.array_equal(_infer(path, x[:1]), mixed[:1])
+
+
 @pytest.mark.parametrize("kind, level", [("masked", 0.05), ("masked", 0.3), ("salt_pepper", 0.05),
                                          ("salt_pepper", 0.2)])
 @pytest.mark.parametrize("exposure", [100.0, 300.0, 3000.0])
