@@ -339,8 +339,10 @@ def export_router(net: BiasFreeUNet, mix: Path, path: Path) -> dict:
     def identity(src: str, dst: str) -> Any:
         return helper.make_node("Identity", [src], [dst], name=dst)
 
-    # Each branch holds its own copy of its network's weights: ONNX Runtime pre-packs the weights of a
-    # convolution only when they are initializers of its own graph (outer-scope ones ran at 0.7x).
+    # Each branch holds its own copy of its network's weights: ONNX Runtime's NCHWc layout transform turns a
+    # convolution into its blocked kernel only when the weights are initializers of the convolution's own
+    # graph (with outer-scope weights the file ran at 0.7x). TensorRT's parser wants the two outputs of an If
+    # named apart, as they are here.
     counts_only = helper.make_graph([*est_nodes, identity("counts/est", "counts_only")], "counts_only", [],
                                     [out("counts_only")], initializer=est_inits)
     mix_only = helper.make_graph([*mix_nodes, identity("mix/out", "mix_only")], "mix_only", [], [out("mix_only")],
