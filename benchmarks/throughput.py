@@ -96,7 +96,7 @@ def bare_backend(model: Path, pool: np.ndarray, batch_sizes: list[int], seconds:
 
 # The yardstick of issue 16: the pulse model shipped at commit 8f08e6d (byte for byte), on ONNX
 # Runtime with the daemon's default configuration of that time (1 caller on all cores, no spinning,
-# ORT's memory pattern on: the default until stop 25, kept so that the yardstick does not move),
+# ORT's memory pattern on: the default until stop 24, kept so that the yardstick does not move),
 # measured in the same run as whatever it is compared with.
 YARDSTICK = Path(__file__).resolve().parent / "yardstick" / "pulse_default_8f08e6d.onnx"
 YARDSTICK_SHA256 = "bc89b960872f2632d35350b693a148d544a0306490db6ee5bb0c13611a430edd"
