@@ -500,7 +500,10 @@ class RunWriter:
         self.flush()
         names = {id(app): app.ds.name for app in self._all_appenders()}
         self.f.close()
-        self.f = h5py.File(self.tmp, "r+", libver="latest")
+        # locking=False: a reader of the running recording (h5py.File(..., swmr=True), open_run) holds a shared
+        # lock, and the reopen would fail on it and end the run. The recorder is the only writer (a second one
+        # is refused while NAME.h5.writing exists); the reader sees the new dataset once it reopens.
+        self.f = h5py.File(self.tmp, "r+", libver="latest", locking=False)
         k = chunk_rows((), dtype, self._chunk_bytes)
         fill = TRUTH_FILL[dtype.kind]
         ds = self.f.create_dataset(f"truth/{_key_to_h5(key)}", shape=(rows,), maxshape=(None,), chunks=(k,),

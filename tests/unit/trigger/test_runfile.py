@@ -244,6 +244,40 @@ def test_a_truth_key_first_seen_later_is_added_with_earlier_events_filled(tmp_pa
         assert r.attrs["truth_dropped"] == {"amplitude": 3, "is_signal": 3}
 
 
+def test_a_reader_of_the_running_recording_does_not_stop_a_late_truth_key(tmp_path):
+    """A live reader (open_run on NAME.h5.writing, SWMR) holds a lock on the file; the writer's reopen for a
+    truth key first seen later must not fail on it (it ended the run with an OSError)."""
+    path = tmp_path / "live.h5"
+    code = textwrap.dedent(f"""
+        import sys, numpy as np
+        from trigger.runfile import Layout, RunWriter
+        w = RunWriter({str(path)!r}, Layout.of("waveform", {{"data": np.zeros((1, 8), "<i2")}}, None))
+        w.append("probe", 0, 0, {{"data": np.zeros((3, 8), "<i2")}})
+        w.flush()
+        print("flushed", flush=True)
+        sys.stdin.readline()
+        w.append("adc", 1, 0, {{"data": np.ones((2, 8), "<i2")}}, {{"amplitude": [0.5, 1.0]}})
+        w.close()
+        print("closed", flush=True)
+    """)
+    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout.readline().strip() == "flushed", child.stderr.read()
+            with open_run(tmp_path / "live.h5.writing") as live:  # held open while the writer adds the key
+                assert live.n_events == 3
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                assert child.stdout.readline().strip() == "closed", child.stderr.read()
+            assert child.wait(timeout=60) == 0
+        finally:
+            child.kill()
+    with open_run(path) as r:
+        data, t = r.read()
+        assert r.n_events == 5 and data[:, 0].tolist() == [0, 0, 0, 1, 1]
+        assert np.isnan(t["amplitude"][:3]).all() and t["amplitude"][3:].tolist() == [0.5, 1.0]
+
+
 # ------------------------------------------------------------------ per-event truth arrays ([N, *shape])
 
 def _labelled(n: int, shape=(40, 56), seed: int = 3):
