@@ -30,10 +30,10 @@ Training frames: half :mod:`simulators.sky` (its three variants of :mod:`trainin
 half :mod:`simulators.random_fields`, fresh every step; never :mod:`simulators.diffuse_frames`, the
 benchmark's generator.
 
-The export (:class:`CountingRouter`) takes ``image`` (raw or max-normalised frames) and the four-noise
-model's output, and returns this model's estimate on counting frames and the four-noise model's on the
-others; the two ONNX graphs are joined into one file (``onnx.compose``), so the daemon serves it as any
-denoiser. Measurements: benchmarks/README.md ("The sky denoiser against BM3D").
+The export (:func:`export_router`, torch reference :class:`CountingRouter`) is one ONNX file that takes
+``image`` (raw or max-normalised frames) and returns this model's estimate on counting frames and the
+four-noise model's on the others, running only the network(s) the batch needs (``If`` nodes), so the daemon
+serves it as any denoiser. Measurements: benchmarks/README.md ("The sky denoiser against BM3D").
 """
 
 from __future__ import annotations

@@ -17,9 +17,8 @@ class OnnxRuntimeBackend(Backend):
     ``max_run_batch`` (int, default 0 = no limit: run a batch in slices of at most this many events;
     ORT's working memory grows with the batch, 1.1 GB for the 64x64 U-net at 512 frames, while a
     slice of 64 frames runs as fast per frame), ``mem_pattern`` (bool, default False: ORT's memory
-    pattern plans one block per input shape and keeps it; the daemon's batches come in many sizes, and
-    for the joined denoiser at 64 frames it raised peak memory from 263 to 455 MB at the same speed,
-    measured in benchmarks/README.md)."""
+    pattern plans one block per input shape and keeps it, and the daemon's batches come in many sizes;
+    what it costs in memory and does not buy in speed: benchmarks/README.md)."""
 
     name = "onnxruntime"
     concurrent = True  # InferenceSession.run is thread-safe; each call runs on its caller's thread

@@ -147,6 +147,30 @@ def test_the_shipped_graph_runs_only_the_network_a_batch_needs():
         assert all(n.input[1] in weights for n in branch.node if n.op_type == "Conv")
 
 
+def test_the_route_takes_one_branch_for_a_batch_of_one_kind(tmp_path):
+    """The speed of the file rests on ``route/all`` and ``route/any``: read them as extra outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(MODELS / "denoise_default.onnx"))
+    for name in ("route/all", "route/any"):
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.BOOL, []))
+    path = tmp_path / "probe.onnx"
+    onnx.save(model, str(path))
+    run = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x, _, _ = _diffuse(300.0, n=4)
+    rng = np.random.default_rng(8)
+    gauss = np.stack([add_noise(normalize_max(c), "gaussian", 0.1, rng) for c in x]).astype(np.float32)
+
+    def branch(batch: np.ndarray) -> tuple[bool, bool]:
+        _, every, some = run.run(None, {"image": np.ascontiguousarray(batch, np.float32)})
+        return bool(every), bool(some)
+
+    assert branch(x) == (True, True)  # the counting network alone
+    assert branch(gauss) == (False, False)  # the four-noise model alone
+    assert branch(np.concatenate([x[:2], gauss[:2]])) == (False, True)  # both, and the per-frame choice
+
+
 def test_a_frame_is_denoised_the_same_alone_or_in_a_mixed_batch():
     rng = np.random.default_rng(4)
     x, _, _ = _diffuse(300.0, n=5)
