@@ -281,7 +281,7 @@ def export_router(net: BiasFreeUNet, mix: Path, path: Path) -> dict:
     frame, so it pays for one network, not two."""
     import onnx
     import onnx.numpy_helper
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, compose, helper
 
     from training.export_image import OPSET
     from trigger.calibration import sha256_file
@@ -301,24 +301,10 @@ def export_router(net: BiasFreeUNet, mix: Path, path: Path) -> dict:
 
     def renamed(graph: Any, prefix: str, keep: dict[str, str]) -> tuple[list, list]:
         """(nodes, initializers) of ``graph`` with every tensor and node name prefixed, except ``keep``'s
-        (renamed to their values): the graph inputs, which come from the outer scope."""
-        names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-        new = {k: prefix + k for k in names} | keep
-        nodes = []
-        for n in graph.node:
-            c = onnx.NodeProto()
-            c.CopyFrom(n)
-            c.name = prefix + (n.name or n.op_type)
-            c.input[:] = [new.get(i, i) if i else i for i in n.input]
-            c.output[:] = [new[o] for o in n.output]
-            nodes.append(c)
-        inits = []
-        for t in graph.initializer:
-            c = onnx.TensorProto()
-            c.CopyFrom(t)
-            c.name = new[t.name]
-            inits.append(c)
-        return nodes, inits
+        (renamed to their values): the graph inputs, which come from the outer scope, and its outputs."""
+        g = compose.add_prefix_graph(graph, prefix, rename_inputs=False, rename_outputs=False,
+                                     rename_value_infos=False, name_map=dict(keep))
+        return list(g.node), list(g.initializer)
 
     route_nodes, route_inits = renamed(route.graph, "route/", {"image_in": image.name, **{
         k: f"route/{k}" for k in ("use", "x", "m", "peak")}})
