@@ -1,7 +1,11 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and the lock that runs an ``exclusive`` test with nothing beside it."""
 
+import contextlib
+import fcntl
 import json
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +22,42 @@ def seed_everything():
     """
     random.seed(SEED)
     np.random.seed(SEED)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int):
+    with open(path, "a+b") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under pytest-xdist (the suite runs on two workers: ``-n 2`` in pyproject.toml), an ``exclusive``
+    test (a timing measurement) runs while no other worker runs a test; the others run side by side.
+
+    Each test holds ``run.lock`` shared for its whole protocol, module fixtures included (they are set
+    up inside the first test's protocol and torn down inside the last one's); an exclusive test holds
+    it exclusively. ``gate.lock`` gives the exclusive test priority: a test passes the gate before it
+    takes its shared lock, and the exclusive test holds the gate while it waits for the running test
+    to finish, so the other worker cannot keep starting new ones. The files lie in the run's shared
+    temporary folder, which pytest removes with its old runs.
+    """
+    basetemp = getattr(item.config.option, "basetemp", None)
+    if "PYTEST_XDIST_WORKER" not in os.environ or not basetemp:
+        return (yield)
+    gate, run = Path(basetemp).parent / "gate.lock", Path(basetemp).parent / "run.lock"
+    with contextlib.ExitStack() as held:
+        if item.get_closest_marker("exclusive"):
+            held.enter_context(_flock(gate, fcntl.LOCK_EX))
+            held.enter_context(_flock(run, fcntl.LOCK_EX))
+        else:
+            with _flock(gate, fcntl.LOCK_EX):
+                held.enter_context(_flock(run, fcntl.LOCK_SH))
+        return (yield)
 
 
 TINY_SAMPLES = 16

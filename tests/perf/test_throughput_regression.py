@@ -36,6 +36,7 @@ E2E_FLOOR = {"float32": 0.85, "int16": 0.85}
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_pulse_throughput_against_the_yardstick(tmp_path):
     out = tmp_path / "ci.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--ci", "--out", str(out),
