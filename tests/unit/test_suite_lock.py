@@ -45,7 +45,8 @@ def run_inner(folder: Path, exclusive: bool) -> tuple[tuple[float, float], list[
     (folder / "conftest.py").write_text(CONFTEST.read_text())
     (folder / "pytest.ini").write_text("[pytest]\naddopts = -p xdist -n 2 --dist loadfile -p no:cacheprovider\n"
                                        "markers =\n    exclusive: runs alone\n")
-    (folder / "test_a_slow.py").write_text(SLOW.format(mark="@pytest.mark.exclusive" if exclusive else "", log=str(log)))
+    mark = "@pytest.mark.exclusive" if exclusive else ""
+    (folder / "test_a_slow.py").write_text(SLOW.format(mark=mark, log=str(log)))
     for name in ("b", "c", "d"):
         (folder / f"test_{name}_quick.py").write_text(QUICK.format(log=str(log)))
     # Only xdist: the installed plugins (hypothesis, ctapipe, ...) cost seconds per worker to load.
