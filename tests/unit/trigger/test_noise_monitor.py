@@ -4,7 +4,8 @@ The noise-scale monitor (distances only, for older calibrations) finds the scale
 ignores events above its cut (where signals sit), windows correctly, and the calibration keeps the
 quantile function it reads. The noise-cloud monitor finds the false-positive rate of a cloud that
 moved as well as widened, where the scale monitor reads the wrong way, and the calibration keeps
-the noise sample it fits."""
+the noise sample it fits. The pipeline reports the lower of the two estimates, or the cloud's alone for
+events known to be noise."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from trigger.calibration import (
     noise_quantiles,
 )
 from trigger.config import DEFAULT_PULSE_MODEL
-from trigger.pipelines.pulse import NoiseCloudMonitor, NoiseScaleMonitor
+from trigger.pipelines.pulse import LowerOfMonitors, NoiseCloudMonitor, NoiseScaleMonitor, PulsePipeline
 
 
 def _rayleigh(n: int, seed: int, scale: float = 1.0) -> np.ndarray:
@@ -184,3 +185,41 @@ def test_the_shipped_calibration_has_a_noise_sample_and_the_pipeline_monitors_th
     assert cal.noise_sample_array().shape == (NOISE_SAMPLE_SIZE, cal.latent_dim)
     # the sample's own 1% quantile is the working point's d*, to its counting error
     assert np.mean(cal.score(cal.noise_sample_array()) > cal.threshold("fpr_0.01")) == pytest.approx(0.01, rel=0.3)
+
+
+def test_the_lower_of_the_two_keeps_the_cloud_where_the_radial_scale_misreads(cloud_calibration):
+    cal = cloud_calibration
+    z = _cloud(20_000, 3, (0.0, -0.9), (0.6, 0.6))  # moved and narrower: the radial scale reads high
+    d = cal.score(z)
+
+    def pair() -> LowerOfMonitors:
+        return LowerOfMonitors(NoiseCloudMonitor(cal.noise_sample_array(), np.asarray(cal.centre), None,
+                                                 cal.threshold(), window=20_000, interval_s=0.0),
+                               NoiseScaleMonitor(cal.noise_quantiles, cal.threshold(), window=20_000, interval_s=0.0))
+
+    lower, known = pair(), pair()
+    new = [lower.update(d[i:i + 1000], z[i:i + 1000], now=float(i)) for i in range(0, len(z), 1000)]
+    assert new[0] is False and new[-1] is True  # min_events bulk events first
+    for i in range(0, len(z), 1000):
+        known.update(d[i:i + 1000], z[i:i + 1000], now=float(i), known_noise=True)
+    assert lower.radial.fpr_estimate > 0.01 > lower.cloud.fpr_estimate
+    assert lower.fpr_estimate == lower.cloud.fpr_estimate and lower.scale == lower.cloud.scale
+    assert lower.shift == lower.cloud.shift
+    assert known.fpr_estimate == known.cloud.fpr_estimate
+    # where the radial scale reads lower, it is taken, unless the events are known to be noise
+    wide = _cloud(20_000, 9, (0.0, 0.0), (1.3, 1.3))
+    lower, known = pair(), pair()
+    for m, flag in ((lower, False), (known, True)):
+        m.update(cal.score(wide), wide, now=0.0, known_noise=flag)
+    assert lower.fpr_estimate == min(lower.cloud.fpr_estimate, lower.radial.fpr_estimate)
+    assert known.fpr_estimate == known.cloud.fpr_estimate
+
+
+def test_the_pipeline_reports_the_lower_of_two_with_a_sample_and_the_scale_monitor_without():
+    from trigger.backends import create_backend
+
+    backend = create_backend("onnxruntime", DEFAULT_PULSE_MODEL, threads=1)
+    cal = PulseCalibration.load(DEFAULT_PULSE_MODEL.with_name("pulse_default.calib.json"))
+    assert isinstance(PulsePipeline(backend, cal).noise_monitor, LowerOfMonitors)
+    older = PulseCalibration(**{**cal.__dict__, "noise_sample": None})
+    assert isinstance(PulsePipeline(backend, older).noise_monitor, NoiseScaleMonitor)
