@@ -162,7 +162,7 @@ def plot(path: Path, results: dict, wp: float) -> None:
         for label, marker in (("cloud", "o"), ("scale", "s"), (LOWER, "D"), (TRIGGERS, "^")):
             est = np.array([[c[label]["fpr_estimate"], c[label]["fpr_estimate_first_half"]] for c in rows])
             ax.scatter(np.repeat(np.maximum(meas, 1e-5), 2), np.maximum(est.ravel(), 1e-5), marker=marker,
-                       label=f"{label} monitor", alpha=0.8)
+                       label="lower of cloud and scale (reported)" if label == LOWER else f"{label} monitor", alpha=0.8)
         for c in rows:
             ax.annotate(c["condition"], (max(c["measured_fpr"], 1e-5), max(c["cloud"]["fpr_estimate"], 1e-5)),
                         fontsize=7, alpha=0.7)
