@@ -94,6 +94,9 @@ step install 120 "$OUT/install.log" \
 # 4. The GPU unit tests (the CPU tests of the same files run too: they are the references).
 PYTEST_OPTS=(-q -rs -p no:cacheprovider --junitxml "$OUT/tests.xml")
 "$PY" -c "import pytest_timeout" 2>/dev/null || PYTEST_OPTS+=(-W "ignore::pytest.PytestConfigWarning")
+# pyproject.toml's addopts run the suite on two pytest-xdist workers: one process here (the GPU is one
+# device), and without xdist installed the -n option would not parse at all.
+if "$PY" -c "import xdist" 2>/dev/null; then PYTEST_OPTS+=(-n 0); else PYTEST_OPTS+=(-o "addopts=--strict-markers -ra"); fi
 step tests 170 "$OUT/tests.log" \
     "$PY" -m pytest "${PYTEST_OPTS[@]}" tests/unit/trigger/test_gpu_backends.py tests/unit/trigger/test_reload_closes_backend.py
 tail -n 15 "$OUT/tests.log" | sed 's/^/    /' | tee -a "$SUMMARY"

@@ -1,6 +1,6 @@
 """The suite runs on two pytest-xdist workers; a test marked ``exclusive`` runs with no other test beside it.
 
-A real inner pytest run on two workers, with this suite's own conftest: one file holds a slow test, the
+A real inner pytest run on two workers, with this suite's own conftest: the last file holds a slow test, the
 other files quick ones. Marked ``exclusive``, the slow test's interval overlaps none of the others; unmarked
 (the control), the other worker runs beside it, so the check can fail.
 """
@@ -46,7 +46,7 @@ def run_inner(folder: Path, exclusive: bool) -> tuple[tuple[float, float], list[
     (folder / "pytest.ini").write_text("[pytest]\naddopts = -p xdist -n 2 --dist loadfile -p no:cacheprovider\n"
                                        "markers =\n    exclusive: runs alone\n")
     mark = "@pytest.mark.exclusive" if exclusive else ""
-    (folder / "test_a_slow.py").write_text(SLOW.format(mark=mark, log=str(log)))
+    (folder / "test_z_slow.py").write_text(SLOW.format(mark=mark, log=str(log)))
     for name in ("b", "c", "d"):
         (folder / f"test_{name}_quick.py").write_text(QUICK.format(log=str(log)))
     # Only xdist: the installed plugins (hypothesis, ctapipe, ...) cost seconds per worker to load.
@@ -69,5 +69,8 @@ def overlapping(slow: tuple[float, float], quick: list[tuple[float, float]]) -> 
 def test_an_exclusive_test_runs_alone_and_an_unmarked_one_does_not(tmp_path):
     slow, quick = run_inner(tmp_path / "exclusive", exclusive=True)
     assert overlapping(slow, quick) == 0, (slow, quick)
+    # and not because the others happened to be done: the slow file comes last, so quick tests ran before
+    # it, and the other worker still had quick tests left, which waited for it
+    assert min(a for a, _ in quick) < slow[0] and max(b for _, b in quick) > slow[1], (slow, quick)
     slow, quick = run_inner(tmp_path / "control", exclusive=False)
     assert overlapping(slow, quick) > 0, (slow, quick)

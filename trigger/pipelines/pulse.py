@@ -216,19 +216,19 @@ class NoiseCloudMonitor:
 class LowerOfMonitors:
     """The cloud monitor and the scale monitor fed the same events; the estimate is the lower of the two.
 
-    Each errs high, in its own way, on streams whose noise is as calibrated or has changed:
+    The two fail in different ways, and the failures measured push an estimate up: faint signals
+    inside the noise bulk pull the cloud fit along their arm, which moves the distances alone less,
+    and a noise cloud that moves rather than widens is what the radial scale misreads, while the
+    cloud fit follows it. So on a stream with many faint signals, or a model whose cloud moves, the
+    lower estimate keeps the monitor whose failure is not in play. The price: where one monitor reads
+    low, the lower reads at least as low, and a fall of the rate hidden by many faint signals reads
+    as no change (benchmarks/README.md, "Drift monitor", with held-out conditions). Fed events known
+    to be noise (``pipeline.noise_sources``, random triggers: ``known_noise``), the cloud monitor has
+    no signal bias, and its estimate is taken alone. ``scale`` and ``shift`` are the cloud fit's.
 
-    * faint signals inside the noise bulk pull the cloud fit along their arm, so with many of them
-      (half the events signals) the cloud estimate reads up to ~2x the working point, while the scale
-      monitor, which sees distances alone, reads ~1.1-1.3x;
-    * a noise cloud that moves rather than widens (the shipped model under less pile-up, or added
-      white noise) is what the scale monitor misreads, by up to ~90x high, while the cloud fit follows it.
-
-    Neither was seen to read low where the other reads high, so the lower estimate keeps the one whose
-    failure is not in play (benchmarks/README.md, "Drift monitor"; held-out conditions there mix
-    signals with noise changes). Fed events known to be noise (``pipeline.noise_sources``, random
-    triggers: ``known_noise``), the cloud monitor has no signal bias, and its estimate is taken alone.
-    ``scale`` and ``shift`` are the cloud fit's.
+    Args:
+        cloud: the noise-cloud monitor (the calibration's noise sample).
+        scale: the noise-scale monitor (the calibration's distance quantiles).
     """
 
     def __init__(self, cloud: NoiseCloudMonitor, scale: NoiseScaleMonitor):
@@ -239,15 +239,19 @@ class LowerOfMonitors:
 
     def update(self, score: np.ndarray, z: np.ndarray | None = None, now: float | None = None, *,
                known_noise: bool = False) -> bool:
-        """Feed both monitors a decided batch; True when either made a new estimate."""
+        """Feed both monitors a decided batch (one clock reading for both); True when a new estimate was made."""
+        now = time.monotonic() if now is None else now
         new = self.cloud.update(score, z, now) | self.radial.update(score, z, now)
-        if not new:
+        if known_noise:
+            estimate = self.cloud.fpr_estimate  # none until the cloud fit has its events
+        else:
+            estimates = [m.fpr_estimate for m in (self.cloud, self.radial) if m.fpr_estimate is not None]
+            estimate = min(estimates) if estimates else None
+        if not new or estimate is None:
             return False
+        self.fpr_estimate = estimate
         self.scale = self.cloud.scale if self.cloud.scale is not None else self.radial.scale
         self.shift = self.cloud.shift
-        estimates = [m.fpr_estimate for m in (self.cloud, self.radial) if m.fpr_estimate is not None]
-        self.fpr_estimate = (self.cloud.fpr_estimate if known_noise and self.cloud.fpr_estimate is not None
-                             else min(estimates))
         return True
 
 
@@ -273,8 +277,9 @@ class PulsePipeline(Pipeline):
                        "wrong units; NaN until enough events or without a level)",
                        initial=float("nan")),
         PipelineMetric("fpr_estimate", "gauge", "trigger_false_positive_rate_estimate",
-                       "False-positive rate of the working point implied by the live noise cloud, without truth "
-                       "(NaN until enough events)", initial=float("nan")),
+                       "False-positive rate of the working point implied by the live noise, without truth (the "
+                       "lower of the noise-cloud fit's and the distance scale's; the cloud fit's alone for random "
+                       "triggers; NaN until enough events)", initial=float("nan")),
     )
 
     def __init__(self, backend: Backend, calibration: PulseCalibration, *, working_point: str | None = None,
