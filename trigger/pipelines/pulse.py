@@ -158,6 +158,10 @@ class NoiseCloudMonitor:
         _, axes = np.linalg.eigh(np.cov(x.T).reshape(k, k))
         self._to_axes = metric.T @ axes  # (z - c) @ _to_axes: coordinates along the principal axes
         self._x = x @ axes
+        # each axis's values in order, and where each sorted value sits: quantiles of any subset of the
+        # sample are then a running count along the order (_bulk_quantiles), not a sort per iteration
+        self._order = np.argsort(self._x, axis=0, kind="stable")
+        self._x_sorted = np.take_along_axis(self._x, self._order, axis=0)
         self.threshold = float(threshold)
         self.cut = float(np.quantile(np.linalg.norm(self._x, axis=1), cut_p))
         self._ring = np.zeros((window, k), np.float64)
@@ -169,30 +173,60 @@ class NoiseCloudMonitor:
         self.shift: float | None = None
         self.fpr_estimate: float | None = None
         self.converged = False
+        self.iterations = 0  # of the last fit
+        self._start: tuple[np.ndarray, np.ndarray] | None = None  # the last converged fit: the next one starts there
 
-    @staticmethod
-    def _stats(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        q = np.quantile(y, [0.25, 0.5, 0.75], axis=0)
+    QUARTILES = np.array([0.25, 0.5, 0.75])
+
+    @classmethod
+    def _stats(cls, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q = np.quantile(y, cls.QUARTILES, axis=0)
         return q[1], q[2] - q[0]
 
+    def _bulk_quantiles(self, mask: np.ndarray, n: int) -> np.ndarray:
+        """Quartiles [3, k] of the sample rows in ``mask`` (``n`` of them), per axis, as ``np.quantile``'s
+        default (linear) method gives them: the i-th smallest selected value along an axis is the sorted
+        value where the running count of selected rows reaches i + 1."""
+        h = (n - 1) * self.QUARTILES
+        lo = np.floor(h).astype(np.int64)
+        hi = np.minimum(lo + 1, n - 1)
+        frac = h - lo
+        out = np.empty((3, self._x.shape[1]))
+        for j in range(self._x.shape[1]):
+            count = np.cumsum(mask[self._order[:, j]])
+            v = self._x_sorted[:, j]
+            a, b = v[np.searchsorted(count, lo + 1)], v[np.searchsorted(count, hi + 1)]
+            out[:, j] = a + frac * (b - a)
+        return out
+
     def fit(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Shift and stretch [k] that carry the calibration's bulk onto ``live`` (principal-axis coordinates)."""
+        """Shift and stretch [k] that carry the calibration's bulk onto ``live`` (principal-axis coordinates).
+
+        It runs on the inference thread, between batches, so it is kept short: the iteration starts
+        from the last converged fit (from no change the first time), and each iteration takes the
+        quartiles of the transformed sample's bulk from the sample's own order (the transform is
+        monotone on every axis) instead of sorting it."""
         k = self._x.shape[1]
-        b, s = np.zeros(k), np.ones(k)
+        b, s = (np.zeros(k), np.ones(k)) if self._start is None else self._start
         loc, spread = self._stats(live)
         self.converged = False
+        self.iterations = 0
         for _ in range(self.ITERATIONS):
+            self.iterations += 1
             y = b + s * self._x
-            bulk = y[np.einsum("ij,ij->i", y, y) < self.cut ** 2]
-            if len(bulk) < 10:  # the fitted cloud left the bulk region: no fit
+            inside = np.einsum("ij,ij->i", y, y) < self.cut ** 2
+            n = int(np.count_nonzero(inside))
+            if n < 10:  # the fitted cloud left the bulk region: no fit
                 break
-            l_fit, s_fit = self._stats(bulk)
+            q = b + s * self._bulk_quantiles(inside, n)  # s > 0: the order of every axis is kept
+            l_fit, s_fit = q[1], q[2] - q[0]
             step = np.where(s_fit > 0, spread / np.where(s_fit > 0, s_fit, 1.0), 1.0)
             b = b + (loc - l_fit)
             s = np.clip(s * step, 1 / 16, 16)
             if np.abs(loc - l_fit).max() < self.TOLERANCE * self.cut and np.abs(step - 1).max() < self.TOLERANCE:
                 self.converged = True
                 break
+        self._start = (b, s) if self.converged else None
         return b, s
 
     def update(self, score: np.ndarray, z: np.ndarray | None = None, now: float | None = None) -> bool:

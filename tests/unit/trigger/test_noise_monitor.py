@@ -225,3 +225,30 @@ def test_the_pipeline_reports_the_lower_of_two_with_a_sample_and_the_scale_monit
     assert isinstance(PulsePipeline(backend, cal).noise_monitor, LowerOfMonitors)
     older = PulseCalibration(**{**cal.__dict__, "noise_sample": None})
     assert isinstance(PulsePipeline(backend, older).noise_monitor, NoiseScaleMonitor)
+
+
+def test_the_fit_reads_quartiles_from_the_sample_order_and_a_warm_start_lands_where_a_cold_one_does(cloud_calibration):
+    """The fit runs on the inference thread, so it avoids a sort per iteration and starts from its last fit;
+    neither may change what it finds."""
+    cal = cloud_calibration
+    m = NoiseCloudMonitor(cal.noise_sample_array(), np.asarray(cal.centre), None, cal.threshold(), window=20_000,
+                          interval_s=0.0)
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        b, s = rng.normal(0, 0.3, 2), np.exp(rng.normal(0, 0.3, 2))
+        y = b + s * m._x
+        inside = rng.random(len(y)) < rng.uniform(0.01, 1.0)
+        np.testing.assert_allclose(b + s * m._bulk_quantiles(inside, int(inside.sum())),
+                                   np.quantile(y[inside], [0.25, 0.5, 0.75], axis=0), rtol=0, atol=1e-12)
+    live = (_cloud(20_000, 12, (0.0, 0.5), (0.8, 1.2)) - np.asarray(cal.centre)) @ m._to_axes
+    live = live[np.linalg.norm(live, axis=1) < m.cut]  # the bulk, as update() keeps it
+    cold = m.fit(live)
+    assert m.converged and m.iterations > 5
+    cold_iterations = m.iterations
+    warm = m.fit(live + np.array([0.01, 0.0]))  # the window moved a little: a warm start
+    assert m.converged and m.iterations < cold_iterations
+    m._start = None
+    again = m.fit(live + np.array([0.01, 0.0]))  # the same window from a cold start
+    for w, c in zip(warm, again, strict=True):
+        np.testing.assert_allclose(w, c, rtol=0, atol=2e-3 * m.cut)
+    assert not np.allclose(cold[0], warm[0])
