@@ -604,7 +604,8 @@ def main() -> int:
     p.add_argument("--events", type=int, default=40000, help="events per end-to-end run")
     p.add_argument("--repeats", type=int, default=2, help="end-to-end runs per wire dtype and max_batch")
     p.add_argument("--parity-events", type=int, default=100_000,
-                   help="events on which the backend under test is compared with the yardstick (0: skip)")
+                   help="events on which the backend under test is compared with ONNX Runtime on the same "
+                        "model (0: skip)")
     p.add_argument("--per-message", type=int, default=64, help="events per message")
     p.add_argument("--workers", type=int, default=0,
                    help="the daemon's batching.workers (0 = its default); the bare backend runs the same way")

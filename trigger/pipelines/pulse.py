@@ -133,7 +133,8 @@ class NoiseCloudMonitor:
     A change in the signal rate leaves the noise alone, but faint signals inside the bulk pull it
     slightly along their arm: with half the events signals the estimate reads high (see
     benchmarks/README.md). Fed only events known to be noise (``pipeline.noise_sources``: random
-    triggers), it has no such bias. Its state is the window alone: a new pipeline (a reload) starts empty.
+    triggers), it has no such bias. Its state is the window and the last converged fit (where the next
+    fit starts): a new pipeline (a reload) starts empty.
 
     Args:
         sample: the calibration's noise-only latent means [m, k].
@@ -205,7 +206,11 @@ class NoiseCloudMonitor:
         It runs on the inference thread, between batches, so it is kept short: the iteration starts
         from the last converged fit (from no change the first time), and each iteration takes the
         quartiles of the transformed sample's bulk from the sample's own order (the transform is
-        monotone on every axis) instead of sorting it."""
+        monotone on every axis) instead of sorting it. The matching has more than one exact solution
+        (each set of sample rows inside the cut gives its own), so a warm start can land on another
+        one than a cold start would: the same estimate near the working point, and at rates many
+        times it (where the alert fires either way) one that may differ by some points. A fit that
+        does not converge still takes all ``ITERATIONS``."""
         k = self._x.shape[1]
         b, s = (np.zeros(k), np.ones(k)) if self._start is None else self._start
         loc, spread = self._stats(live)

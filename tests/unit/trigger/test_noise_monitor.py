@@ -228,8 +228,9 @@ def test_the_pipeline_reports_the_lower_of_two_with_a_sample_and_the_scale_monit
 
 
 def test_the_fit_reads_quartiles_from_the_sample_order_and_a_warm_start_lands_where_a_cold_one_does(cloud_calibration):
-    """The fit runs on the inference thread, so it avoids a sort per iteration and starts from its last fit;
-    neither may change what it finds."""
+    """The fit runs on the inference thread, so it avoids a sort per iteration and starts from its last fit.
+    The quartiles are np.quantile's exactly; the warm start lands, on this cloud, where a cold start does (the
+    matching has more than one exact solution, so far from the working point the two can differ)."""
     cal = cloud_calibration
     m = NoiseCloudMonitor(cal.noise_sample_array(), np.asarray(cal.centre), None, cal.threshold(), window=20_000,
                           interval_s=0.0)
