@@ -280,13 +280,14 @@ class LowerOfMonitors:
                known_noise: bool = False) -> bool:
         """Feed both monitors a decided batch (one clock reading for both); True when a new estimate was made."""
         now = time.monotonic() if now is None else now
-        new = self.cloud.update(score, z, now) | self.radial.update(score, z, now)
+        if not self.cloud.update(score, z, now) | self.radial.update(score, z, now):
+            return False  # most batches: neither made an estimate
         if known_noise:
             estimate = self.cloud.fpr_estimate  # none until the cloud fit has its events
         else:
             estimates = [m.fpr_estimate for m in (self.cloud, self.radial) if m.fpr_estimate is not None]
             estimate = min(estimates) if estimates else None
-        if not new or estimate is None:
+        if estimate is None:
             return False
         self.fpr_estimate = estimate
         self.scale = self.cloud.scale if self.cloud.scale is not None else self.radial.scale
