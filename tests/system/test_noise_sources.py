@@ -54,6 +54,7 @@ def test_random_triggers_measure_and_monitor_the_false_positive_rate(chain_facto
     big = WaveformSimulator(seed=45, signal_fraction=0.0).generate(300)[0]
     chain.pub.send_multipart(encode_input("waveform", "rnd", 250, time.time_ns(), big))
     assert wait_until(lambda: chain.collector.events() >= 16_300, timeout=60)
+    time.sleep(0.5)  # the fit that message started is spread over batches and ended once the daemon is idle
     d = chain.daemon
     counted = d.by_label("trigger_noise_source_events_total", "outcome")
     assert counted["accept"] + counted["reject"] == 6_300, counted  # rnd's events, none of adc00's
@@ -100,3 +101,20 @@ def test_calibrate_on_the_random_triggers_of_a_mixed_stream(pulse_model, tmp_pat
     assert calibrations["rnd"] == pytest.approx(shipped, rel=0.1), calibrations
     # ...where the physics events, half of the stream, push it far up
     assert calibrations["all"] > 2 * shipped, calibrations
+
+
+def test_a_fit_left_in_progress_by_the_last_message_is_ended_while_idle(chain_factory):
+    """The daemon spreads the noise-cloud fit over batches (a few iterations each), so one message leaves it in
+    progress; the inference thread ends it when nothing is queued. With random triggers the gauge reads the cloud
+    fit alone, so it stays NaN until that fit ends: without the idle call it would stay NaN for good."""
+    chain = chain_factory("--noise-source", "rnd", "--max-batch", "256", pattern="push")
+    sim = WaveformSimulator(seed=47, signal_fraction=0.0, noise_mean_pulses=90)
+    for seq in range(5):  # messages larger than a batch: one monitor call each; the fit starts on the fifth
+        # (2,000 noise-dominated events by then) and a cold fit on this noise takes about 20 iterations
+        chain.pub.send_multipart(encode_input("waveform", "rnd", seq, time.time_ns(), sim.generate(500)[0]))
+        assert wait_until(lambda n=500 * (seq + 1): chain.collector.events() >= n, timeout=60)
+    d = chain.daemon
+    assert wait_until(lambda: d.value("trigger_false_positive_rate_estimate") > 0, timeout=10), \
+        d.value("trigger_false_positive_rate_estimate")
+    assert d.value("trigger_noise_scale_ratio") > 1  # 90 pile-up pulses a trace: a wider cloud than calibrated
+    assert chain.daemon.stop() == 0

@@ -154,6 +154,10 @@ class Pipeline(ABC):
     def monitor(self, result: dict[str, np.ndarray], metrics: Any) -> None:  # noqa: B027 - optional hook
         """Update the pipeline's own quality metrics from a batch's decisions (inference thread)."""
 
+    def idle(self, metrics: Any) -> None:  # noqa: B027 - optional hook
+        """Do the monitoring work put off to keep batches fast, while nothing is queued (an inference
+        thread; another may be in :meth:`monitor` at the same time)."""
+
 
 def model_header(backend: Backend, calibration: Any, calibration_path: str | Path | None = None) -> dict[str, str]:
     """The decision header's ``model`` map: the model file and the calibration, each by content hash

@@ -7,6 +7,7 @@ the lower of their two estimates (:class:`LowerOfMonitors`); with older ones, th
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from ..calibration import PulseCalibration, distances, input_levels
 from .base import Pipeline, PipelineMetric, check_io, model_description, model_header, open_model, register_pipeline
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
     from ..config import Config
 
 # d / d*: below 1 is noise-like, above 1 is accepted; fine steps below 1 show a drifting noise cloud.
@@ -145,13 +148,17 @@ class NoiseCloudMonitor:
         interval_s: least time between two estimates.
         min_events: events needed before the first estimate.
         cut_p: the quantile of the calibration's noise distances below which an event counts as bulk.
+        steps_per_update: fit iterations run per :meth:`update` call (None: the whole fit in the call that
+            starts it). The pipeline runs the fit on the inference thread, between batches, so it spreads
+            a fit over batches (``PulsePipeline.FIT_STEPS_PER_BATCH``).
     """
 
     ITERATIONS = 60
     TOLERANCE = 1e-4
 
     def __init__(self, sample: np.ndarray, centre: np.ndarray, whitening: np.ndarray | None, threshold: float, *,
-                 window: int = 10_000, interval_s: float = 1.0, min_events: int = 2_000, cut_p: float = 0.9):
+                 window: int = 10_000, interval_s: float = 1.0, min_events: int = 2_000, cut_p: float = 0.9,
+                 steps_per_update: int | None = None):
         self._centre = np.asarray(centre, np.float64)
         k = len(self._centre)
         metric = np.eye(k) if whitening is None else np.asarray(whitening, np.float64)
@@ -176,6 +183,8 @@ class NoiseCloudMonitor:
         self.converged = False
         self.iterations = 0  # of the last fit
         self._start: tuple[np.ndarray, np.ndarray] | None = None  # the last converged fit: the next one starts there
+        self._steps = steps_per_update
+        self._pending: Generator[None, None, tuple[np.ndarray, np.ndarray]] | None = None  # a fit in progress
 
     QUARTILES = np.array([0.25, 0.5, 0.75])
 
@@ -203,17 +212,25 @@ class NoiseCloudMonitor:
     def fit(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Shift and stretch [k] that carry the calibration's bulk onto ``live`` (principal-axis coordinates).
 
-        It runs on the inference thread, between batches, so it is kept short: the iteration starts
-        from the last converged fit (from no change the first time), and each iteration takes the
-        quartiles of the transformed sample's bulk from the sample's own order (the transform is
-        monotone on every axis) instead of sorting it. The matching has more than one exact solution
-        (each set of sample rows inside the cut gives its own), so a warm start can land on another
-        one than a cold start would: the same estimate near the working point, and at rates many
-        times it (where the alert fires either way) one that may differ by some points. A fit that
-        does not converge still takes all ``ITERATIONS``."""
+        The iteration starts from the last converged fit (from no change the first time), and each
+        iteration takes the quartiles of the transformed sample's bulk from the sample's own order (the
+        transform is monotone on every axis) instead of sorting it. The matching has more than one exact
+        solution (each set of sample rows inside the cut gives its own), so a warm start can land on
+        another one than a cold start would: the same estimate near the working point, and at rates many
+        times it (where the alert fires either way) one that may differ by some points. A fit that does
+        not converge takes all ``ITERATIONS``."""
+        steps = self._fitting(*self._stats(live))
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def _fitting(self, loc: np.ndarray, spread: np.ndarray) -> Generator[None, None, tuple[np.ndarray, np.ndarray]]:
+        """The fit to a live bulk of median ``loc`` and interquartile range ``spread``, one iteration per
+        step; returns the shift and stretch. Steps can be spread over several batches (``update``)."""
         k = self._x.shape[1]
         b, s = (np.zeros(k), np.ones(k)) if self._start is None else self._start
-        loc, spread = self._stats(live)
         self.converged = False
         self.iterations = 0
         for _ in range(self.ITERATIONS):
@@ -231,20 +248,42 @@ class NoiseCloudMonitor:
             if np.abs(loc - l_fit).max() < self.TOLERANCE * self.cut and np.abs(step - 1).max() < self.TOLERANCE:
                 self.converged = True
                 break
+            yield
         self._start = (b, s) if self.converged else None
         return b, s
 
     def update(self, score: np.ndarray, z: np.ndarray | None = None, now: float | None = None) -> bool:
-        """Take the distances and latent means [n, k] of a decided batch; True when a new estimate was made."""
+        """Take the distances and latent means [n, k] of a decided batch; True when a new estimate was made.
+
+        A fit starts at most every ``interval_s``, on the window as it is then. With ``steps_per_update``
+        it runs that many iterations in this call and goes on in the next ones (the estimate lands when
+        it ends), so no batch waits for a whole fit; :meth:`finish` ends one at once."""
         if z is None:
             raise ValueError("NoiseCloudMonitor needs the latent means of the batch")
         bulk = score < self.cut
         self._n = _ring_add(self._ring, self._n, (np.asarray(z[bulk], np.float64) - self._centre) @ self._to_axes)
+        if self._pending is not None:
+            return self._advance(self._steps)
         now = time.monotonic() if now is None else now
         if self._n < self._min or now - self._last < self._interval:
             return False
         self._last = now
-        b, s = self.fit(self._ring[:min(self._n, len(self._ring))])
+        self._pending = self._fitting(*self._stats(self._ring[:min(self._n, len(self._ring))]))
+        return self._advance(self._steps)
+
+    def finish(self) -> bool:
+        """End a fit in progress now (the daemon calls it when idle); True when that made a new estimate."""
+        return self._pending is not None and self._advance(None)
+
+    def _advance(self, steps: int | None) -> bool:
+        """Run the fit in progress for up to ``steps`` iterations (None: to its end); True if it ended."""
+        try:
+            for _ in range(self.ITERATIONS + 1) if steps is None else range(steps):
+                next(self._pending)
+            return False
+        except StopIteration as done:
+            b, s = done.value
+        self._pending = None
         y = b + s * self._x
         self.scale = float(np.exp(np.log(s).mean()))
         self.shift = float(np.linalg.norm(b) / self.threshold)
@@ -275,14 +314,23 @@ class LowerOfMonitors:
         self.scale: float | None = None
         self.shift: float | None = None
         self.fpr_estimate: float | None = None
+        self._known_noise = False  # of the last batch
 
     def update(self, score: np.ndarray, z: np.ndarray | None = None, now: float | None = None, *,
                known_noise: bool = False) -> bool:
         """Feed both monitors a decided batch (one clock reading for both); True when a new estimate was made."""
         now = time.monotonic() if now is None else now
+        self._known_noise = known_noise
         if not self.cloud.update(score, z, now) | self.radial.update(score, z, now):
             return False  # most batches: neither made an estimate
-        if known_noise:
+        return self._combine()
+
+    def finish(self) -> bool:
+        """End the cloud fit in progress now (:meth:`NoiseCloudMonitor.finish`); True when that made a new estimate."""
+        return self.cloud.finish() and self._combine()
+
+    def _combine(self) -> bool:
+        if self._known_noise:
             estimate = self.cloud.fpr_estimate  # none until the cloud fit has its events
         else:
             estimates = [m.fpr_estimate for m in (self.cloud, self.radial) if m.fpr_estimate is not None]
@@ -331,11 +379,13 @@ class PulsePipeline(Pipeline):
         self._centre = np.asarray(calibration.centre, dtype=np.float32)
         self._whitening = calibration.whitening_array()
         self._drift_mean: np.ndarray | None = None
+        self._monitor_lock = threading.Lock()  # monitor() (in turn) against idle() (any inference thread)
         self._drift_events = 0
         sample = calibration.noise_sample_array()
         scale = (None if calibration.noise_quantiles is None
                  else NoiseScaleMonitor(calibration.noise_quantiles, self.threshold))
-        cloud = None if sample is None else NoiseCloudMonitor(sample, self._centre, self._whitening, self.threshold)
+        cloud = None if sample is None else NoiseCloudMonitor(sample, self._centre, self._whitening, self.threshold,
+                                                              steps_per_update=self.FIT_STEPS_PER_BATCH)
         self.noise_monitor: LowerOfMonitors | NoiseCloudMonitor | NoiseScaleMonitor | None = (
             LowerOfMonitors(cloud, scale) if cloud is not None and scale is not None else cloud or scale)
         self._levels = np.zeros(self.LEVEL_WINDOW, np.float64)  # noise-like events' levels (a ring)
@@ -410,6 +460,11 @@ class PulsePipeline(Pipeline):
     def header(self) -> dict[str, Any]:
         return self._header
 
+    # Iterations of the noise-cloud fit per batch: about 0.7 ms each on this project's 2-core machine, and a
+    # fit takes 5-15 warm, up to 60: run whole, it held one batch in a second up by 5-40 ms (benchmarks/README.md,
+    # "Pulse latency at half load"); spread, it lands within a few batches.
+    FIT_STEPS_PER_BATCH = 2
+
     # Noise-like events per time constant of the drift monitor: long enough to average the
     # noise cloud's own spread away, short enough to follow a detector drifting over minutes.
     DRIFT_EVENTS = 10_000
@@ -455,13 +510,26 @@ class PulsePipeline(Pipeline):
                 metrics.input_level.set(live / self.calibration.noise_level)
         if self.noise_monitor is None:
             return
-        if isinstance(self.noise_monitor, LowerOfMonitors):
-            new = self.noise_monitor.update(result["score"], result["z"], known_noise=known is not None)
-        else:
-            new = self.noise_monitor.update(result["score"], result["z"])
-        if new:
-            metrics.noise_scale.set(self.noise_monitor.scale)
-            metrics.fpr_estimate.set(self.noise_monitor.fpr_estimate)
+        with self._monitor_lock:
+            if isinstance(self.noise_monitor, LowerOfMonitors):
+                new = self.noise_monitor.update(result["score"], result["z"], known_noise=known is not None)
+            else:
+                new = self.noise_monitor.update(result["score"], result["z"])
+            if new:
+                self._publish_estimate(metrics)
+
+    def idle(self, metrics: Any) -> None:
+        """End a noise-cloud fit in progress (spread over batches, ``FIT_STEPS_PER_BATCH``), so the last
+        estimate of a stream that stops is published too."""
+        monitor = self.noise_monitor
+        if isinstance(monitor, (LowerOfMonitors, NoiseCloudMonitor)):
+            with self._monitor_lock:
+                if monitor.finish():
+                    self._publish_estimate(metrics)
+
+    def _publish_estimate(self, metrics: Any) -> None:
+        metrics.noise_scale.set(self.noise_monitor.scale)
+        metrics.fpr_estimate.set(self.noise_monitor.fpr_estimate)
 
     def outcomes(self, result: dict[str, np.ndarray]) -> dict[str, int]:
         n_acc = int(np.count_nonzero(result["accept"]))

@@ -162,14 +162,16 @@ class Workers:
                         return
                     self.metrics.queue_events.set(self.queue.events)
                     self.reloader.swap_if_pending()
-                    if not batch:
-                        continue
                     pipeline = self.reloader.pipeline  # one pipeline per batch, so a swap never splits a batch
-                    pipe = self.reloader.config.pipeline
-                    adc = (pipe.pedestal, pipe.gain)  # and its ADC calibration
-                    noise = frozenset(pipe.noise_sources)
-                    ticket = turns.take()
-                    self.reloader.first_ticket(ticket)
+                    if batch:
+                        pipe = self.reloader.config.pipeline
+                        adc = (pipe.pedestal, pipe.gain)  # and its ADC calibration
+                        noise = frozenset(pipe.noise_sources)
+                        ticket = turns.take()
+                        self.reloader.first_ticket(ticket)
+                if not batch:  # nothing queued for a while: the work the pipeline put off
+                    pipeline.idle(self.metrics)
+                    continue
                 if self._failed.is_set():
                     return  # another worker failed: stop now rather than infer a batch nobody publishes
                 self._infer_and_publish(pipeline, buffer, batch, adc, noise, turns, ticket)
