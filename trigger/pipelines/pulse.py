@@ -148,8 +148,8 @@ class NoiseCloudMonitor:
         interval_s: least time between two estimates.
         min_events: events needed before the first estimate.
         cut_p: the quantile of the calibration's noise distances below which an event counts as bulk.
-        steps_per_update: fit iterations run per :meth:`update` call (None: the whole fit in the call that
-            starts it). The pipeline runs the fit on the inference thread, between batches, so it spreads
+        steps_per_update: fit steps run per :meth:`update` call (None: the whole fit in the call that starts
+            it); a step is the live bulk's quartiles, then one iteration. The pipeline runs the fit on the inference thread, between batches, so it spreads
             a fit over batches (``PulsePipeline.FIT_STEPS_PER_BATCH``).
     """
 
@@ -219,16 +219,19 @@ class NoiseCloudMonitor:
         another one than a cold start would: the same estimate near the working point, and at rates many
         times it (where the alert fires either way) one that may differ by some points. A fit that does
         not converge takes all ``ITERATIONS``."""
-        steps = self._fitting(*self._stats(live))
+        steps = self._fitting(live)
         while True:
             try:
                 next(steps)
             except StopIteration as done:
                 return done.value
 
-    def _fitting(self, loc: np.ndarray, spread: np.ndarray) -> Generator[None, None, tuple[np.ndarray, np.ndarray]]:
-        """The fit to a live bulk of median ``loc`` and interquartile range ``spread``, one iteration per
-        step; returns the shift and stretch. Steps can be spread over several batches (``update``)."""
+    def _fitting(self, live: np.ndarray) -> Generator[None, None, tuple[np.ndarray, np.ndarray]]:
+        """The fit to ``live`` in steps, which can be spread over several batches (``update``): the first
+        takes the live bulk's medians and interquartile ranges (``live`` is not read after it), then one
+        iteration a step; returns the shift and stretch."""
+        loc, spread = self._stats(live)
+        yield
         k = self._x.shape[1]
         b, s = (np.zeros(k), np.ones(k)) if self._start is None else self._start
         self.converged = False
@@ -268,7 +271,7 @@ class NoiseCloudMonitor:
         if self._n < self._min or now - self._last < self._interval:
             return False
         self._last = now
-        self._pending = self._fitting(*self._stats(self._ring[:min(self._n, len(self._ring))]))
+        self._pending = self._fitting(self._ring[:min(self._n, len(self._ring))])
         return self._advance(self._steps)
 
     def finish(self) -> bool:
@@ -278,7 +281,7 @@ class NoiseCloudMonitor:
     def _advance(self, steps: int | None) -> bool:
         """Run the fit in progress for up to ``steps`` iterations (None: to its end); True if it ended."""
         try:
-            for _ in range(self.ITERATIONS + 1) if steps is None else range(steps):
+            for _ in range(self.ITERATIONS + 2) if steps is None else range(steps):
                 next(self._pending)
             return False
         except StopIteration as done:
@@ -460,10 +463,11 @@ class PulsePipeline(Pipeline):
     def header(self) -> dict[str, Any]:
         return self._header
 
-    # Iterations of the noise-cloud fit per batch: about 0.7 ms each on this project's 2-core machine, and a
-    # fit takes 5-15 warm, up to 60: run whole, it held one batch in a second up by 5-40 ms (benchmarks/README.md,
-    # "Pulse latency at half load"); spread, it lands within a few batches.
-    FIT_STEPS_PER_BATCH = 2
+    # Steps of the noise-cloud fit per batch (the live quartiles, then one iteration a step): about 0.5-0.7 ms
+    # each on this project's 2-core machine, and a fit takes 5-15 iterations warm, up to 60. Run whole, it held
+    # one batch a second up by 5-40 ms (benchmarks/README.md, "Pulse latency at half load"); spread, it lands
+    # some batches later.
+    FIT_STEPS_PER_BATCH = 1
 
     # Noise-like events per time constant of the drift monitor: long enough to average the
     # noise cloud's own spread away, short enough to follow a detector drifting over minutes.
