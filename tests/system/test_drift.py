@@ -64,7 +64,7 @@ class Stream:
             self.sent += PER_MESSAGE
         assert wait_until(lambda: self.chain.collector.events() >= self.sent, timeout=120)
         # the last message started a fit, which the daemon spreads over batches and ends once idle (0.1 s)
-        time.sleep(0.5)
+        time.sleep(1.0)
         out = self.chain.collector.out
         accept, amp = np.concatenate(out.accept[start:]), np.concatenate(out.amplitude[start:])
         self.noise_events = int((amp == 0).sum())

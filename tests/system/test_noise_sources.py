@@ -54,7 +54,7 @@ def test_random_triggers_measure_and_monitor_the_false_positive_rate(chain_facto
     big = WaveformSimulator(seed=45, signal_fraction=0.0).generate(300)[0]
     chain.pub.send_multipart(encode_input("waveform", "rnd", 250, time.time_ns(), big))
     assert wait_until(lambda: chain.collector.events() >= 16_300, timeout=60)
-    time.sleep(0.5)  # the fit that message started is spread over batches and ended once the daemon is idle
+    time.sleep(1.0)  # the fit that message started is spread over batches and ended once the daemon is idle
     d = chain.daemon
     counted = d.by_label("trigger_noise_source_events_total", "outcome")
     assert counted["accept"] + counted["reject"] == 6_300, counted  # rnd's events, none of adc00's
@@ -104,7 +104,7 @@ def test_calibrate_on_the_random_triggers_of_a_mixed_stream(pulse_model, tmp_pat
 
 
 def test_a_fit_left_in_progress_by_the_last_message_is_ended_while_idle(chain_factory):
-    """The daemon spreads the noise-cloud fit over batches (a few iterations each), so one message leaves it in
+    """The daemon spreads the noise-cloud fit over batches (a step each), so one message leaves it in
     progress; the inference thread ends it when nothing is queued. With random triggers the gauge reads the cloud
     fit alone, so it stays NaN until that fit ends: without the idle call it would stay NaN for good."""
     chain = chain_factory("--noise-source", "rnd", "--max-batch", "256", pattern="push")

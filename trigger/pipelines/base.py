@@ -23,6 +23,8 @@ from ..backends import Backend, BackendUnavailable, backend_class, create_backen
 from ..calibration import load_for_model, sha256_file
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..config import Config
 
 logger = logging.getLogger(__name__)
@@ -154,9 +156,18 @@ class Pipeline(ABC):
     def monitor(self, result: dict[str, np.ndarray], metrics: Any) -> None:  # noqa: B027 - optional hook
         """Update the pipeline's own quality metrics from a batch's decisions (inference thread)."""
 
-    def idle(self, metrics: Any) -> None:  # noqa: B027 - optional hook
-        """Do the monitoring work put off to keep batches fast, while nothing is queued (an inference
-        thread; another may be in :meth:`monitor` at the same time)."""
+    def idle(self, metrics: Any, busy: Callable[[], bool] | None = None) -> None:  # noqa: B027 - optional hook
+        """Do the monitoring work put off to keep batches fast, while nothing is queued.
+
+        An inference thread calls it about every 0.1 s while its queue stays empty, so it must return at
+        once when there is nothing to do; whatever it does delays the batch that arrives meanwhile, so
+        it should stop once ``busy()`` is true. Another worker may be in :meth:`monitor` at the same time,
+        and a reload may just have swapped this pipeline out.
+
+        Args:
+            metrics: the daemon's series, as for :meth:`monitor`.
+            busy: true when events are waiting (None: never).
+        """
 
 
 def model_header(backend: Backend, calibration: Any, calibration_path: str | Path | None = None) -> dict[str, str]:

@@ -19,7 +19,7 @@ from ..calibration import PulseCalibration, distances, input_levels
 from .base import Pipeline, PipelineMetric, check_io, model_description, model_header, open_model, register_pipeline
 
 if TYPE_CHECKING:
-    from collections.abc import Generator
+    from collections.abc import Callable, Generator
 
     from ..config import Config
 
@@ -149,8 +149,9 @@ class NoiseCloudMonitor:
         min_events: events needed before the first estimate.
         cut_p: the quantile of the calibration's noise distances below which an event counts as bulk.
         steps_per_update: fit steps run per :meth:`update` call (None: the whole fit in the call that starts
-            it); a step is the live bulk's quartiles, then one iteration. The pipeline runs the fit on the inference thread, between batches, so it spreads
-            a fit over batches (``PulsePipeline.FIT_STEPS_PER_BATCH``).
+            it); the first step takes the live bulk's quartiles, each later one runs one iteration. The
+            pipeline runs the fit on the inference thread, between batches, so it spreads a fit over
+            batches (``PulsePipeline.FIT_STEPS_PER_BATCH``).
     """
 
     ITERATIONS = 60
@@ -181,8 +182,10 @@ class NoiseCloudMonitor:
         self.shift: float | None = None
         self.fpr_estimate: float | None = None
         self.converged = False
-        self.iterations = 0  # of the last fit
+        self.iterations = 0  # of the last fit, or of the one in progress
         self._start: tuple[np.ndarray, np.ndarray] | None = None  # the last converged fit: the next one starts there
+        if steps_per_update is not None and steps_per_update < 1:
+            raise ValueError(f"steps_per_update must be at least 1 (or None), got {steps_per_update}")
         self._steps = steps_per_update
         self._pending: Generator[None, None, tuple[np.ndarray, np.ndarray]] | None = None  # a fit in progress
 
@@ -231,9 +234,9 @@ class NoiseCloudMonitor:
         takes the live bulk's medians and interquartile ranges (``live`` is not read after it), then one
         iteration a step; returns the shift and stretch."""
         loc, spread = self._stats(live)
-        yield
         k = self._x.shape[1]
         b, s = (np.zeros(k), np.ones(k)) if self._start is None else self._start
+        yield
         self.converged = False
         self.iterations = 0
         for _ in range(self.ITERATIONS):
@@ -259,8 +262,9 @@ class NoiseCloudMonitor:
         """Take the distances and latent means [n, k] of a decided batch; True when a new estimate was made.
 
         A fit starts at most every ``interval_s``, on the window as it is then. With ``steps_per_update``
-        it runs that many iterations in this call and goes on in the next ones (the estimate lands when
-        it ends), so no batch waits for a whole fit; :meth:`finish` ends one at once."""
+        it runs that many steps in this call and goes on in the next ones (the estimate lands when it
+        ends), so no batch waits for a whole fit; :meth:`step` and :meth:`finish` advance it between
+        batches."""
         if z is None:
             raise ValueError("NoiseCloudMonitor needs the latent means of the batch")
         bulk = score < self.cut
@@ -274,18 +278,30 @@ class NoiseCloudMonitor:
         self._pending = self._fitting(self._ring[:min(self._n, len(self._ring))])
         return self._advance(self._steps)
 
+    @property
+    def pending(self) -> bool:
+        """Whether a fit is in progress (its estimate has not landed yet)."""
+        return self._pending is not None
+
+    def step(self) -> bool:
+        """One step of the fit in progress, if any; True when that ended it with a new estimate."""
+        return self._pending is not None and self._advance(1)
+
     def finish(self) -> bool:
-        """End a fit in progress now (the daemon calls it when idle); True when that made a new estimate."""
+        """End a fit in progress now; True when that made a new estimate."""
         return self._pending is not None and self._advance(None)
 
     def _advance(self, steps: int | None) -> bool:
-        """Run the fit in progress for up to ``steps`` iterations (None: to its end); True if it ended."""
+        """Run the fit in progress for up to ``steps`` steps (None: to its end); True if it ended."""
         try:
             for _ in range(self.ITERATIONS + 2) if steps is None else range(steps):
                 next(self._pending)
             return False
         except StopIteration as done:
             b, s = done.value
+        except BaseException:
+            self._pending = None  # a fit that failed is dropped, not resumed
+            raise
         self._pending = None
         y = b + s * self._x
         self.scale = float(np.exp(np.log(s).mean()))
@@ -326,7 +342,19 @@ class LowerOfMonitors:
         self._known_noise = known_noise
         if not self.cloud.update(score, z, now) | self.radial.update(score, z, now):
             return False  # most batches: neither made an estimate
+        if self.cloud.pending:
+            return False  # the two estimates are taken together, when the cloud fit started with them lands
         return self._combine()
+
+    @property
+    def pending(self) -> bool:
+        """Whether the cloud fit is in progress."""
+        return self.cloud.pending
+
+    def step(self) -> bool:
+        """One step of the cloud fit in progress (:meth:`NoiseCloudMonitor.step`); True when that made a new
+        estimate."""
+        return self.cloud.step() and self._combine()
 
     def finish(self) -> bool:
         """End the cloud fit in progress now (:meth:`NoiseCloudMonitor.finish`); True when that made a new estimate."""
@@ -464,9 +492,9 @@ class PulsePipeline(Pipeline):
         return self._header
 
     # Steps of the noise-cloud fit per batch (the live quartiles, then one iteration a step): about 0.5-0.7 ms
-    # each on this project's 2-core machine, and a fit takes 5-15 iterations warm, up to 60. Run whole, it held
-    # one batch a second up by 5-40 ms (benchmarks/README.md, "Pulse latency at half load"); spread, it lands
-    # some batches later.
+    # each on this project's 2-core machine, and a fit takes 3-20 iterations warm, up to 60. Run whole, it held
+    # one batch a second up by 2-40 ms; spread, it lands some batches later (benchmarks/README.md, "The cloud
+    # fit spread over batches").
     FIT_STEPS_PER_BATCH = 1
 
     # Noise-like events per time constant of the drift monitor: long enough to average the
@@ -522,13 +550,16 @@ class PulsePipeline(Pipeline):
             if new:
                 self._publish_estimate(metrics)
 
-    def idle(self, metrics: Any) -> None:
-        """End a noise-cloud fit in progress (spread over batches, ``FIT_STEPS_PER_BATCH``), so the last
-        estimate of a stream that stops is published too."""
+    def idle(self, metrics: Any, busy: Callable[[], bool] | None = None) -> None:
+        """Go on with a noise-cloud fit in progress (spread over batches, ``FIT_STEPS_PER_BATCH``) step by step
+        until it ends, so the last estimate of a stream that stops is published too; stops early once
+        ``busy()`` says events are waiting (the next batches go on with it)."""
         monitor = self.noise_monitor
-        if isinstance(monitor, (LowerOfMonitors, NoiseCloudMonitor)):
-            with self._monitor_lock:
-                if monitor.finish():
+        if not isinstance(monitor, (LowerOfMonitors, NoiseCloudMonitor)):
+            return
+        while monitor.pending and not (busy is not None and busy()):
+            with self._monitor_lock:  # per step: another worker's monitor() waits one step at most
+                if monitor.step():
                     self._publish_estimate(metrics)
 
     def _publish_estimate(self, metrics: Any) -> None:

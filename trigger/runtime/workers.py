@@ -170,7 +170,7 @@ class Workers:
                         ticket = turns.take()
                         self.reloader.first_ticket(ticket)
                 if not batch:  # nothing queued for a while: the work the pipeline put off
-                    pipeline.idle(self.metrics)
+                    pipeline.idle(self.metrics, busy=lambda: len(self.queue) > 0)
                     continue
                 if self._failed.is_set():
                     return  # another worker failed: stop now rather than infer a batch nobody publishes

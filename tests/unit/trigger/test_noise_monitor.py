@@ -255,44 +255,50 @@ def test_the_fit_reads_quartiles_from_the_sample_order_and_a_warm_start_lands_wh
     assert not np.allclose(cold[0], warm[0])
 
 
-def test_a_fit_spread_over_batches_lands_where_a_whole_one_does(cloud_calibration):
-    """The pipeline runs the fit a few iterations per batch, so no batch waits for a whole one: the estimate
-    lands some batches later, exactly the one the whole fit gives on the window it started from, and no call
-    runs more iterations than its steps. ``finish`` (the daemon's idle time) ends a fit at once."""
+@pytest.mark.parametrize("window", [20_000, 2_000])  # 2,000: the ring wraps while the fit is in progress
+@pytest.mark.parametrize("steps", [1, 2])
+def test_a_fit_spread_over_batches_lands_where_a_whole_one_does(cloud_calibration, steps, window):
+    """The pipeline runs the fit a step per batch, so no batch waits for a whole one: the estimate lands some
+    batches later, exactly the one the whole fit gives on the window as it was when the fit started (not as
+    it is when it lands), and no call runs more iterations than its steps. ``finish`` ends a fit at once."""
     cal = cloud_calibration
     z = _cloud(30_000, 13, (0.2, 0.6), (0.7, 1.4))  # far from calibrated: a cold fit takes many iterations
     d = cal.score(z)
 
     def monitor(steps: int | None) -> NoiseCloudMonitor:
         return NoiseCloudMonitor(cal.noise_sample_array(), np.asarray(cal.centre), None, cal.threshold(),
-                                 window=20_000, interval_s=100.0, steps_per_update=steps)
+                                 window=window, interval_s=100.0, steps_per_update=steps)
 
-    whole, spread, ended = monitor(None), monitor(2), monitor(2)
+    whole, spread, ended = monitor(None), monitor(steps), monitor(steps)
     landed, steps_per_call = [], []
     for i, j in enumerate(range(0, len(z), 500)):
         assert whole.update(d[j:j + 500], z[j:j + 500], now=float(i)) == (j == 2500)  # 2,000 bulk events by then
-        running = spread._pending is not None or j == 2500  # a fit goes on, or starts, in this call
-        before = spread.iterations if spread._pending is not None else 0
+        running = spread.pending or j == 2500  # a fit goes on, or starts, in this call
+        before = spread.iterations if spread.pending else 0
         if spread.update(d[j:j + 500], z[j:j + 500], now=float(i)):
             landed.append(i)
         if running:
             steps_per_call.append(spread.iterations - before)
         ended.update(d[j:j + 500], z[j:j + 500], now=float(i))
         if j == 2500:
-            assert ended._pending is not None and ended.fpr_estimate is None
-            assert ended.finish() and ended._pending is None and not ended.finish()
+            assert ended.pending and ended.fpr_estimate is None
+            assert ended.finish() and not ended.pending and not ended.finish()
     assert whole.converged and whole.iterations > 6, whole.iterations
-    # the live quartiles, then an iteration a step, two steps a call: ceil((iterations + 1) / 2) calls
-    assert landed == [5 + (whole.iterations + 2) // 2 - 1], (landed, whole.iterations)
-    assert max(steps_per_call) <= 2 and sum(steps_per_call) == whole.iterations, steps_per_call
+    # the live quartiles, then an iteration a step: ceil((iterations + 1) / steps) calls from the one at i = 5
+    assert landed == [5 + (whole.iterations + steps) // steps - 1], (landed, whole.iterations)
+    assert max(steps_per_call) <= steps and sum(steps_per_call) == whole.iterations, steps_per_call
     for m in (spread, ended):
         assert m.converged and m.iterations == whole.iterations
         assert (m.fpr_estimate, m.scale, m.shift) == (whole.fpr_estimate, whole.scale, whole.shift)
+    with pytest.raises(ValueError, match="steps_per_update"):
+        monitor(0)
 
 
 def test_the_pipeline_spreads_its_cloud_fit_and_ends_it_when_idle():
-    """Under the daemon a fit started by a batch goes on in the next ones; a stream that stops leaves the
-    rest to the idle call, which publishes the estimate (tests/system/test_noise_sources.py: the daemon)."""
+    """Under the daemon a fit started by a batch goes on in the next ones; the pair of monitors reports
+    nothing until it lands (its two estimates come from one window). A stream that stops leaves the rest to
+    the idle call, which stops while events wait and otherwise ends the fit and publishes the estimate
+    (tests/system/test_noise_sources.py: the daemon)."""
     from simulators.waveform import WaveformSimulator
     from trigger.backends import create_backend
     from trigger.runtime.metrics import Metrics
@@ -300,17 +306,25 @@ def test_the_pipeline_spreads_its_cloud_fit_and_ends_it_when_idle():
     backend = create_backend("onnxruntime", DEFAULT_PULSE_MODEL, threads=1)
     cal = PulseCalibration.load(DEFAULT_PULSE_MODEL.with_name("pulse_default.calib.json"))
     pipeline, metrics = PulsePipeline(backend, cal), Metrics("pulse")
-    cloud = pipeline.noise_monitor.cloud
+    cloud, radial = pipeline.noise_monitor.cloud, pipeline.noise_monitor.radial
     assert cloud._steps == PulsePipeline.FIT_STEPS_PER_BATCH
     pipeline.idle(metrics)  # nothing in progress: nothing happens
     result = pipeline.decide(WaveformSimulator(seed=31, signal_fraction=0.0, noise_mean_pulses=90).generate(3000)[0])
     pipeline.monitor(result, metrics)  # one batch: the fit starts, and stops after its steps
-    assert cloud._pending is not None and cloud.fpr_estimate is None
+
     def gauge() -> float:
         return metrics.registry.get_sample_value("trigger_false_positive_rate_estimate")
 
-    assert gauge() == pipeline.noise_monitor.radial.fpr_estimate  # the scale monitor's, for now
+    assert cloud.pending and cloud.fpr_estimate is None and radial.fpr_estimate is not None
+    assert np.isnan(gauge())  # the scale monitor's estimate waits for the cloud fit's
+    asked = []
+
+    def busy() -> bool:  # events arrive after three more steps
+        asked.append(1)
+        return len(asked) > 3
+
+    pipeline.idle(metrics, busy)
+    assert cloud.pending and cloud.iterations == 3 and np.isnan(gauge())
     pipeline.idle(metrics)
-    assert cloud._pending is None and cloud.fpr_estimate is not None
-    assert gauge() == pipeline.noise_monitor.fpr_estimate
-    assert pipeline.noise_monitor.fpr_estimate == min(cloud.fpr_estimate, pipeline.noise_monitor.radial.fpr_estimate)
+    assert not cloud.pending and cloud.fpr_estimate is not None and cloud.iterations > 3
+    assert gauge() == pipeline.noise_monitor.fpr_estimate == min(cloud.fpr_estimate, radial.fpr_estimate)

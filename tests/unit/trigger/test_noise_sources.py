@@ -45,6 +45,7 @@ def _monitored(pipeline: PulsePipeline, batches, noise_sources: bool) -> tuple[M
         for m in (fresh.noise_monitor.cloud, fresh.noise_monitor.radial):
             m._last = -np.inf  # an estimate after every batch, as if a second had passed
         fresh.monitor(result if noise_sources else {n: v for n, v in result.items() if n != "_noise"}, metrics)
+        fresh.idle(metrics)  # the cloud fit is spread over batches: end it, as the daemon does when idle
     return metrics, fresh
 
 
