@@ -201,6 +201,15 @@ def candidate(name: str) -> Candidate:
 
 # ------------------------------------------------------------------------------------- training
 
+def training_profile(name: str, epochs: int = 30):
+    """The training profile of candidate ``name``: ``default`` with ``epochs`` and the candidate's changes."""
+    from training import pulse_simulated as ps
+
+    sizes = {"epochs": epochs, "init_epochs": min(ps.PROFILES["default"].init_epochs, epochs)}
+    changes = {**sizes, **candidate(name).changes}
+    return dataclasses.replace(ps.PROFILES["default"], name=f"retraining-{name}", **changes)
+
+
 def train(name: str, epochs: int, out: Path = RUNS) -> Path:
     """Train candidate ``name`` (one process, one torch thread) unless its folder exists; returns the folder."""
     import torch
@@ -213,8 +222,7 @@ def train(name: str, epochs: int, out: Path = RUNS) -> Path:
         return run_dir
     c = candidate(name)
     torch.set_num_threads(1)
-    sizes = {"epochs": epochs, "init_epochs": min(ps.PROFILES["default"].init_epochs, epochs)}
-    profile = dataclasses.replace(ps.PROFILES["default"], name=f"retraining-{name}", **{**sizes, **c.changes})
+    profile = training_profile(name, epochs)
     t0 = time.perf_counter()
     x_tv, a_tv = ps.simulate_chunked(profile.n_trainval, ps.SEEDS["trainval"], desc="simulating train+validation")
     selector = ps.a50_selector()

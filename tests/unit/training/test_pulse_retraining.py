@@ -77,3 +77,15 @@ def test_physics_ratio_reads_the_named_result_and_skips_a_physics_json_of_anothe
     (tmp_path / "physics_free_bits20_s9.json").write_text(json.dumps(mine))
     r = pr.physics_ratio("free_bits20_s9", tmp_path)
     assert (r["ratio"], r["interval_68"], r["fpr"]) == (1.08, [1.07, 1.09], 0.0101)
+
+
+def test_the_shipped_profile_is_the_recipe_of_the_shipped_model(pr):
+    """`train_pulse --profile shipped --seed 9` trains what `pulse_retraining.py --train fb20_many_starts_s9` trained
+    (the shipped model): the same profile but its name, and the same initialisation seeds."""
+    from training import pulse_simulated as ps
+
+    shipped = ps.PROFILES["shipped"]
+    assert dataclasses.replace(pr.training_profile("fb20_many_starts_s9"), name="shipped") == shipped
+    assert pr.candidate("fb20_many_starts_s9").seed == 9 and pr.candidate("fb20_many_starts_s9").fold == 0
+    provenance = json.loads((pr.REPO / "trigger/models/pulse_default.calib.json").read_text())["provenance"]
+    assert "fb20_many_starts_s9" in provenance["checkpoint"]
