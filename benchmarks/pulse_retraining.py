@@ -5,7 +5,8 @@
     python benchmarks/pulse_retraining.py --score-only      # score the models already trained
     python benchmarks/pulse_retraining.py --quick           # small scoring sets (results/pulse_retraining_quick.*)
 
-Every candidate is trained with the shipped protocol (:data:`training.pulse_simulated.PROFILES` ``default``:
+Every candidate is trained with the control protocol, the model shipped before this study
+(:data:`training.pulse_simulated.PROFILES` ``default``:
 7,500 simulated waveforms, fold 0 of 5, 3 starts of 2 epochs, the best trained on to ``--epochs`` epochs, the
 epoch picked by validation A50) at one torch thread, changing one thing (``CANDIDATES``):
 
@@ -496,7 +497,7 @@ def score(names: list[str], a: argparse.Namespace) -> Path:
                        f"{a.per_amplitude} events/amplitude")
     result = {
         "description": "A50 at fixed FPR of retrained VCAE candidates (issue 17 part 4 moonshot) against the matched "
-                       "filter, each candidate with the shipped protocol changed in one thing, a control beside",
+                       "filter, each candidate with the control protocol changed in one thing, a control beside",
         "settings": {"fpr": a.fpr, "amplitudes": amps.tolist(), "per_amplitude": a.per_amplitude,
                      "noise_calibration": a.noise_calibration, "noise_test": a.noise_test,
                      "training_like": a.training_like, "event_seeds": EVENT_SEEDS, "bootstrap": a.bootstrap,
@@ -536,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", nargs="*", metavar="CANDIDATE",
                    help=f"train (or reuse) these and stop; names: {', '.join(CANDIDATES)}, or <name>_s<seed>")
     p.add_argument("--score-only", action="store_true", help="score the trained models in runs/pulse_retraining/")
-    p.add_argument("--epochs", type=int, default=30, help="epochs of every training (the shipped protocol's 30)")
+    p.add_argument("--epochs", type=int, default=30,
+                   help="epochs of every training (the control protocol's 30; a candidate that sets its own epochs, "
+                        "e.g. many_starts, keeps them)")
     p.add_argument("--fpr", type=float, default=0.01)
     p.add_argument("--amp-min", type=float, default=1e-3)
     p.add_argument("--amp-max", type=float, default=0.1)

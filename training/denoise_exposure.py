@@ -37,8 +37,8 @@ frames in, ``denoised`` in the input's units out) and its four noise models ("mi
   check "never worse than the input" bounds.
 
 ``--frames`` changes where the Poisson training frames come from (:data:`FRAME_SOURCES`; default ``sky``, the
-shipped protocol): ``diffuse`` trains on the benchmark's own generator (an oracle, to diagnose the gap to BM3D),
-``sky+fields`` on half sky frames and half :mod:`simulators.random_fields` frames; ``--channels`` and
+first trainings'; the shipped denoise_mix trained on ``sky+fields``, training/README.md): ``diffuse`` trains on
+the benchmark's own generator (an oracle, to diagnose the gap to BM3D), ``sky+fields`` on half sky frames and half :mod:`simulators.random_fields` frames; ``--channels`` and
 ``--latent-channels`` change the width (from scratch only). Results: benchmarks/README.md.
 
 The export writes ``<stem>.calib.json`` as :mod:`training.export_image` does (MSE on the four noise
@@ -208,7 +208,7 @@ def freeze_batch_norm(model: nn.Module) -> None:
 
 
 FRAME_SOURCES = ("sky", "diffuse", "sky+fields")
-"""Where a :class:`FrameStream`'s noise-free frames come from: ``sky`` (the shipped protocol), ``diffuse``
+"""Where a :class:`FrameStream`'s noise-free frames come from: ``sky`` (the first trainings'), ``diffuse``
 (:mod:`simulators.diffuse_frames`, the benchmark's own generator, from streams disjoint from its test and
 tuning seeds: an oracle training distribution for diagnosis only) or ``sky+fields`` (half of every batch
 from the sky variants, half from :mod:`simulators.random_fields`, a family the benchmark was not written
@@ -220,7 +220,7 @@ class FrameStream:
 
     Args:
         seed: seeds the sky simulators and the noise.
-        source: one of :data:`FRAME_SOURCES` (default ``sky``: the shipped protocol, unchanged).
+        source: one of :data:`FRAME_SOURCES` (default ``sky``: the first trainings', unchanged).
     """
 
     def __init__(self, seed: int, source: str = "sky"):

@@ -86,7 +86,8 @@ class Profile:
     input_scale: str = "std"
     """What the fixed variant divides by: ``std`` of all training samples, or ``noise``: the
     per-sample standard deviation of the noise-only training waveforms (the pile-up noise level)."""
-    # Retraining candidates of issue 17 (benchmarks/pulse_retraining.py); the defaults are the shipped protocol.
+    # Retraining candidates of issue 17 (benchmarks/pulse_retraining.py); the defaults are the control protocol's
+    # (the ``shipped`` profile sets free_bits=20).
     beta: float = 1.0
     """Weight of the KL term."""
     recon: str = "sse"

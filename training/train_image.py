@@ -2,9 +2,9 @@
 
     python -m training.train_image --task segment --profile default --export trigger/models/segment_default.onnx
     python -m training.train_image --task denoise --noise mix --profile default --export denoise_mix.onnx
-        (the starting point of the shipped denoise_mix.onnx, which training/denoise_exposure.py
-        trains on from there over a wide range of exposures; training/denoise_poisson.py joins it to
-        the counting-frame denoiser as denoise_default.onnx)
+        (at commit 0082536 this made the first shipped denoiser, the warm start of the shipped
+        denoise_mix.onnx, which training/denoise_exposure.py trains on from there over a wide range of
+        exposures; training/denoise_poisson.py joins it to the counting-frame denoiser as denoise_default.onnx)
     python -m training.train_image --task regress --profile default --export trigger/models/skyparams_default.onnx
     python -m training.train_image --task segment --profile quick --noise-data noise_run.h5 --export seg.onnx
     python -m training.train_image --task segment --data labelled_run.h5 --export seg.onnx

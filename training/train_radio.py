@@ -1,6 +1,7 @@
 """Train the radio-trace denoiser (1-D convolutional denoising autoencoder) and ship it for ``denoise``.
 
-    python -m training.train_radio --profile default --threads 1 --export trigger/models/radio_denoise.onnx
+    python -m training.train_radio --profile default --threads 1 --export base.onnx
+    python -m training.radio_blend --model base.onnx --out trigger/models/radio_denoise.onnx  # the shipped file
 
 Data come from :mod:`simulators.radio` (the ``mix`` of realistic, uniform and cosine noise), from
 independent seeds (:data:`SEEDS`): the training pulses, the training noise, validation (model

@@ -282,7 +282,8 @@ def vae_loss(model: VCAE, x: torch.Tensor, beta: float = 1.0, recon: str = "sse"
     """(loss, sse, kl) averaged over the batch; loss = sse + beta * kl, sse summed over the recorded samples
     (the padding the network adds is not part of it).
 
-    The defaults are the shipped loss. Options (issue 17 retraining candidates, ``benchmarks/pulse_retraining.py``):
+    The defaults are the control protocol's loss (the shipped model's adds free_bits=20). Options (issue 17
+    retraining candidates, ``benchmarks/pulse_retraining.py``):
 
     Args:
         model: the VCAE.
