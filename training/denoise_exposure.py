@@ -38,8 +38,9 @@ frames in, ``denoised`` in the input's units out) and its four noise models ("mi
 
 ``--frames`` changes where the Poisson training frames come from (:data:`FRAME_SOURCES`; default ``sky``, the
 first trainings'; the shipped denoise_mix trained on ``sky+fields``, training/README.md): ``diffuse`` trains on
-the benchmark's own generator (an oracle, to diagnose the gap to BM3D), ``sky+fields`` on half sky frames and half :mod:`simulators.random_fields` frames; ``--channels`` and
-``--latent-channels`` change the width (from scratch only). Results: benchmarks/README.md.
+the benchmark's own generator (an oracle, to diagnose the gap to BM3D), ``sky+fields`` on half sky frames and half
+:mod:`simulators.random_fields` frames; ``--channels`` and ``--latent-channels`` change the width (from scratch
+only). Results: benchmarks/README.md.
 
 The export writes ``<stem>.calib.json`` as :mod:`training.export_image` does (MSE on the four noise
 models at the reference's levels, noise model ``mix``), with this run's provenance and its MSE ratio to
