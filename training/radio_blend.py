@@ -15,7 +15,7 @@ graph (same input ``waveform`` and output ``denoised``, same shapes) with:
   traces (the training range) and ``w -> 0`` on traces far louder than their noise.
 
 ``L0`` and ``k`` are fitted on held-out :mod:`simulators.radio` traces (seeds :data:`SEEDS`, used nowhere
-else: per noise model ``k`` and SNR point ``j``, stream ``fit * 10 + 10 * k + j``) at the SNRs of
+else: per noise model ``k`` and SNR point ``j``, stream ``fit * 10 + 10 * k + j``, a few shared) at the SNRs of
 :data:`FIT_SNRS` (1.5-1000), minimising the mean over (noise model, SNR) points of the log of the
 output's MSE over the input's, plus a penalty on any point whose ratio exceeds :data:`RATIO_CAP`.
 The calibration is written by :func:`training.train_radio.write_calibration` on the same test traces
@@ -46,7 +46,10 @@ DEFAULT_MODEL = REPO / "trigger" / "models" / "radio_denoise.onnx"
 NOISE_MODELS = ("realistic", "uniform", "cosine")
 FIT_SNRS = (1.5, 2.5, 4.0, 7.0, 12.0, 20.0, 35.0, 60.0, 100.0, 170.0, 300.0, 550.0, 1000.0, 1800.0)
 SEEDS = {"fit": 711}
-"""Fit traces: stream ``711 * 10 + 10 * k + j`` for noise model ``k`` and SNR ``j`` (7110-7143)."""
+"""Fit traces: stream ``711 * 10 + 10 * k + j`` for noise model ``k`` and SNR ``j`` (7110-7143). With 14 SNR points
+to 10 slots a model, the streams of model ``k`` at SNR points 10-13 are those of model ``k + 1`` at points 0-3 (e.g.
+realistic at 300 and uniform at 1.5: stream 7120): those fit points share their random draws under different noise
+models and SNRs. Kept as it is, so that the shipped blend stays reproducible from its base model."""
 RATIO_CAP = 0.97
 PREFIX = "blend/"
 TINY = 1e-30
