@@ -5,8 +5,9 @@
    (a real subprocess, PULL) -> subscriber. PUSH/PULL carries backpressure, so the rate the
    daemon sustains is what arrives decided; every event sent must come back decided.
    Swept over the daemon's max_batch.
-3. Latency at half the end-to-end maximum: replay paced (PUB/SUB), percentiles of the daemon's
-   receive-to-publish time (decision headers) and of replay-to-subscriber time.
+3. Latency at half the median sustained end-to-end rate: replay paced (PUB/SUB), percentiles of the
+   daemon's receive-to-publish time (decision headers) and of replay-to-subscriber time; ``--latency-runs``
+   runs (one run's p99 scatters by 2x and more on a shared machine), the one with the median p99 kept.
 4. Daemon memory: peak resident set (VmHWM) of the daemon process.
 
 Ratios (end to end / bare) are the figures of merit: both sides ran on the same machine in the
@@ -607,6 +608,9 @@ def main() -> int:
                    help="events on which the backend under test is compared with ONNX Runtime on the same "
                         "model (0: skip)")
     p.add_argument("--per-message", type=int, default=64, help="events per message")
+    p.add_argument("--latency-runs", type=int, default=3,
+                   help="latency runs at half load (20 s each): one run's p99 scatters by 2x and more on a shared "
+                        "machine, so the median run is reported, with the range")
     p.add_argument("--workers", type=int, default=0,
                    help="the daemon's batching.workers (0 = its default); the bare backend runs the same way")
     p.add_argument("--max-run-batch", type=int, default=0,
@@ -675,7 +679,10 @@ def main() -> int:
     # Half of the median sustained rate, not of the best run: on a shared machine the best run is
     # the one that had the cores to itself, and half of it may be more than the daemon sustains.
     half = 0.5 * float(np.median([r["events_per_second"] for r in f32]))
-    lat = latency_at(ctx, a.model, source, half, 20 * scale, 256, 16, shape)
+    runs = [latency_at(ctx, a.model, source, half, 20 * scale, 256, 16, shape) for _ in range(max(1, a.latency_runs))]
+    p99s = [r["latency_seconds"]["p99"] for r in runs]
+    lat = sorted(runs, key=lambda r: r["latency_seconds"]["p99"])[len(runs) // 2]  # the run with the median p99
+    lat = {**lat, "runs": len(runs), "p99_of_each_run_seconds": p99s}
     ctx.term()
     ref = bare[256]
     result = {
@@ -703,7 +710,8 @@ def main() -> int:
             "target_ratio": 0.8,
             "p99_latency_half_load_seconds": lat["latency_seconds"]["p99"],
             "target_p99_seconds": 0.005,
-            "daemon_peak_rss_bytes": max(r["daemon_peak_rss_bytes"] for r in [*e2e, lat]),
+            "p99_latency_half_load_range_seconds": [min(p99s), max(p99s)],
+            "daemon_peak_rss_bytes": max(r["daemon_peak_rss_bytes"] for r in [*e2e, *runs]),
             "target_rss_bytes": 500 * 2**20,
             "lost_events": sum(r["lost"] for r in e2e),
         },
