@@ -24,7 +24,7 @@ def _load(name: str) -> dict | None:
 
 
 def _runs(lat: dict) -> str:
-    """" (the median of N runs; p99 a-b ms)" for a latency measured more than once, else ""."""
+    """The suffix " (the run with the median p99 of N; p99 a-b ms)" for a latency measured more than once, else ""."""
     p99s = lat.get("p99_of_each_run_seconds", [])
     if len(p99s) < 2:
         return ""

@@ -375,7 +375,8 @@ def plot(result: dict, path: Path) -> None:
     bare = result["bare_backend"]
     workers, threads = result.get("workers", 1), result.get("threads_per_call", 0)
     a.plot(list(map(int, bare)), list(bare.values()), "o-",
-           label=f"bare ONNX Runtime backend ({workers} caller{'s' if workers > 1 else ''} x {threads} threads)")
+           label=f"bare {result.get('backend', 'onnxruntime')} backend ({workers} caller{'s' if workers > 1 else ''} "
+                 f"x {threads} threads)")
     one = result.get("bare_backend_one_caller_all_cores")
     if one and one is not bare and workers > 1:
         a.plot(list(map(int, one)), list(one.values()), "^:", color="C3", label="bare, one caller on all cores")
@@ -400,7 +401,8 @@ def plot(result: dict, path: Path) -> None:
     b.set_xscale("log")
     b.set_xlabel("receive → publish latency (ms)")
     b.set_ylabel("decision messages")
-    b.set_title(f"Latency at {lat['rate']:.0f} events/s (half of max)")
+    b.set_title(f"Latency at {lat['rate']:.0f} events/s (half the median sustained rate)\n"
+                f"the run with the median p99 of {lat.get('runs', 1)}", fontsize=10)
     fig.suptitle(f"{result['pipeline']} pipeline ({result['model']}), {result['machine']['cpu']} "
                  f"({result['machine']['cores']} cores)")
     fig.tight_layout()
@@ -610,12 +612,15 @@ def main() -> int:
     p.add_argument("--per-message", type=int, default=64, help="events per message")
     p.add_argument("--latency-runs", type=int, default=3,
                    help="latency runs at half load (20 s each): one run's p99 scatters by 2x and more on a shared "
-                        "machine, so the median run is reported, with the range")
+                        "machine, so the run with the median p99 is reported (the upper of the two middle ones for "
+                        "an even count), with the range")
     p.add_argument("--workers", type=int, default=0,
                    help="the daemon's batching.workers (0 = its default); the bare backend runs the same way")
     p.add_argument("--max-run-batch", type=int, default=0,
                    help="ONNX Runtime runs batches in slices of at most this many events (0 = whole batch)")
     a = p.parse_args()
+    if a.latency_runs < 1:
+        p.error("--latency-runs must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     global PIPELINE, WORKERS, THREADS, BACKEND
     PIPELINE = a.pipeline
@@ -679,7 +684,7 @@ def main() -> int:
     # Half of the median sustained rate, not of the best run: on a shared machine the best run is
     # the one that had the cores to itself, and half of it may be more than the daemon sustains.
     half = 0.5 * float(np.median([r["events_per_second"] for r in f32]))
-    runs = [latency_at(ctx, a.model, source, half, 20 * scale, 256, 16, shape) for _ in range(max(1, a.latency_runs))]
+    runs = [latency_at(ctx, a.model, source, half, 20 * scale, 256, 16, shape) for _ in range(a.latency_runs)]
     p99s = [r["latency_seconds"]["p99"] for r in runs]
     lat = sorted(runs, key=lambda r: r["latency_seconds"]["p99"])[len(runs) // 2]  # the run with the median p99
     lat = {**lat, "runs": len(runs), "p99_of_each_run_seconds": p99s}

@@ -1,7 +1,7 @@
 """Train the pulse-trigger VCAE: on simulated waveforms, or with ``--data`` on a recorded noise run.
 
     python -m training.train_pulse --profile shipped --seed 9 --threads 1 --name pulse_default \
-        --export trigger/models/pulse_default.onnx
+        --export /tmp/pulse_default.onnx   # the shipped model's training, bit for bit (README.md)
     python -m training.train_pulse --data noise_run.h5 [--data more.h5 ...] --profile quick --export my.onnx
 
 A thin command line: the simulated protocol is :mod:`training.pulse_simulated`; with ``--data`` the
