@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m training.train_pulse", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=sorted(PROFILES), default="default",
-                   help="sizes; with --data only quick and default")
+                   help="shipped: the shipped model's recipe (with --seed 9 --threads 1, its training bit for bit); "
+                        "default: the control protocol; quick: seconds, for tests; reference: the published "
+                        "protocol. With --data only quick and default (the recorded-run profiles)")
     p.add_argument("--data", type=Path, action="append", metavar="FILE.h5",
                    help="train on this recorded noise run (repeat for more files) instead of simulated waveforms")
     p.add_argument("--signal-template", type=Path, metavar="FILE.npy",
